@@ -1,0 +1,3 @@
+from rtgen.cli import run
+
+run()

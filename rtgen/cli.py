@@ -1,0 +1,190 @@
+"""The `rtgen` command. Each subcommand is a thin shell over library functions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from rtgen import __version__
+from rtgen.errors import RtgenError, RtgenWarning
+
+app = typer.Typer(
+    help="rtgen: radiotherapy dose prediction and evaluation with state-space and diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+convert_app = typer.Typer(help="Convert patient data between formats.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, RtgenWarning):
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    else:
+        err.print(f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False)
+
+
+def user_errors(fn):
+    """Turn RtgenError into one clear line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except RtgenError as e:
+            err.print(f"[red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"rtgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """rtgen: radiotherapy dose prediction and evaluation."""
+
+
+@app.command()
+@user_errors
+def inspect(
+    patients: Optional[List[Path]] = typer.Argument(
+        None, help="Patient folders (OpenKBP CSV, NIfTI cache) or .npz caches, or split folders. Default: the bundled examples."
+    ),
+    out_dir: Path = typer.Option(Path("rtgen-out/inspect"), "--out", help="Where DVH figures and summary.json go."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON instead of tables."),
+):
+    """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs."""
+    from rtgen.atomic import atomic_write_text, staged_dir
+    from rtgen.data.openkbp import is_patient_dir
+    from rtgen.data.patients import find_patients, load_patient
+    from rtgen.inspect import example_patients_dir, summarize
+    from rtgen.plots import plot_dvh
+
+    paths: list[Path] = []
+    for p in patients or [example_patients_dir()]:
+        is_single = p.suffix == ".npz" or is_patient_dir(p) or (p / "possible_dose_mask.nii.gz").is_file()
+        paths += [p] if is_single else find_patients(p)
+    summaries = []
+    with staged_dir(out_dir) as stage:
+        for path in paths:
+            patient = load_patient(path)
+            s = summarize(patient)
+            summaries.append(s)
+            if patient.dose is not None:
+                s["dvh_figure"] = str(out_dir / f"dvh_{patient.id}.png")
+                plot_dvh(stage / f"dvh_{patient.id}.png", patient.structures, patient.dose, title=f"{patient.id}: plan DVH")
+            if not as_json:
+                _print_summary(s)
+        atomic_write_text(stage / "summary.json", json.dumps(summaries, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+    else:
+        out.print(f"figures and summary.json written to [bold]{out_dir}[/]")
+
+
+def _print_summary(s: dict) -> None:
+    from rtgen.inspect import SUMMARY_COLUMNS, summary_rows
+
+    sp = " x ".join(f"{v:.3g}" for v in s["spacing_mm"])
+    head = f"[bold]{s['patient']}[/]  spacing {sp} mm  grid {'x'.join(map(str, s['grid']))}"
+    if "dose" in s:
+        head += f"  dose max {s['dose']['max_gy']:.2f} Gy, mean in possible-dose mask {s['dose']['mean_in_possible_dose_mask_gy']:.2f} Gy"
+    table = Table(title=head, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in SUMMARY_COLUMNS:
+        table.add_column(c, justify="left" if c == "structure" else "right", no_wrap=True)
+    for row in summary_rows(s):
+        table.add_row(*row)
+    out.print(table)
+
+
+class CacheFormat(str, Enum):
+    npz = "npz"
+    nifti = "nifti"
+
+
+@convert_app.command("openkbp")
+@user_errors
+def convert_openkbp(
+    src: Path = typer.Argument(..., help="A split folder of pt_* patient folders in the OpenKBP CSV layout."),
+    dest: Path = typer.Argument(..., help="Output folder (created)."),
+    fmt: CacheFormat = typer.Option(CacheFormat.npz, "--format", help="npz (one compressed file per patient) or nifti."),
+):
+    """Cache a split as compressed NumPy (or NIfTI) for fast training. All or nothing: a failure writes nothing."""
+    from rtgen.atomic import staged_dir
+    from rtgen.data.cache import write_nifti_patient, write_npz
+    from rtgen.data.patients import PatientSplit
+
+    split = PatientSplit(src)
+    with staged_dir(dest) as stage:
+        for patient in split:
+            if fmt is CacheFormat.npz:
+                write_npz(patient, stage / f"{patient.id}.npz")
+            else:
+                write_nifti_patient(patient, stage / patient.id)
+    out.print(f"{len(split)} patients -> {dest} ({fmt.value})")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Predictions: pt_N.csv (submission format) or pt_N.nii.gz."),
+    ref: Path = typer.Option(..., "--ref", help="Reference split folder (patients with dose.csv)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
+    gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
+):
+    """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them."""
+    from rtgen.evaluation import evaluate_folders
+
+    result = evaluate_folders(pred, ref, out_dir, gamma=gamma)
+    print_evaluation(result)
+    if out_dir is not None:
+        out.print(f"metrics.json, per_patient.csv and DVH figures written to [bold]{out_dir}[/]")
+
+
+def print_evaluation(result) -> None:
+    s = result.summary()
+    table = Table(title=f"OpenKBP evaluation ({s['n_patients']} patients)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value (Gy)", justify="right")
+    table.add_row("[bold]dose score[/]", f"[bold]{s['dose_score']:.4f}[/]")
+    table.add_row("[bold]DVH score[/]", f"[bold]{s['dvh_score']:.4f}[/]")
+    for m, v in s["dvh_metric_errors"].items():
+        table.add_row(f"  |error| {m}", f"{v:.4f}")
+    for t, v in s["hi_abs_error"].items():
+        table.add_row(f"  |error| HI {t} (unitless)", f"{v:.4f}")
+    if "gamma_pass_rate_mean" in s:
+        table.add_row("gamma pass rate 3%/3mm (%)", f"{s['gamma_pass_rate_mean']:.2f}")
+    out.print(table)
+
+
+def run():  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(run())
