@@ -33,9 +33,9 @@ err = Console(stderr=True)
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, RtgenWarning):
-        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     else:
-        err.print(f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False)
+        err.print(f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False, soft_wrap=True)
 
 
 def user_errors(fn):
@@ -47,7 +47,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except RtgenError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")

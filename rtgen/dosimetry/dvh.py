@@ -53,4 +53,4 @@ def cumulative_dvh(values: np.ndarray, bin_width: float = 0.1, max_dose: float |
     edges = np.arange(0.0, top + 2 * bin_width, bin_width)
     counts, _ = np.histogram(values, bins=edges)
     at_least = np.cumsum(counts[::-1])[::-1] / values.size * 100.0
-    return edges[:-1], at_least
+    return edges, np.append(at_least, 0.0)  # the last edge lies above every value

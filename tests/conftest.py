@@ -1,0 +1,37 @@
+"""Shared fixtures: the two bundled OpenKBP validation patients (never ../shared)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rtgen.data import read_patient
+from rtgen.inspect import example_patients_dir
+
+EXAMPLES = example_patients_dir()
+EXAMPLE_IDS = ("pt_204", "pt_219")
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def patient():
+    return read_patient(EXAMPLES / "pt_204")
+
+
+@pytest.fixture(scope="session")
+def patients():
+    return [read_patient(EXAMPLES / pid) for pid in EXAMPLE_IDS]
+
+
+@pytest.fixture
+def patient_copy(tmp_path) -> Path:
+    """A writable copy of pt_204's folder, for corrupting."""
+    dest = tmp_path / "pt_204"
+    shutil.copytree(EXAMPLES / "pt_204", dest)
+    return dest
