@@ -1,0 +1,55 @@
+"""Patient read time: python benchmarks/bench_io.py SPLIT [--n 10].
+
+Reads N patients from the OpenKBP CSV layout, from gzipped CSVs, and from the .npz cache
+(`rtgen convert openkbp`), and prints the mean and worst seconds per patient.
+Target: one CSV patient in under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from rtgen.data import find_patients, read_patient, write_patient
+from rtgen.data.cache import read_npz, write_npz
+
+
+def timed(fn, items):
+    times = []
+    for it in items:
+        t = time.perf_counter()
+        fn(it)
+        times.append(time.perf_counter() - t)
+    return sum(times) / len(times), max(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("split", type=Path)
+    ap.add_argument("--n", type=int, default=10)
+    args = ap.parse_args()
+    paths = find_patients(args.split)[: args.n]
+    work = Path(tempfile.mkdtemp(prefix="rtgen-bench-io-"))
+    gz, npz = [], []
+    for p in paths:
+        patient = read_patient(p)
+        gz.append(write_patient(patient, work / "gz" / patient.id, compress=True))
+        npz.append(write_npz(patient, work / "npz" / f"{patient.id}.npz"))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; {len(paths)} patients")
+    print(f"{'format':<28}{'mean s/patient':>16}{'max s':>10}")
+    for label, fn, items in [
+        ("OpenKBP CSV", read_patient, paths),
+        ("OpenKBP CSV (.csv.gz)", read_patient, gz),
+        ("rtgen .npz cache", read_npz, npz),
+        ("CSV, dose + masks only", lambda p: read_patient(p, load_ct=False), paths),
+    ]:
+        mean, worst = timed(fn, items)
+        print(f"{label:<28}{mean:>16.3f}{worst:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
