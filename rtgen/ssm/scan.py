@@ -106,6 +106,21 @@ class LinearScan(torch.autograd.Function):
         return ga, g, gh0
 
 
+def _steps(t: torch.Tensor, T: int) -> torch.Tensor:
+    """(b, L, ...) -> (T, b, nc, ...) contiguous, zero-padded to nc * T: slice [t] is step t of every chunk."""
+    b, L = t.shape[:2]
+    nc = -(-L // T)
+    if nc * T != L:
+        t = torch.cat([t, t.new_zeros((b, nc * T - L, *t.shape[2:]))], 1)
+    return t.reshape(b, nc, T, *t.shape[2:]).movedim(2, 0).contiguous()
+
+
+def _unsteps(t: torch.Tensor, L: int) -> torch.Tensor:
+    """Inverse of _steps: (T, b, nc, ...) -> (b, L, ...)."""
+    T, b, nc = t.shape[:3]
+    return t.movedim(0, 2).reshape(b, nc * T, *t.shape[3:])[:, :L]
+
+
 def _grouped(M: torch.Tensor) -> torch.Tensor:
     """(b, n, L) or (b, g, n, L) -> (b, L, g, n)."""
     return M.transpose(1, 2).unsqueeze(2) if M.dim() == 3 else M.permute(0, 3, 1, 2)
@@ -116,74 +131,113 @@ def _ungrouped_grad(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad[:, :, 0].transpose(1, 2) if like.dim() == 3 else grad.permute(0, 2, 3, 1)
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """Core y_t = C_t . h_t; (u, delta, A, B, C, h0) -> (y, h_end). Tensors are split into
-    groups g of k = d / g channels so grouped B and C are never expanded."""
+def _scan_chunk(L: int, state_elems: int) -> int:
+    """Steps per chunk: enough chunks that each step's tensors stay cache-sized, few enough steps."""
+    T = int(2 ** round(math.log2(max(1.0, L * state_elems / 2**17))))
+    return max(16, min(T, 512, 1 << max(4, (L - 1).bit_length())))
 
-    @staticmethod
-    def _setup(u, delta, A, B, C):
-        b, d, L = u.shape
-        Bg, Cg = _grouped(B), _grouped(C)  # (b, L, g, n)
-        g, n = Bg.shape[2], Bg.shape[3]
-        if d % g:
-            raise ValueError(f"{d} channels cannot be split into {g} groups")
-        k = d // g
-        # time-major and contiguous, so the (b, L, g, k, n) tensors below are too (fast slices per step)
-        ut = u.transpose(1, 2).contiguous().reshape(b, L, g, k)
-        dt = delta.transpose(1, 2).contiguous().reshape(b, L, g, k)
-        Bg, Cg = Bg.contiguous(), Cg.contiguous()
-        Ag = A.reshape(g, k, n)
-        dA = torch.exp(dt.unsqueeze(-1) * Ag)  # (b, L, g, k, n)
-        dtu = dt * ut
-        dBu = dtu.unsqueeze(-1) * Bg.unsqueeze(3)
-        return ut, dt, Ag, Bg, Cg, dA, dtu, dBu
+
+class _SelectiveScan(torch.autograd.Function):
+    """Core y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; -> (y, h_end).
+
+    Channels are split into g groups of k (grouped B and C are never expanded). The sequence is
+    cut into nc chunks of T steps and every loop runs over steps, all chunks at once, on
+    (b, nc, g, k, n) tensors that fit in cache: exp(dt A) and dt u B are formed per step, never
+    for the whole sequence. Forward: (1) each chunk's end state from zero, (2) states carried
+    across chunks, (3) the exact states, with y_t reduced on the fly. Backward runs the adjoint
+    recurrence the same way in reverse, with every gradient formed per step.
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0):
         b, d, L = u.shape
-        _, _, Ag, Bg, Cg, dA, _, dBu = _SelectiveScan._setup(u, delta, A, B, C)
-        h0g = h0.reshape(b, *Ag.shape) if h0 is not None else None
-        h, last = linear_scan(dA, dBu, h0g, out=dBu)
-        y = (h * Cg.unsqueeze(3)).sum(-1).reshape(b, L, d)
-        ctx.save_for_backward(u, delta, A, B, C, h0 if h0 is not None else torch.empty(0))
-        ctx.has_h0 = h0 is not None
-        return y.transpose(1, 2), last.reshape(b, d, -1)
+        Bg, Cg = _grouped(B), _grouped(C)
+        g, n = Bg.shape[2], Bg.shape[3]
+        if d % g:
+            raise ValueError(f"{d} channels cannot be split into {g} groups")
+        k = d // g
+        T = _scan_chunk(L, b * d * n)
+        us = _steps(u.transpose(1, 2).reshape(b, L, g, k), T)  # (T, b, nc, g, k)
+        dts = _steps(delta.transpose(1, 2).reshape(b, L, g, k), T)  # padding: dt = 0 -> identity steps
+        Bs, Cs = _steps(Bg, T).unsqueeze(-2), _steps(Cg, T).unsqueeze(-2)  # (T, b, nc, g, 1, n)
+        Ag = A.reshape(g, k, n)
+        dtus = dts * us
+        nc = us.shape[2]
+        # (1) end state of each chunk from zero
+        s = u.new_zeros((b, nc, g, k, n))
+        for t in range(T):
+            s = torch.addcmul(dtus[t].unsqueeze(-1) * Bs[t], torch.exp(dts[t].unsqueeze(-1) * Ag), s)
+        # (2) carry across chunks; each chunk's total decay is exp(A * sum dt)
+        P = torch.exp(dts.sum(0).unsqueeze(-1) * Ag)
+        carry = torch.empty_like(s)
+        state = h0.reshape(b, g, k, n) if h0 is not None else u.new_zeros((b, g, k, n))
+        for c in range(nc):
+            carry[:, c] = state
+            state = torch.addcmul(s[:, c], P[:, c], state)
+        # (3) exact states from the carried ones; y reduced per step
+        keep = any(ctx.needs_input_grad)
+        hs = u.new_empty((T, b, nc, g, k, n)) if keep else None
+        ys = u.new_empty((T, b, nc, g, k))
+        h = carry
+        for t in range(T):
+            h = torch.addcmul(dtus[t].unsqueeze(-1) * Bs[t], torch.exp(dts[t].unsqueeze(-1) * Ag), h)
+            if keep:
+                hs[t] = h
+            torch.sum(h * Cs[t], -1, out=ys[t])
+        if keep:
+            ctx.save_for_backward(us, dts, Ag, Bs, Cs, hs, P)
+            ctx.meta = (b, d, L, g, k, n, B.dim(), C.dim(), h0 is not None)
+        y = _unsteps(ys, L).reshape(b, L, d).transpose(1, 2)
+        return y, state.reshape(b, d, n)
 
     @staticmethod
     def backward(ctx, gy, glast):
-        u, delta, A, B, C, h0 = ctx.saved_tensors
-        b, d, L = u.shape
-        ut, dt, Ag, Bg, Cg, dA, dtu, dBu = _SelectiveScan._setup(u, delta, A, B, C)
-        g_, k = Ag.shape[0], Ag.shape[1]
-        h0g = h0.reshape(b, *Ag.shape) if ctx.has_h0 else None
-        h, _ = linear_scan(dA, dBu, h0g)  # recomputed, not stored
-        gyt = gy.transpose(1, 2).contiguous().reshape(b, L, g_, k)
-        gC = (h * gyt.unsqueeze(-1)).sum(3)
-        # adjoint g_t = C_t gy_t + a_{t+1} g_{t+1}: the same recurrence in reverse
-        gh = gyt.unsqueeze(-1) * Cg.unsqueeze(3)
-        if glast is not None:
-            gh[:, -1] += glast.reshape(b, g_, k, -1)
-        a_next = torch.cat([dA[:, 1:], dA.new_zeros(dA[:, :1].shape)], 1)
-        dA_first = dA[:, 0]
-        del dA
-        g, _ = linear_scan(a_next, gh, reverse=True, out=gh)
-        del a_next
-        # a_t h_{t-1} = h_t - x_t, so d loss / d(delta_t A) = g_t (h_t - x_t): no shifted copy of h
-        r = h.sub_(dBu).mul_(g)
-        gA = (r * dt.unsqueeze(-1)).sum((0, 1)).reshape(A.shape)
-        gdelta = (r * Ag).sum(-1)
-        del r
-        gB = (g * dtu.unsqueeze(-1)).sum(3)
-        gdtu = (g * Bg.unsqueeze(3)).sum(-1)
-        gdelta = gdelta + gdtu * ut
-        gu = gdtu * dt
-        gh0 = (g[:, 0] * dA_first).reshape(h0.shape) if ctx.has_h0 else None
+        us, dts, Ag, Bs, Cs, hs, P = ctx.saved_tensors
+        b, d, L, g, k, n, Bdim, Cdim, has_h0 = ctx.meta
+        T, nc = us.shape[0], us.shape[2]
+        gys = _steps(gy.transpose(1, 2).reshape(b, L, g, k), T)
+        dtus = dts * us
+        # (1) adjoint at each chunk's first step from a zero incoming adjoint
+        G = us.new_zeros((b, nc, g, k, n))
+        for t in range(T - 1, -1, -1):
+            a = torch.exp(dts[t].unsqueeze(-1) * Ag)
+            G = torch.addcmul(gys[t].unsqueeze(-1) * Cs[t], a_next, G) if t < T - 1 else gys[t].unsqueeze(-1) * Cs[t]
+            a_next = a
+        a0G = a_next * G
+        # (2) carry adjoints backwards across chunks: I_{c-1} = a_0(c) G_c + P_c I_c
+        carry = torch.empty_like(G)
+        I = glast.reshape(b, g, k, n).clone() if glast is not None else us.new_zeros((b, g, k, n))
+        for c in range(nc - 1, -1, -1):
+            carry[:, c] = I
+            I = torch.addcmul(a0G[:, c], P[:, c], I)
+        # (3) exact adjoint per step and every gradient from it
+        gus, gdts = torch.empty_like(us), torch.empty_like(dts)
+        gBs = us.new_empty((T, b, nc, g, n))
+        gCs = torch.empty_like(gBs)
+        gA = torch.zeros_like(G)
+        grad = carry
+        for t in range(T - 1, -1, -1):
+            a = torch.exp(dts[t].unsqueeze(-1) * Ag)
+            gh = gys[t].unsqueeze(-1) * Cs[t]
+            grad = gh + grad if t == T - 1 else torch.addcmul(gh, a_next, grad)
+            a_next = a
+            h = hs[t]
+            x = dtus[t].unsqueeze(-1) * Bs[t]
+            r = grad * (h - x)  # d loss / d (dt_t A): a_t h_{t-1} = h_t - x_t
+            gA.addcmul_(r, dts[t].unsqueeze(-1))
+            gdtu = (grad * Bs[t]).sum(-1)  # d loss / d (dt_t u_t)
+            gdts[t] = (r * Ag).sum(-1) + gdtu * us[t]
+            gus[t] = gdtu * dts[t]
+            gBs[t] = (grad * dtus[t].unsqueeze(-1)).sum(-2)
+            gCs[t] = (h * gys[t].unsqueeze(-1)).sum(-2)
+        gh0 = I.reshape(b, d, n) if has_h0 else None
+        like_B, like_C = torch.empty((0,) * Bdim), torch.empty((0,) * Cdim)
         return (
-            gu.reshape(b, L, d).transpose(1, 2),
-            gdelta.reshape(b, L, d).transpose(1, 2),
-            gA,
-            _ungrouped_grad(gB, B),
-            _ungrouped_grad(gC, C),
+            _unsteps(gus, L).reshape(b, L, d).transpose(1, 2),
+            _unsteps(gdts, L).reshape(b, L, d).transpose(1, 2),
+            gA.sum((0, 1)).reshape(d, n),
+            _ungrouped_grad(_unsteps(gBs, L), like_B),
+            _ungrouped_grad(_unsteps(gCs, L), like_C),
             gh0,
         )
 

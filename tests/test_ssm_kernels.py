@@ -1,0 +1,159 @@
+import pytest
+import torch
+
+from rtgen.errors import RtgenError
+from rtgen.ssm import dispatch, linear_scan, selective_scan_fast, selective_scan_ref, ssd_chunked, ssd_ref
+from rtgen.ssm.scan import LinearScan
+
+
+def scan_inputs(b, d, n, L, groups=None, dtype=torch.float32, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    BC = (b, n, L) if groups is None else (b, groups, n, L)
+    t = dict(u=r(b, d, L), delta=r(b, d, L) * 0.5, A=-torch.rand(d, n, generator=g, dtype=dtype) * 2 - 0.1,
+             B=r(*BC), C=r(*BC), D=r(d), z=r(b, d, L), delta_bias=r(d) * 0.1)
+    if grad:
+        for v in t.values():
+            v.requires_grad_()
+    return t
+
+
+@pytest.mark.parametrize("b,d,n,L,groups", [(2, 8, 4, 37, None), (1, 6, 3, 100, 2), (2, 4, 16, 257, None), (1, 16, 8, 64, 4)])
+def test_fast_selective_scan_equals_reference(b, d, n, L, groups):
+    t = scan_inputs(b, d, n, L, groups)
+    y1, s1 = selective_scan_fast(**t, delta_softplus=True, return_last_state=True)
+    y2, s2 = selective_scan_ref(**t, delta_softplus=True, return_last_state=True)
+    assert torch.allclose(y1, y2, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(s1, s2, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_selective_scan_gradients_match_reference():
+    t1 = scan_inputs(2, 6, 4, 45, grad=True)
+    t2 = {k: v.detach().clone().requires_grad_() for k, v in t1.items()}
+    w = torch.randn(2, 6, 45)
+    (selective_scan_fast(**t1, delta_softplus=True) * w).sum().backward()
+    (selective_scan_ref(**t2, delta_softplus=True) * w).sum().backward()
+    for k in t1:
+        assert torch.allclose(t1[k].grad, t2[k].grad, atol=1e-4, rtol=1e-3), k
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_selective_scan_gradcheck_float64(groups):
+    t = scan_inputs(1, 4, 2, 11, groups, dtype=torch.float64, grad=True)
+    h0 = torch.randn(1, 4, 2, dtype=torch.float64, requires_grad=True)
+    names = list(t)
+
+    def f(*args):
+        kw = dict(zip(names, args[:-1]))
+        return selective_scan_fast(**kw, delta_softplus=True, return_last_state=True, h0=args[-1])
+
+    assert torch.autograd.gradcheck(f, (*t.values(), h0))
+
+
+def test_linear_scan_forward_reverse_and_chunking():
+    a, x = torch.rand(2, 37, 3), torch.randn(2, 37, 3)
+    h_ref, prev = [], torch.zeros(2, 3)
+    for t in range(37):
+        prev = a[:, t] * prev + x[:, t]
+        h_ref.append(prev)
+    h_ref = torch.stack(h_ref, 1)
+    for chunk in (1, 4, 8, 37, 64):
+        h, last = linear_scan(a, x, chunk=chunk)
+        assert torch.allclose(h, h_ref, atol=1e-6) and torch.allclose(last, h_ref[:, -1], atol=1e-6)
+    hr, _ = linear_scan(a, x, reverse=True, chunk=8)
+    hf, _ = linear_scan(a.flip(1), x.flip(1), chunk=8)
+    assert torch.allclose(hr, hf.flip(1), atol=1e-6)
+    a64 = torch.rand(1, 9, 2, 1, dtype=torch.float64, requires_grad=True)  # broadcast decay
+    x64 = torch.randn(1, 9, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, x, h: LinearScan.apply(a, x, h), (a64, x64, h0))
+
+
+def test_long_sequence_is_finite_in_float32_and_bfloat16():
+    t = scan_inputs(1, 4, 16, 65536)
+    t["delta"] = t["delta"] * 4  # strong decays: products underflow, never overflow
+    y = selective_scan_fast(**t, delta_softplus=True)
+    assert torch.isfinite(y).all()
+    # the end of the long sequence equals a short run started from the state just before it
+    _, state = selective_scan_fast(**{k: (v[..., :-100] if v.dim() == 3 and v.shape[-1] == 65536 else v)
+                                      for k, v in t.items()}, delta_softplus=True, return_last_state=True)
+    tail = {k: (v[..., -100:] if v.dim() == 3 and v.shape[-1] == 65536 else v) for k, v in t.items()}
+    y_tail = selective_scan_fast(**tail, delta_softplus=True, h0=state)
+    assert torch.allclose(y[..., -100:], y_tail, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = selective_scan_fast(**{k: v.bfloat16() for k, v in t.items()}, delta_softplus=True)
+    assert yb.dtype == torch.bfloat16 and torch.isfinite(yb.float()).all()
+    assert (yb.float() - y).abs().mean() < 0.05 * y.abs().mean()
+
+
+def ssd_inputs(b, L, h, p, g, n, dtype=torch.float32, grad=False):
+    gen = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    t = dict(x=r(b, L, h, p), dt=r(b, L, h) * 0.5, A=-torch.rand(h, generator=gen, dtype=dtype) - 0.1,
+             B=r(b, L, g, n), C=r(b, L, g, n), D=r(h), z=r(b, L, h, p), dt_bias=r(h) * 0.1,
+             initial_states=r(b, h, p, n))
+    if grad:
+        for v in t.values():
+            v.requires_grad_()
+    return t
+
+
+@pytest.mark.parametrize("b,L,h,p,g,n,chunk", [(2, 37, 4, 8, 2, 16, 16), (1, 130, 2, 4, 1, 8, 64), (1, 64, 3, 5, 3, 4, 8)])
+def test_ssd_chunked_equals_sequential(b, L, h, p, g, n, chunk):
+    t = ssd_inputs(b, L, h, p, g, n)
+    y1, s1 = ssd_chunked(**t, chunk_size=chunk, dt_softplus=True, return_final_states=True)
+    y2, s2 = ssd_ref(**t, dt_softplus=True, return_final_states=True)
+    assert torch.allclose(y1, y2, atol=1e-4, rtol=1e-4) and torch.allclose(s1, s2, atol=1e-4, rtol=1e-4)
+
+
+def test_ssd_gradcheck_float64():
+    t = ssd_inputs(1, 11, 2, 2, 1, 3, dtype=torch.float64, grad=True)
+    names = list(t)
+    f = lambda *a: ssd_chunked(**dict(zip(names, a)), chunk_size=4, dt_softplus=True, return_final_states=True)  # noqa: E731
+    assert torch.autograd.gradcheck(f, tuple(t.values()))
+
+
+def test_ssd_long_sequence_finite():
+    t = ssd_inputs(1, 65536, 2, 4, 1, 8)
+    assert torch.isfinite(ssd_chunked(**t, chunk_size=64, dt_softplus=True)).all()
+
+
+@pytest.mark.parametrize(
+    "setting,available,on_cuda,expected",
+    [("auto", True, True, "cuda"), ("auto", True, False, "torch"), ("auto", False, True, "torch"),
+     ("torch", True, True, "torch"), ("cuda", True, True, "cuda")],
+)
+def test_dispatch_decision(setting, available, on_cuda, expected):
+    assert dispatch.choose(setting, available, on_cuda) == expected
+
+
+def test_dispatch_errors_and_setting():
+    with pytest.raises(RtgenError, match="mamba_ssm is not installed"):
+        dispatch.choose("cuda", False, True)
+    with pytest.raises(RtgenError, match="not on a CUDA device"):
+        dispatch.choose("cuda", True, False)
+    with pytest.raises(RtgenError, match="unknown SSM backend"):
+        dispatch.set_backend("triton")
+    with dispatch.use_backend("torch"):
+        assert dispatch.get_backend() == "torch"
+    assert dispatch.get_backend() == "auto"
+    # on this CPU machine, auto runs the PyTorch path and gives the fast kernel's result
+    t = scan_inputs(1, 4, 3, 20)
+    assert torch.equal(dispatch.selective_scan(**t), selective_scan_fast(**t))
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dispatch.kernels_available()), reason="needs CUDA and mamba_ssm")
+def test_cuda_kernels_match_torch_path():
+    t = {k: v.cuda() for k, v in scan_inputs(2, 32, 16, 1000).items()}
+    with dispatch.use_backend("cuda"):
+        y_cuda = dispatch.selective_scan(**t, delta_softplus=True)
+    with dispatch.use_backend("torch"):
+        y_torch = dispatch.selective_scan(**t, delta_softplus=True)
+    assert torch.allclose(y_cuda, y_torch, atol=1e-3, rtol=1e-3)
+    s = {k: v.cuda() for k, v in ssd_inputs(2, 256, 4, 16, 1, 32).items()}
+    s.pop("initial_states")
+    with dispatch.use_backend("cuda"):
+        a = dispatch.ssd(**s, chunk_size=64, dt_softplus=True)
+    with dispatch.use_backend("torch"):
+        b = dispatch.ssd(**s, chunk_size=64, dt_softplus=True)
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
