@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 convert_app = typer.Typer(help="Convert patient data between formats.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert")
+bench_app = typer.Typer(help="Benchmarks that print a table (state the machine beside any figure you quote).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -180,6 +183,33 @@ def print_evaluation(result) -> None:
     if "gamma_pass_rate_mean" in s:
         table.add_row("gamma pass rate 3%/3mm (%)", f"{s['gamma_pass_rate_mean']:.2f}")
     out.print(table)
+
+
+@bench_app.command("ssm")
+@user_errors
+def bench_ssm(
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    lengths: List[int] = typer.Option([1024, 4096, 16384, 65536], "--length", help="Sequence lengths (repeatable)."),
+    widths: List[int] = typer.Option([64, 128], "--width", help="Model widths (repeatable)."),
+    budget: float = typer.Option(60.0, help="Skip a measurement estimated to take longer than this (s)."),
+    only: Optional[List[str]] = typer.Option(None, help="Run only implementations whose name contains this."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON."),
+):
+    """Selective scan, Mamba and Mamba2 blocks vs the sequential reference, mambapy, transformers and attention."""
+    from rtgen.bench.ssm import format_table, format_targets, machine_description, run_benchmark, save_json, targets
+
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RtgenError("--device cuda requested but no CUDA device is available")
+    rows = run_benchmark(lengths, widths, device, budget, only=only, progress=lambda m: err.print(f"[dim]{m}[/]"))
+    out.print(f"machine: {machine_description(device)}\n", highlight=False)
+    print(format_table(rows))
+    print()
+    print(format_targets(targets(rows)))
+    if json_out:
+        save_json(json_out, rows, device)
 
 
 def run():  # console-script entry point

@@ -1,0 +1,1 @@
+"""Benchmarks that ship with rtgen (`rtgen bench ...`)."""
