@@ -185,6 +185,106 @@ def print_evaluation(result) -> None:
     out.print(table)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: train.out from the config)."),
+):
+    """Train a dose model: `rtgen train CONFIG.yaml [section.key=value ...]`. Also runs under torchrun."""
+    from rtgen.train.config import load_config
+    from rtgen.train.trainer import Trainer
+
+    overrides = list(ctx.args)
+    if resume is not None and not overrides and not (resume / "resolved_config.yaml").is_file():
+        raise RtgenError(f"{resume}: not a run directory (no resolved_config.yaml)")
+    cfg = load_config(resume / "resolved_config.yaml" if resume is not None else config, overrides)
+    run_dir = resume or out_dir or Path(cfg.train.out)
+    result = Trainer(cfg, run_dir, resume=resume is not None).fit()
+    out.print(f"best validation dose score {result['best_dose_score']:.3f} Gy after {result['epochs']} epochs; "
+              f"run directory [bold]{run_dir}[/]")
+
+
+class PredFormat(str, Enum):
+    csv = "csv"
+    nifti = "nifti"
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Path = typer.Option(..., "--model", help="Run directory or model.safetensors (config.json beside it)."),
+    patients: Path = typer.Option(..., "--patients", help="A split folder of patients, or one patient folder."),
+    out_dir: Path = typer.Option(..., "--out", help="Where pt_N.csv (or pt_N.nii.gz) predictions go."),
+    fmt: PredFormat = typer.Option(PredFormat.csv, "--format", help="csv (OpenKBP submission) or nifti."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower)."),
+    batch_size: int = typer.Option(32, help="Slices per forward pass."),
+):
+    """Predict whole 128^3 doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
+    from rtgen.data.openkbp import is_patient_dir, write_dose_csv
+    from rtgen.data.nifti import write_nifti
+    from rtgen.data.patients import find_patients, load_patient
+    from rtgen.predict import load_predictor
+
+    predictor = load_predictor(model, device)
+    paths = [patients] if is_patient_dir(patients) or patients.suffix == ".npz" else find_patients(patients)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    from tqdm.auto import tqdm
+
+    for path in tqdm(paths, desc="predicting", unit="patient"):
+        try:
+            patient = load_patient(path)
+            dose = predictor.predict(patient, batch_size=batch_size, tta=tta)
+            if fmt is PredFormat.csv:
+                write_dose_csv(out_dir / f"{patient.id}.csv", dose)
+            else:
+                write_nifti(out_dir / f"{patient.id}.nii.gz", dose, patient.spacing)
+        except RtgenError as e:
+            failed.append(path.name)
+            err.print(f"[red]error:[/] {e} (skipped)", highlight=False, soft_wrap=True)
+    out.print(f"{len(paths) - len(failed)} of {len(paths)} patients predicted -> [bold]{out_dir}[/]")
+    if failed:
+        err.print(f"[red]failed:[/] {', '.join(failed)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def demo(
+    out_dir: Path = typer.Option(Path("rtgen-out/demo"), "--out", help="Predictions, metrics and DVH figures."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips."),
+):
+    """Predict the bundled example patients with the shipped model, evaluate them, plot DVHs."""
+    import time
+
+    from rtgen.data.openkbp import write_dose_csv
+    from rtgen.evaluation import evaluate_folders
+    from rtgen.inspect import example_patients_dir
+    from rtgen.data.patients import PatientSplit
+    from rtgen.predict import load_predictor
+    from rtgen.models import shipped_model_dir
+
+    t0 = time.perf_counter()
+    predictor = load_predictor(shipped_model_dir(), "cpu")
+    examples = example_patients_dir()
+    pred_dir = out_dir / "predictions"
+    for patient in PatientSplit(examples, progress=False):
+        t = time.perf_counter()
+        write_dose_csv(pred_dir / f"{patient.id}.csv", predictor.predict(patient, tta=tta))
+        out.print(f"{patient.id}: predicted in {time.perf_counter() - t:.1f} s")
+    result = evaluate_folders(pred_dir, examples, out_dir / "evaluation", progress=False)
+    print_evaluation(result)
+    card = predictor.config.get("validation", {})
+    out.print(f"shipped model: {predictor.config['model']['name']}, validation dose score "
+              f"{card.get('dose_score', float('nan')):.3f} Gy, DVH score {card.get('dvh_score', float('nan')):.3f} Gy "
+              f"on the 33 OpenKBP validation patients (see its MODEL_CARD.md)")
+    out.print(f"predictions, metrics and DVH figures in [bold]{out_dir}[/] ({time.perf_counter() - t0:.0f} s)")
+
+
 @bench_app.command("ssm")
 @user_errors
 def bench_ssm(

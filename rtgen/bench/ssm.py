@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from rtgen.nets.unet2d import SelfAttention
 from rtgen.ssm import Mamba, Mamba2, dispatch, selective_scan_fast, selective_scan_ref
 
 D_STATE = 16
@@ -108,21 +108,6 @@ def _module_workload(module: nn.Module, width: int, L: int, device):
     return lambda: module(x), [x] + list(module.parameters())
 
 
-class SDPAttention(nn.Module):
-    """Multi-head self-attention of the same width: qkv projection, scaled_dot_product_attention, out."""
-
-    def __init__(self, width: int, head_dim: int = 32):
-        super().__init__()
-        self.heads = max(1, width // head_dim)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-
-    def forward(self, x):
-        b, L, w = x.shape
-        q, k, v = self.qkv(x).view(b, L, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, L, w))
-
-
 def _mambapy_block(width: int):
     from mambapy.mamba import MambaBlock, MambaConfig
 
@@ -167,7 +152,7 @@ def implementations(device) -> list[tuple[str, Callable, float, str]]:
         ("Mamba block, mambapy", lambda w, L: _module_workload(_mambapy_block(w), w, L, device), 1.0, _missing("mambapy")),
         ("Mamba2 mixer, transformers (torch)", lambda w, L: _module_workload(_transformers_mamba2(w), w, L, device),
          1.0, _missing("transformers")),
-        ("attention, SDPA", lambda w, L: _module_workload(SDPAttention(w), w, L, device), 2.0, ""),
+        ("attention, SDPA", lambda w, L: _module_workload(SelfAttention(w), w, L, device), 2.0, ""),
     ]
     if device.type == "cuda":
         note = "" if dispatch.kernels_available() else "mamba_ssm not installed"

@@ -1,0 +1,17 @@
+"""Models that ship inside rtgen."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from rtgen.errors import RtgenError
+
+SHIPPED = "mamba_unet_v2_openkbp"
+
+
+def shipped_model_dir(name: str = SHIPPED) -> Path:
+    path = Path(str(resources.files("rtgen") / "models" / name))
+    if not (path / "model.safetensors").is_file():
+        raise RtgenError(f"{path}: the shipped model is missing from this installation")
+    return path

@@ -1,0 +1,55 @@
+"""A short, honest model card written beside every best checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtgen.atomic import atomic_write_text
+
+
+def write_model_card(run_dir: str | Path, summary: dict) -> Path:
+    run_dir = Path(run_dir)
+    t = summary["training"]
+    c = t["config"]
+    v = summary.get("validation", {})
+    arch = summary["model"]["architecture"]
+    lines = [
+        f"# {summary['model']['name']} dose predictor",
+        "",
+        "Predicts a 3D radiotherapy dose (Gy) for head-and-neck OpenKBP patients from axial slices of CT,",
+        "PTV (prescription / 70), possible dose mask, OAR masks and prescription-specific distance maps.",
+        "",
+        "## Data",
+        f"- Training: {t['train_patients']} patients ({t['train_slices']} axial slices touching the possible dose mask)"
+        f" from `{c['data']['train']}`.",
+        f"- Validation (model selection by dose score): {t['val_patients']} patients from `{c['data']['val']}`.",
+        "- OpenKBP: Babier et al., Medical Physics 48:5549-5561, 2021.",
+        "",
+        "## Model",
+        f"- Architecture: `{summary['model']['name']}`, channels {arch['channels']}, token mixer `{arch['mixer']}`"
+        f" from level {arch['mixer_from_level']} (0 = full resolution), bottleneck depth {arch['bottleneck_depth']},"
+        f" {summary['model']['parameters']:,} parameters.",
+        f"- Inputs: {arch['in_channels']} channels; CT window {summary['normalisation']['ct_window_hu_plus_1024']} (HU + 1024) -> [-1, 1];"
+        f" dose [0, {summary['normalisation']['dose_range_gy'][1]:g}] Gy -> [-1, 1].",
+        "",
+        "## Training",
+        f"- Hardware: {t['hardware']}.",
+        f"- Time: {t['seconds'] / 60:.1f} min, {t['epochs_run']} epochs, {t['steps']} steps of batch"
+        f" {c['train']['batch_size']}, AdamW lr {c['train']['lr']:g}, weight decay {c['train']['weight_decay']:g},"
+        f" warm-up {c['train']['warmup_steps']} steps then cosine, Smooth L1 in the possible dose mask,"
+        f" EMA {c['train']['ema_decay']}.",
+        f"- rtgen {t['rtgen_version']}; resolved config in `resolved_config.yaml`, per-epoch log in `log.csv`.",
+        "",
+        "## Validation scores (OpenKBP definitions)",
+        f"- Dose score: {v.get('dose_score', float('nan')):.3f} Gy; DVH score: {v.get('dvh_score', float('nan')):.3f} Gy"
+        f" (epoch {v.get('epoch', '-')}).",
+        "- Reproduce: `rtgen predict --model THIS_FOLDER --patients VALIDATION_SPLIT --out pred &&"
+        " rtgen evaluate --pred pred --ref VALIDATION_SPLIT`.",
+        "",
+    ]
+    notes = summary.get("notes")
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    path = run_dir / "MODEL_CARD.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
