@@ -58,6 +58,18 @@ def test_masked_loss_and_schedule():
     assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
 
 
+def test_ema_warms_up():
+    from rtgen.train.trainer import ema_with_warmup
+
+    avg, cur = [torch.zeros(3)], [torch.ones(3)]
+    update = ema_with_warmup(0.999)
+    update(avg, cur, torch.tensor(0))  # first update: decay 0.1 -> mostly the current weights
+    assert torch.allclose(avg[0], torch.full((3,), 0.9))
+    for n in range(1, 2000):
+        update(avg, cur, torch.tensor(n))
+    assert torch.allclose(avg[0], torch.ones(3), atol=1e-3)
+
+
 def test_config_overrides_and_errors(tiny_config):
     cfg = load_config(tiny_config, ["train.lr=0.5", "model.channels=[4,8,8,16]"])
     assert cfg.train.lr == 0.5 and cfg.model["channels"] == [4, 8, 8, 16]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
@@ -56,6 +56,19 @@ def warmup_cosine(warmup: int, total: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over n updates, so early
+    averages are not dominated by the random initialisation."""
+
+    @torch.no_grad()
+    def update(averaged, current, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -112,7 +125,7 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                               if self.device.type == "cuda" else None)
                     if self.distributed else self.model)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.train.ema_decay))
                     if cfg.train.ema_decay else None)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.train.lr)
         per_epoch = len(self.train_set) // (cfg.train.batch_size * self.world)
