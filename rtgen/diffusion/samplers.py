@@ -1,0 +1,58 @@
+"""Samplers behind one small interface, all from diffusers: DDPM ancestral, DDIM (eta), DPM-Solver++ (2M)
+and the probability-flow ODE of the VP SDE (Heun's method in sigma space, Karras et al. 2022).
+
+A sampler knows nothing about architectures: it calls `denoise(x_in, t)` and expects the
+prediction kind the model was trained for.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from rtgen.diffusion.schedule import NoiseSchedule
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "ode")
+
+
+def make_scheduler(name: str, schedule: NoiseSchedule, prediction: str = "epsilon"):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler
+
+    kw = {**schedule.diffusers_kwargs(), "prediction_type": prediction}
+    if name == "ddpm":
+        return DDPMScheduler(**kw, clip_sample=False, variance_type="fixed_small")
+    if name == "ddim":
+        return DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
+                                           timestep_spacing="trailing", final_sigmas_type="zero")
+    if name == "ode":
+        return HeunDiscreteScheduler(**kw, timestep_spacing="trailing")
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+@torch.no_grad()
+def sample(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    schedule: NoiseSchedule = NoiseSchedule(),
+    sampler: str = "ddim",
+    steps: int = 50,
+    prediction: str = "epsilon",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Draw samples of `shape` from noise. Deterministic for a given generator state."""
+    sched = make_scheduler(sampler, schedule, prediction)
+    sched.set_timesteps(steps if sampler != "ddpm" or steps < schedule.timesteps else schedule.timesteps, device=device)
+    x = torch.randn(shape, generator=generator, device="cpu").to(device) * sched.init_noise_sigma
+    extra = {"eta": eta, "generator": generator} if sampler == "ddim" else {"generator": generator} if sampler == "ddpm" else {}
+    for t in tqdm(sched.timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False):
+        model_in = sched.scale_model_input(x, t)
+        tt = t.expand(shape[0]) if t.dim() == 0 else t
+        x = sched.step(denoise(model_in, tt), t, x, **extra).prev_sample
+    return x

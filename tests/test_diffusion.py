@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from rtgen.diffusion import NoiseSchedule, add_noise, convert, diffusion_loss, sample, target, to_x0_eps
+
+
+def test_linear_schedule_is_the_papers():
+    s = NoiseSchedule()
+    betas = 1 - s.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), s.alphas_cumprod[:-1]])
+    assert torch.allclose(betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), atol=1e-7)
+    c = NoiseSchedule("cosine").alphas_cumprod
+    assert (c.diff() < 0).all() and c[0] > 0.99 and c[-1] < 1e-3
+    with pytest.raises(ValueError):
+        NoiseSchedule("quadratic")
+
+
+@pytest.mark.parametrize("src", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("dst", ["epsilon", "sample", "v_prediction"])
+def test_parameterisation_conversions_are_exact(src, dst):
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
+    ab = NoiseSchedule().alpha_bar(torch.tensor([0, 10, 300, 700, 999]))
+    x_t = add_noise(x0, eps, ab)
+    assert torch.allclose(convert(target(x0, eps, ab, src), x_t, ab, src, dst), target(x0, eps, ab, dst), atol=1e-9)
+    x0_back, eps_back = to_x0_eps(target(x0, eps, ab, src), x_t, ab, src)
+    assert torch.allclose(x0_back, x0, atol=1e-8) and torch.allclose(eps_back, eps, atol=1e-8)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_loss_is_zero_for_an_oracle_and_respects_the_mask(prediction):
+    s = NoiseSchedule()
+    x0 = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+
+    def oracle(x_t, t):  # knows x0, so it can give the exact target at any x_t
+        ab = s.alpha_bar(t)
+        eps = (x_t - ab.sqrt().view(-1, 1, 1, 1) * x0) / (1 - ab).sqrt().view(-1, 1, 1, 1)
+        return target(x0, eps, ab, prediction)
+
+    assert diffusion_loss(oracle, x0, s, prediction).item() == pytest.approx(0.0, abs=1e-12)
+    mask = torch.zeros(4, 1, 8, 8)
+    mask[..., :4, :] = 1
+
+    def wrong_outside(x_t, t):
+        out = oracle(x_t, t).clone()
+        out[..., 4:, :] += 10.0
+        return out
+
+    assert diffusion_loss(wrong_outside, x0, s, prediction, mask=mask).item() == pytest.approx(0.0, abs=1e-12)
+    assert diffusion_loss(wrong_outside, x0, s, prediction).item() > 1.0
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 10), ("dpmpp", 10), ("ode", 10)])
+def test_samplers_reach_a_point_mass(sampler, steps):
+    g = torch.Generator().manual_seed(0)
+    x = sample(lambda x, t: torch.full_like(x, 0.37), (2, 1, 4, 4), NoiseSchedule(), sampler, steps, "sample", generator=g)
+    assert torch.allclose(x, torch.full_like(x, 0.37), atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,tol", [("ddpm", 1000, 0.03), ("dpmpp", 50, 0.03), ("ddim", 200, 0.05)])
+def test_samplers_recover_a_gaussian_with_its_optimal_denoiser(sampler, steps, tol):
+    s, sd = NoiseSchedule(), 0.5
+    ab = s.alphas_cumprod
+
+    def optimal_x0(x, t):  # E[x0 | x_t] for x0 ~ N(0, sd^2)
+        a = ab[t.long()].view(-1, 1, 1, 1).float()
+        return a.sqrt() * sd**2 / (a * sd**2 + 1 - a) * x
+
+    x = sample(optimal_x0, (4000, 1, 1, 1), s, sampler, steps, "sample", generator=torch.Generator().manual_seed(0))
+    assert abs(x.std().item() - sd) < tol * sd * 2 and abs(x.mean().item()) < 0.05
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    den = lambda x, t: 0.1 * x  # noqa: E731
+    a = sample(den, (1, 1, 4, 4), sampler="ddpm", steps=50, generator=torch.Generator().manual_seed(5))
+    b = sample(den, (1, 1, 4, 4), sampler="ddpm", steps=50, generator=torch.Generator().manual_seed(5))
+    c = sample(den, (1, 1, 4, 4), sampler="ddpm", steps=50, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
