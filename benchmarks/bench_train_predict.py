@@ -21,7 +21,7 @@ from rtgen.inspect import example_patients_dir
 from rtgen.nets import build_model, count_parameters
 from rtgen.predict import Predictor
 from rtgen.data.features import FeatureConfig
-from rtgen.train.trainer import masked_smooth_l1
+from rtgen.tasks import RegressionTask, masked_smooth_l1
 
 SETTINGS = {
     "cpu config (16-32-64-128, mixer from level 2)": dict(channels=(16, 32, 64, 128), mixer_from_level=2),
@@ -69,7 +69,7 @@ def main():
             torch.manual_seed(0)
             model = build_model(name, in_channels=20, **kw).to(device)
             rate, peak = train_throughput(model, device, a.batch, a.steps)
-            predictor = Predictor(model.eval(), FeatureConfig(), {}, None, device)
+            predictor = Predictor(RegressionTask(name, {}), model.eval(), FeatureConfig(), {}, None, device)
             predictor.predict(patient)  # warm-up
             t0 = time.perf_counter()
             predictor.predict(patient)

@@ -180,6 +180,8 @@ def print_evaluation(result) -> None:
         table.add_row(f"  |error| {m}", f"{v:.4f}")
     for t, v in s["hi_abs_error"].items():
         table.add_row(f"  |error| HI {t} (unitless)", f"{v:.4f}")
+    if "uncertainty_error_correlation_mean" in s:
+        table.add_row("uncertainty vs |error| correlation", f"{s['uncertainty_error_correlation_mean']:.3f}")
     if "gamma_pass_rate_mean" in s:
         table.add_row("gamma pass rate 3%/3mm (%)", f"{s['gamma_pass_rate_mean']:.2f}")
     out.print(table)
@@ -222,6 +224,10 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower)."),
     batch_size: int = typer.Option(32, help="Slices per forward pass."),
+    sampler: str = typer.Option("dpmpp", help="Diffusion models: ddpm, ddim, dpmpp or ode."),
+    steps: int = typer.Option(10, help="Diffusion models: sampling steps."),
+    samples: int = typer.Option(1, help="Diffusion models: samples per patient; K > 1 also writes pt_N_std.nii.gz."),
+    seed: int = typer.Option(0, help="Diffusion models: random seed (predictions are deterministic for a seed)."),
 ):
     """Predict whole 128^3 doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
     from rtgen.data.openkbp import is_patient_dir, write_dose_csv
@@ -229,7 +235,17 @@ def predict(
     from rtgen.data.patients import find_patients, load_patient
     from rtgen.predict import load_predictor
 
+    from rtgen.diffusion import SAMPLERS
+    from rtgen.tasks import SamplingConfig
+
     predictor = load_predictor(model, device)
+    diffusion = predictor.task.diffusion is not None
+    if sampler not in SAMPLERS:
+        raise RtgenError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if samples > 1 and not diffusion:
+        raise RtgenError(f"--samples {samples}: {predictor.config['model']['name']} is deterministic; "
+                         "several samples need a diffusion model")
+    sampling = SamplingConfig(sampler, steps, samples, seed)
     paths = [patients] if is_patient_dir(patients) or patients.suffix == ".npz" else find_patients(patients)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -238,11 +254,13 @@ def predict(
     for path in tqdm(paths, desc="predicting", unit="patient"):
         try:
             patient = load_patient(path)
-            dose = predictor.predict(patient, batch_size=batch_size, tta=tta)
+            dose, std = predictor.predict_with_uncertainty(patient, batch_size, tta, sampling if diffusion else None)
             if fmt is PredFormat.csv:
                 write_dose_csv(out_dir / f"{patient.id}.csv", dose)
             else:
                 write_nifti(out_dir / f"{patient.id}.nii.gz", dose, patient.spacing)
+            if std is not None:  # voxel-wise spread of the K samples, beside the mean
+                write_nifti(out_dir / f"{patient.id}_std.nii.gz", std, patient.spacing)
         except RtgenError as e:
             failed.append(path.name)
             err.print(f"[red]error:[/] {e} (skipped)", highlight=False, soft_wrap=True)

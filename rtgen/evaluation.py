@@ -47,6 +47,7 @@ class EvaluationResult:
     scores: OpenKBPScores
     hi: dict[str, dict[str, float]] = field(default_factory=dict)  # patient -> {"PTV70_ref": .., "PTV70_pred": ..}
     gamma: dict[str, float] = field(default_factory=dict)
+    uncertainty_corr: dict[str, float] = field(default_factory=dict)  # Pearson r(std, |error|) in the mask
 
     def hi_errors(self) -> dict[str, float]:
         out = {}
@@ -66,6 +67,9 @@ class EvaluationResult:
         }
         if self.gamma:
             s["gamma_pass_rate_mean"] = float(np.mean(list(self.gamma.values())))
+        if self.uncertainty_corr:
+            s["uncertainty_error_correlation_mean"] = float(np.nanmean(list(self.uncertainty_corr.values())))
+            s["uncertainty_error_correlation"] = self.uncertainty_corr
         return s
 
 
@@ -102,6 +106,10 @@ def evaluate_folders(
             }
             if gamma:
                 result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
+            std_path = pred_dir / f"{ref.id}_std.nii.gz"
+            if std_path.is_file():
+                result.uncertainty_corr[ref.id] = uncertainty_error_correlation(
+                    read_prediction(std_path), ref.dose, pred, ref.possible_dose_mask)
             if stage is not None and figures:
                 plot_dvh(stage / f"dvh_{ref.id}.png", ref.structures, ref.dose, pred, title=f"{ref.id}: reference vs prediction")
         if stage is not None:
@@ -110,12 +118,23 @@ def evaluate_folders(
     return result
 
 
+def uncertainty_error_correlation(std: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
+                                  mask: np.ndarray) -> float:
+    """Pearson correlation, inside the possible dose mask, of predicted spread and absolute error."""
+    s = np.asarray(std, np.float64)[mask]
+    e = np.abs(np.asarray(reference, np.float64) - np.asarray(prediction, np.float64))[mask]
+    if s.size < 2 or s.std() == 0 or e.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(s, e)[0, 1])
+
+
 def per_patient_csv(result: EvaluationResult) -> str:
     columns = ["patient", "dose_score", "dvh_score"]
     rows = []
     keys = sorted({k for p in result.scores.patients for k in p.dvh_errors}, key=str)
     hi_keys = [f"HI_{t}_{w}" for t in TARGETS for w in ("ref", "pred")]
     columns += [f"abs_err_{m}_{s}" for m, s in keys] + hi_keys + (["gamma_pass_rate"] if result.gamma else [])
+    columns += ["uncertainty_error_correlation"] if result.uncertainty_corr else []
     for p in result.scores.patients:
         errs = p.dvh_errors
         row = [p.patient_id, p.dose_error, float(np.mean(list(errs.values()))) if errs else ""]
@@ -124,6 +143,8 @@ def per_patient_csv(result: EvaluationResult) -> str:
         row += [hi.get(k[3:], "") for k in hi_keys]
         if result.gamma:
             row.append(result.gamma[p.patient_id])
+        if result.uncertainty_corr:
+            row.append(result.uncertainty_corr.get(p.patient_id, ""))
         rows.append(row)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

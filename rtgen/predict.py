@@ -1,8 +1,9 @@
 """Whole-volume dose prediction from axial slices, shared by validation and `rtgen predict`.
 
-A slice model maps (B, C, H, W) features to (B, 1, H, W) dose in [-1, 1]. Predictions are made
-for the slices that touch the possible dose mask, optionally averaged over flips (test-time
-augmentation), mapped back to Gy, clamped at 0 and zeroed outside the possible dose mask.
+A task (regression or diffusion) turns (B, C, H, W) features into dose slices in [-1, 1].
+Predictions are made for the slices that touch the possible dose mask, optionally averaged over
+flips (test-time augmentation) and, for diffusion models, over several samples; then mapped back
+to Gy, clamped at 0 and zeroed outside the possible dose mask.
 """
 
 from __future__ import annotations
@@ -18,39 +19,14 @@ from rtgen.data.features import FeatureConfig, unscale_dose
 from rtgen.data.openkbp import Patient
 from rtgen.data.slices import PatientSlices, patient_slices
 from rtgen.errors import RtgenError
-from rtgen.nets import build_model
+from rtgen.tasks import SamplingConfig, make_task, predict_batches
 from rtgen.structures import GRID_SHAPE
 from rtgen.train.checkpoint import check_and_load, load_weights, read_config, resolve_checkpoint
-
-FLIPS = ((), (-1,), (-2,))  # identity, left-right, up-down (in-plane)
-
 
 def autocast_for(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def predict_slices(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, tta: bool = False,
-                   device: torch.device | str = "cpu", amp: bool = True) -> np.ndarray:
-    """(K, C, H, W) features -> (K, H, W) scaled dose predictions (float32)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    out = np.empty((images.shape[0], *images.shape[2:]), np.float32)
-    for start in range(0, images.shape[0], batch_size):
-        x = torch.from_numpy(np.asarray(images[start:start + batch_size], np.float32)).to(device)
-        acc = 0
-        flips = FLIPS if tta else FLIPS[:1]
-        with autocast_for(device, amp):
-            for dims in flips:
-                xi = x.flip(dims) if dims else x
-                y = model(xi).float()
-                acc = acc + (y.flip(dims) if dims else y)
-        out[start:start + x.shape[0]] = (acc / len(flips))[:, 0].cpu().numpy()
-    model.train(was_training)
-    return out
 
 
 def assemble_volume(slices: PatientSlices, predicted: np.ndarray, dose_max_gy: float = 80.0) -> np.ndarray:
@@ -63,18 +39,27 @@ def assemble_volume(slices: PatientSlices, predicted: np.ndarray, dose_max_gy: f
 
 @dataclass
 class Predictor:
-    """A loaded checkpoint: the network, its feature settings and where it came from."""
+    """A loaded checkpoint: its task (regression or diffusion), network and feature settings."""
 
+    task: object
     model: torch.nn.Module
     features: FeatureConfig
     config: dict
-    source: Path
+    source: Path | None
     device: torch.device
 
-    def predict(self, patient: Patient | str | Path, batch_size: int = 32, tta: bool = False) -> np.ndarray:
+    def predict_with_uncertainty(self, patient: Patient | str | Path, batch_size: int = 32, tta: bool = False,
+                                 sampling: SamplingConfig | None = None):
+        """(mean dose in Gy, voxel-wise standard deviation over samples in Gy or None)."""
         ps = patient_slices(patient, self.features, storage_dtype=np.float32)
-        pred = predict_slices(self.model, ps.images, batch_size, tta, self.device)
-        return assemble_volume(ps, pred, self.features.dose_max_gy)
+        pred = predict_batches(self.task, self.model, ps.images, batch_size, self.device, sampling,
+                               seed=sampling.seed if sampling else 0, tta=tta, autocast=autocast_for(self.device))
+        gy = np.stack([assemble_volume(ps, p, self.features.dose_max_gy) for p in pred])
+        return gy.mean(0), (gy.std(0) if gy.shape[0] > 1 else None)
+
+    def predict(self, patient: Patient | str | Path, batch_size: int = 32, tta: bool = False,
+                sampling: SamplingConfig | None = None) -> np.ndarray:
+        return self.predict_with_uncertainty(patient, batch_size, tta, sampling)[0]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -90,15 +75,11 @@ def load_predictor(path: str | Path, device: str = "auto") -> Predictor:
     weights_path, config_path = resolve_checkpoint(path)
     cfg = read_config(config_path)
     try:
-        arch = dict(cfg["model"]["architecture"])
-        name = cfg["model"]["name"]
         features = FeatureConfig.from_dict(cfg["features"])
-        model = build_model(name, **arch)
+        task = make_task(cfg["model"], cfg.get("diffusion"), in_channels=features.n_channels)
+        model = task.build()
     except (KeyError, TypeError, ValueError) as e:
         raise RtgenError(f"{config_path}: model or feature settings are invalid ({e})") from None
-    if arch.get("in_channels", features.n_channels) != features.n_channels:
-        raise RtgenError(f"{config_path}: model expects {arch['in_channels']} input channels but the features give "
-                         f"{features.n_channels}")
     check_and_load(model, load_weights(weights_path), weights_path)
     dev = resolve_device(device)
-    return Predictor(model.to(dev).eval(), features, cfg, weights_path, dev)
+    return Predictor(task, model.to(dev).eval(), features, cfg, weights_path, dev)

@@ -16,7 +16,8 @@ from rtgen.nets import build_model, count_parameters
 from rtgen.predict import load_predictor
 from rtgen.train.checkpoint import load_state, load_weights, save_state
 from rtgen.train.config import load_config
-from rtgen.train.trainer import Trainer, masked_smooth_l1, warmup_cosine
+from rtgen.tasks import masked_smooth_l1
+from rtgen.train.trainer import Trainer, warmup_cosine
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "rtgen" / "examples" / "openkbp"
 TINY = {

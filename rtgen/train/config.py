@@ -14,7 +14,7 @@ import yaml
 
 from rtgen.data.features import FeatureConfig
 from rtgen.errors import RtgenError
-from rtgen.nets import MODELS
+from rtgen.tasks import MODEL_NAMES, DiffusionConfig
 
 
 @dataclass
@@ -52,9 +52,11 @@ class RunConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used by diffusion models only
 
     def to_dict(self) -> dict:
         return {
+            "diffusion": self.diffusion.to_dict(),
             "model": dict(self.model),
             "features": self.features.to_dict(),
             "data": dataclasses.asdict(self.data),
@@ -78,18 +80,25 @@ def _typed(cls, values: dict, where: str, source: str):
 def from_dict(raw: dict, source: str = "config") -> RunConfig:
     if not isinstance(raw, dict):
         raise RtgenError(f"{source}: a training config must be a mapping")
-    unknown = sorted(set(raw) - {"model", "features", "data", "train"})
+    unknown = sorted(set(raw) - {"model", "features", "data", "train", "diffusion"})
     if unknown:
-        raise RtgenError(f"{source}: unknown section(s) {unknown}; known: model, features, data, train")
+        raise RtgenError(f"{source}: unknown section(s) {unknown}; known: model, features, data, train, diffusion")
     model = dict(raw.get("model") or {})
-    if model.get("name") not in MODELS:
-        raise RtgenError(f"{source}: model.name must be one of {sorted(MODELS)}, got {model.get('name')!r}")
+    if model.get("name") not in MODEL_NAMES:
+        raise RtgenError(f"{source}: model.name must be one of {sorted(MODEL_NAMES)}, got {model.get('name')!r}")
     cfg = RunConfig(
         model=model,
         features=_typed(FeatureConfig, raw.get("features") or {}, "features", source),
         data=_typed(DataConfig, raw.get("data") or {}, "data", source),
         train=_typed(TrainConfig, raw.get("train") or {}, "train", source),
+        diffusion=_typed(DiffusionConfig, raw.get("diffusion") or {}, "diffusion", source),
     )
+    try:
+        from rtgen.tasks import make_task
+
+        make_task(cfg.model, cfg.diffusion, cfg.features.n_channels)
+    except (TypeError, ValueError) as e:
+        raise RtgenError(f"{source}: invalid model section ({e})") from None
     for k, v in dataclasses.asdict(cfg.train).items():
         if k in ("lr", "weight_decay", "grad_clip") and not isinstance(v, (int, float)):
             raise RtgenError(f"{source}: train.{k} must be a number, got {v!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtgen.atomic import atomic_write_text
+from rtgen.data.features import FeatureConfig
 
 
 def write_model_card(run_dir: str | Path, summary: dict) -> Path:
@@ -26,10 +27,10 @@ def write_model_card(run_dir: str | Path, summary: dict) -> Path:
         "- OpenKBP: Babier et al., Medical Physics 48:5549-5561, 2021.",
         "",
         "## Model",
-        f"- Architecture: `{summary['model']['name']}`, channels {arch['channels']}, token mixer `{arch['mixer']}`"
-        f" from level {arch['mixer_from_level']} (0 = full resolution), bottleneck depth {arch['bottleneck_depth']},"
-        f" {summary['model']['parameters']:,} parameters.",
-        f"- Inputs: {arch['in_channels']} channels; CT window {summary['normalisation']['ct_window_hu_plus_1024']} (HU + 1024) -> [-1, 1];"
+        f"- Architecture: `{summary['model']['name']}`, {summary['model']['parameters']:,} parameters; "
+        + ", ".join(f"{k} {v}" for k, v in arch.items() if k not in ("extra",)) + ".",
+        f"- Inputs: {FeatureConfig.from_dict(summary['features']).n_channels} feature channels"
+        f" ({', '.join(FeatureConfig.from_dict(summary['features']).channel_names)}); CT window {summary['normalisation']['ct_window_hu_plus_1024']} (HU + 1024) -> [-1, 1];"
         f" dose [0, {summary['normalisation']['dose_range_gy'][1]:g}] Gy -> [-1, 1].",
         "",
         "## Training",

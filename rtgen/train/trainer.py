@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
@@ -29,8 +28,9 @@ from rtgen.data.patients import find_patients, load_patient
 from rtgen.data.slices import SliceDataset, build_slices, default_augmentation
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.errors import RtgenError
-from rtgen.nets import build_model, count_parameters, model_config
-from rtgen.predict import assemble_volume, autocast_for, predict_slices, resolve_device
+from rtgen.nets import count_parameters
+from rtgen.predict import assemble_volume, autocast_for, resolve_device
+from rtgen.tasks import make_task, masked_smooth_l1, predict_batches  # noqa: F401 (re-exported)
 from rtgen.train.checkpoint import load_state, load_weights, save_state, save_weights, write_config
 from rtgen.train.config import RunConfig, save_config
 from rtgen.train.model_card import write_model_card
@@ -40,12 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Smooth L1 averaged over the voxels inside the possible dose mask."""
-    loss = F.smooth_l1_loss(pred, target, reduction="none") * mask
-    return loss.sum() / mask.sum().clamp(min=1.0)
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -118,10 +112,9 @@ class Trainer:
         self.val_slices = build_slices(val_paths, cfg.features, workers=workers, progress=self.progress,
                                        desc="validation features")
         self.val_refs = [load_patient(p, load_ct=False) for p in val_paths] if self.main else []
-        arch = model_config(cfg.model["name"], in_channels=cfg.features.n_channels,
-                            **{k: v for k, v in cfg.model.items() if k != "name"})
-        self.arch = arch
-        self.model = build_model(cfg.model["name"], **arch.to_dict()).to(self.device)
+        self.task = make_task(cfg.model, cfg.diffusion, in_channels=cfg.features.n_channels)
+        self.arch = self.task.arch
+        self.model = self.task.build().to(self.device)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                               if self.device.type == "cuda" else None)
                     if self.distributed else self.model)
@@ -197,8 +190,9 @@ class Trainer:
     def summary(self, scores: dict) -> dict:
         cfg = self.cfg
         return {
-            "model": {"name": cfg.model["name"], "architecture": self.arch.to_dict(),
+            "model": {"name": cfg.model["name"], "architecture": self.arch,
                       "parameters": count_parameters(self.model)},
+            **({"diffusion": cfg.diffusion.to_dict()} if self.task.diffusion is not None else {}),
             "features": cfg.features.to_dict(),
             "normalisation": {"ct_window_hu_plus_1024": list(cfg.features.ct_window),
                               "dose_range_gy": [0.0, cfg.features.dose_max_gy], "scaled_range": [-1.0, 1.0]},
@@ -232,8 +226,7 @@ class Trainer:
                 break
             x, y, m = (batch[k].to(self.device, non_blocking=True) for k in ("image", "dose", "mask"))
             with autocast_for(self.device, self.amp):
-                pred = self.ddp(x)
-            loss = masked_smooth_l1(pred.float(), y, m)
+                loss = self.task.loss(self.ddp, x, y, m)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -257,8 +250,9 @@ class Trainer:
         scores = OpenKBPScores()
         volumes = []
         for ps, ref in zip(self.val_slices, self.val_refs):
-            pred = predict_slices(model, ps.images, self.cfg.train.val_batch_size, False, self.device, self.amp)
-            vol = assemble_volume(ps, pred, self.cfg.features.dose_max_gy)
+            pred = predict_batches(self.task, model, ps.images, self.cfg.train.val_batch_size, self.device,
+                                   autocast=autocast_for(self.device, self.amp))
+            vol = assemble_volume(ps, pred.mean(0), self.cfg.features.dose_max_gy)
             scores.add(ref.id, ref.dose, vol, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
             if not volumes:
                 volumes.append(vol)
