@@ -71,6 +71,15 @@ def test_ema_warms_up():
     assert torch.allclose(avg[0], torch.ones(3), atol=1e-3)
 
 
+def test_ema_model_tracks_batchnorm_statistics(tmp_path, tiny_config):
+    """The EMA copy must average BatchNorm running statistics too, not keep the initial ones."""
+    t = Trainer(load_config(tiny_config, ["train.epochs=1"]), tmp_path / "run", progress=False)
+    t.fit()
+    bn = [k for k in t.model.state_dict() if k.endswith("running_var")]
+    ema_state = t.ema.module.state_dict()
+    assert bn and all(not torch.allclose(ema_state[k], torch.ones_like(ema_state[k])) for k in bn)
+
+
 def test_config_overrides_and_errors(tiny_config):
     cfg = load_config(tiny_config, ["train.lr=0.5", "model.channels=[4,8,8,16]"])
     assert cfg.train.lr == 0.5 and cfg.model["channels"] == [4, 8, 8, 16]

@@ -60,7 +60,12 @@ def ema_with_warmup(decay: float):
     def update(averaged, current, num_averaged):
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
+        for a, c in zip(averaged, current):  # counters such as BatchNorm's num_batches_tracked
+            if not a.is_floating_point():
+                a.copy_(c)
 
     return update
 
@@ -118,7 +123,7 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                               if self.device.type == "cuda" else None)
                     if self.distributed else self.model)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.train.ema_decay))
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.train.ema_decay), use_buffers=True)
                     if cfg.train.ema_decay else None)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.train.lr)
         per_epoch = len(self.train_set) // (cfg.train.batch_size * self.world)
