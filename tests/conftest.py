@@ -1,4 +1,4 @@
-"""Shared fixtures: the two bundled OpenKBP validation patients (never ../shared)."""
+"""Shared fixtures: the two bundled OpenKBP validation patients (never the shared data folder)."""
 
 from __future__ import annotations
 
