@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from scipy import ndimage
 
 from rtgen.data import PatientSplit, write_dose_csv

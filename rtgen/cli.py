@@ -51,10 +51,10 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except RtgenError as e:
             err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -200,7 +200,7 @@ def train(
     from rtgen.train.trainer import Trainer
 
     overrides = list(ctx.args)
-    if resume is not None and not overrides and not (resume / "resolved_config.yaml").is_file():
+    if resume is not None and not (resume / "resolved_config.yaml").is_file():
         raise RtgenError(f"{resume}: not a run directory (no resolved_config.yaml)")
     cfg = load_config(resume / "resolved_config.yaml" if resume is not None else config, overrides)
     run_dir = resume or out_dir or Path(cfg.train.out)
@@ -297,9 +297,10 @@ def demo(
     result = evaluate_folders(pred_dir, examples, out_dir / "evaluation", progress=False)
     print_evaluation(result)
     card = predictor.config.get("validation", {})
+    n_val = predictor.config.get("training", {}).get("val_patients", "?")
     out.print(f"shipped model: {predictor.config['model']['name']}, validation dose score "
               f"{card.get('dose_score', float('nan')):.3f} Gy, DVH score {card.get('dvh_score', float('nan')):.3f} Gy "
-              f"on the 33 OpenKBP validation patients (see its MODEL_CARD.md)")
+              f"on {n_val} OpenKBP validation patients (see its MODEL_CARD.md)")
     out.print(f"predictions, metrics and DVH figures in [bold]{out_dir}[/] ({time.perf_counter() - t0:.0f} s)")
 
 

@@ -7,7 +7,7 @@ batch, and predicts scaled dose slices from feature slices. The trainer, validat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch

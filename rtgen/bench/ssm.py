@@ -147,8 +147,8 @@ def implementations(device) -> list[tuple[str, Callable, float, str]]:
     impls = [
         ("selective scan, rtgen fast", lambda w, L: _scan_workload(selective_scan_fast, w, L, device), 1.0, ""),
         ("selective scan, sequential ref", lambda w, L: _scan_workload(selective_scan_ref, w, L, device), 1.0, ""),
-        ("Mamba block, rtgen", lambda w, L: _module_workload(_torch_path(Mamba(w, d_state=D_STATE)), w, L, device), 1.0, ""),
-        ("Mamba2 block, rtgen", lambda w, L: _module_workload(_torch_path(Mamba2(w, headdim=64)), w, L, device), 1.0, ""),
+        ("Mamba block, rtgen", lambda w, L: _module_workload(_TorchPath(Mamba(w, d_state=D_STATE)), w, L, device), 1.0, ""),
+        ("Mamba2 block, rtgen", lambda w, L: _module_workload(_TorchPath(Mamba2(w, headdim=64)), w, L, device), 1.0, ""),
         ("Mamba block, mambapy", lambda w, L: _module_workload(_mambapy_block(w), w, L, device), 1.0, _missing("mambapy")),
         ("Mamba2 mixer, transformers (torch)", lambda w, L: _module_workload(_transformers_mamba2(w), w, L, device),
          1.0, _missing("transformers")),
@@ -174,10 +174,6 @@ class _TorchPath(nn.Module):
     def forward(self, x):
         with dispatch.use_backend("torch"):
             return self.block(x)
-
-
-def _torch_path(block):
-    return _TorchPath(block)
 
 
 def _missing(module: str) -> str:
@@ -213,7 +209,7 @@ def measure(make, device, repeats: int) -> tuple[float, float, float | None]:
     run().sum().backward()  # warm-up
     train = math.inf
     peak = None
-    for i in range(repeats):
+    for _ in range(repeats):
         for t in leaves:
             t.grad = None
         with PeakMemory(device) as pm:

@@ -6,7 +6,7 @@ prescription-specific distance map (PSDM) per structure. Missing structures give
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from rtgen.nets.unet2d import SelfAttention
 from rtgen.ssm.mamba import Mamba

@@ -198,12 +198,12 @@ class _SelectiveScan(torch.autograd.Function):
         gys = _steps(gy.transpose(1, 2).reshape(b, L, g, k), T)
         dtus = dts * us
         # (1) adjoint at each chunk's first step from a zero incoming adjoint
-        G = us.new_zeros((b, nc, g, k, n))
-        for t in range(T - 1, -1, -1):
-            a = torch.exp(dts[t].unsqueeze(-1) * Ag)
-            G = torch.addcmul(gys[t].unsqueeze(-1) * Cs[t], a_next, G) if t < T - 1 else gys[t].unsqueeze(-1) * Cs[t]
-            a_next = a
-        a0G = a_next * G
+        G = gys[T - 1].unsqueeze(-1) * Cs[T - 1]
+        a_next = torch.exp(dts[T - 1].unsqueeze(-1) * Ag)
+        for t in range(T - 2, -1, -1):
+            G = torch.addcmul(gys[t].unsqueeze(-1) * Cs[t], a_next, G)
+            a_next = torch.exp(dts[t].unsqueeze(-1) * Ag)
+        a0G = a_next * G  # a_next is now a_0 of every chunk
         # (2) carry adjoints backwards across chunks: I_{c-1} = a_0(c) G_c + P_c I_c
         carry = torch.empty_like(G)
         I = glast.reshape(b, g, k, n).clone() if glast is not None else us.new_zeros((b, g, k, n))

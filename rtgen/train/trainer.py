@@ -31,7 +31,7 @@ from rtgen.errors import RtgenError
 from rtgen.nets import count_parameters
 from rtgen.predict import assemble_volume, autocast_for, resolve_device
 from rtgen.tasks import make_task, masked_smooth_l1, predict_batches  # noqa: F401 (re-exported)
-from rtgen.train.checkpoint import load_state, load_weights, save_state, save_weights, write_config
+from rtgen.train.checkpoint import check_and_load, load_state, load_weights, save_state, save_weights, write_config
 from rtgen.train.config import RunConfig, save_config
 from rtgen.train.model_card import write_model_card
 
@@ -167,8 +167,6 @@ class Trainer:
         last = self.run_dir / "last"
         if not (last / "training_state.json").is_file():
             raise RtgenError(f"{self.run_dir}: nothing to resume (no last/training_state.json)")
-        from rtgen.train.checkpoint import check_and_load
-
         check_and_load(self.model, load_weights(last / "model.safetensors"), last / "model.safetensors")
         s = load_state(last)
         self.opt.load_state_dict(s["optimizer"])
