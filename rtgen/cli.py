@@ -270,13 +270,20 @@ def predict(
         raise typer.Exit(1)
 
 
+class ShippedModel(str, Enum):
+    mamba_unet_v2 = "mamba_unet_v2"
+    md_dose = "md_dose"
+
+
 @app.command()
 @user_errors
 def demo(
     out_dir: Path = typer.Option(Path("rtgen-out/demo"), "--out", help="Predictions, metrics and DVH figures."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips."),
+    model: ShippedModel = typer.Option(ShippedModel.mamba_unet_v2, "--model",
+                                       help="Which shipped model: mamba_unet_v2 or md_dose (DPM-Solver++, 10 steps)."),
 ):
-    """Predict the bundled example patients with the shipped model, evaluate them, plot DVHs."""
+    """Predict the bundled example patients with a shipped model, evaluate them, plot DVHs."""
     import time
 
     from rtgen.data.openkbp import write_dose_csv
@@ -287,7 +294,7 @@ def demo(
     from rtgen.models import shipped_model_dir
 
     t0 = time.perf_counter()
-    predictor = load_predictor(shipped_model_dir(), "cpu")
+    predictor = load_predictor(shipped_model_dir(model.value), "cpu")
     examples = example_patients_dir()
     pred_dir = out_dir / "predictions"
     for patient in PatientSplit(examples, progress=False):
@@ -297,7 +304,7 @@ def demo(
     result = evaluate_folders(pred_dir, examples, out_dir / "evaluation", progress=False)
     print_evaluation(result)
     card = predictor.config.get("validation", {})
-    n_val = predictor.config.get("training", {}).get("val_patients", "?")
+    n_val = card.get("patients") or predictor.config.get("training", {}).get("val_patients", "?")
     out.print(f"shipped model: {predictor.config['model']['name']}, validation dose score "
               f"{card.get('dose_score', float('nan')):.3f} Gy, DVH score {card.get('dvh_score', float('nan')):.3f} Gy "
               f"on {n_val} OpenKBP validation patients (see its MODEL_CARD.md)")

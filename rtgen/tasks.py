@@ -36,6 +36,7 @@ class DiffusionConfig:
     prediction: str = "epsilon"  # or "sample", "v_prediction"
     loss_in_mask: bool = True  # restrict the denoising loss to the possible dose mask
     snr_weighting: bool = False  # lambda(t) = SNR(t); False gives DDPM's simple loss
+    clip_sample: float | None = 1.0  # samplers bound predicted clean doses to the data range [-1, 1] (not ode)
     val_sampler: str = "dpmpp"
     val_steps: int = 10
 
@@ -94,11 +95,12 @@ class DiffusionTask:
     @torch.no_grad()
     def predict(self, model, x: torch.Tensor, sampling: SamplingConfig | None = None, generator=None):
         s = sampling or SamplingConfig(self.diffusion.val_sampler, self.diffusion.val_steps)
+        clip = self.diffusion.clip_sample if s.sampler != "ode" else None  # diffusers' Heun cannot clip
         out = []
         for _ in range(max(1, s.samples)):
             out.append(sample(lambda x_t, t: model(x_t, t.to(x.device), x).float(), (x.shape[0], 1, *x.shape[2:]),
                               self.schedule, s.sampler, s.steps, self.diffusion.prediction,
-                              generator=generator, device=x.device)[:, 0])
+                              generator=generator, device=x.device, clip=clip)[:, 0])
         return torch.stack(out)
 
 

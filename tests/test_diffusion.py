@@ -75,3 +75,31 @@ def test_sampling_is_deterministic_for_a_seed():
     b = sample(den, (1, 1, 4, 4), sampler="ddpm", steps=50, generator=torch.Generator().manual_seed(5))
     c = sample(den, (1, 1, 4, 4), sampler="ddpm", steps=50, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 10), ("dpmpp", 10)])
+@pytest.mark.parametrize("prediction", ["sample", "epsilon"])
+def test_clip_bounds_predicted_clean_samples_to_the_data_range(sampler, steps, prediction):
+    s = NoiseSchedule()
+    ab = s.alphas_cumprod
+
+    def far_out(x, t):  # a denoiser whose implied x0 is 5, far outside [-1, 1]
+        x0 = torch.full_like(x, 5.0)
+        if prediction == "sample":
+            return x0
+        a = ab[t.long()].view(-1, 1, 1, 1).float()
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    free = sample(far_out, (2, 1, 4, 4), s, sampler, steps, prediction, **kw)
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    clipped = sample(far_out, (2, 1, 4, 4), s, sampler, steps, prediction, clip=1.0, **kw)
+    assert free.min() > 4.9
+    assert torch.allclose(clipped, torch.ones_like(clipped), atol=1e-3)
+
+
+def test_clip_is_refused_where_diffusers_cannot_apply_it():
+    with pytest.raises(ValueError, match="Heun"):
+        sample(lambda x, t: x, (1, 1, 2, 2), sampler="ode", steps=2, clip=1.0)
+    with pytest.raises(ValueError, match=r"\[-1, 1\] only"):
+        sample(lambda x, t: x, (1, 1, 2, 2), sampler="dpmpp", steps=2, clip=0.5)

@@ -53,6 +53,9 @@ def test_md_dose_trains_predicts_with_uncertainty_and_evaluates(tmp_path):
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["name"] == "md_dose" and saved["diffusion"]["prediction"] == "epsilon"
+    card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert "denoising MSE in the possible dose mask, epsilon prediction" in card and "Smooth L1" not in card
+    assert "one sample per patient from dpmpp with 2 steps" in card
     pred = tmp_path / "pred"
     args = ["predict", "--model", str(tmp_path / "run"), "--patients", str(EXAMPLES), "--out", str(pred),
             "--sampler", "ddim", "--steps", "3", "--samples", "2", "--seed", "7"]

@@ -8,6 +8,16 @@ from rtgen.atomic import atomic_write_text
 from rtgen.data.features import FeatureConfig
 
 
+def _objective(summary: dict) -> str:
+    d = summary.get("diffusion")
+    if not d:
+        return "Smooth L1 in the possible dose mask"
+    where = " in the possible dose mask" if d.get("loss_in_mask") else ""
+    weight = "SNR-weighted" if d.get("snr_weighting") else "unweighted (DDPM simple loss)"
+    return (f"denoising MSE{where}, {d['prediction']} prediction, {weight}, {d['schedule']} schedule with"
+            f" T = {d['timesteps']}")
+
+
 def write_model_card(run_dir: str | Path, summary: dict) -> Path:
     run_dir = Path(run_dir)
     t = summary["training"]
@@ -37,7 +47,7 @@ def write_model_card(run_dir: str | Path, summary: dict) -> Path:
         f"- Hardware: {t['hardware']}.",
         f"- Time: {t['seconds'] / 60:.1f} min, {t['epochs_run']} epochs, {t['steps']} steps of batch"
         f" {c['train']['batch_size']}, AdamW lr {c['train']['lr']:g}, weight decay {c['train']['weight_decay']:g},"
-        f" warm-up {c['train']['warmup_steps']} steps then cosine, Smooth L1 in the possible dose mask,"
+        f" warm-up {c['train']['warmup_steps']} steps then cosine, {_objective(summary)},"
         f" EMA {c['train']['ema_decay']}.",
         f"- rtgen {t['rtgen_version']}; resolved config in `resolved_config.yaml`, per-epoch log in `log.csv`.",
         "",
@@ -48,6 +58,10 @@ def write_model_card(run_dir: str | Path, summary: dict) -> Path:
         " rtgen evaluate --pred pred --ref VALIDATION_SPLIT`.",
         "",
     ]
+    d = summary.get("diffusion")
+    if d:
+        lines[-2:-2] = [f"- Validation predictions are one sample per patient from {d['val_sampler']} with"
+                        f" {d['val_steps']} steps (seed 0); `rtgen predict` uses the same defaults."]
     notes = summary.get("notes")
     if notes:
         lines += ["## Notes", "", notes, ""]
