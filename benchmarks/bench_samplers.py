@@ -8,7 +8,8 @@ DDPM ancestral with 1,000 steps (the paper's sampler; on the first `--ddpm-limit
 because it is 100-200x slower) and DDIM (eta 0) and DPM-Solver++ (2M) at each of `--steps`.
 Regression checkpoints given with `--compare` predict the same patients. Columns: OpenKBP dose
 score and DVH score (Gy), mean |HI error| over the PTVs (ICRU 83), and seconds per patient spent
-in the network and sampler (input features are computed once per patient and not counted).
+in the network and sampler and assembling the volume (input features are computed once per patient
+and not counted).
 A second table repeats every setting on the DDPM subset, with the ratios the issue's target names:
 dose score / DDPM-1000 dose score and DDPM-1000 time / time.
 """
@@ -25,27 +26,27 @@ from tqdm.auto import tqdm
 from rtgen.bench.ssm import machine_description
 from rtgen.data.patients import find_patients, load_patient
 from rtgen.data.slices import patient_slices
-from rtgen.dosimetry import OpenKBPScores, homogeneity_index
-from rtgen.predict import assemble_volume, load_predictor
+from rtgen.dosimetry import OpenKBPScores
+from rtgen.evaluation import homogeneity_by_target
+from rtgen.predict import load_predictor
 from rtgen.structures import TARGETS
-from rtgen.tasks import SamplingConfig, predict_batches
+from rtgen.tasks import SamplingConfig
 
 
 def hi_error(ref, dose) -> float:
-    errs = [abs(homogeneity_index(ref.dose, ref.structures[t]) - homogeneity_index(dose, ref.structures[t]))
-            for t in TARGETS if t in ref.structures and ref.structures[t].any()]
+    """Mean |HI(pred) - HI(ref)| over the patient's PTVs."""
+    hi = homogeneity_by_target(ref, dose)
+    errs = [abs(hi[f"{t}_ref"] - hi[f"{t}_pred"]) for t in TARGETS if f"{t}_ref" in hi]
     return float(np.nanmean(errs)) if errs else float("nan")
 
 
 def run_setting(pred, slices, refs, sampling, batch_size):
-    """Per patient: (dose error, list of DVH errors, HI error, seconds)."""
+    """Per patient: (dose error, list of DVH errors, HI error, seconds in network and sampler)."""
     rows = []
     for ps, ref in zip(slices, refs):
         t0 = time.perf_counter()
-        out = predict_batches(pred.task, pred.model, ps.images, batch_size, pred.device, sampling,
-                              seed=sampling.seed if sampling else 0)
+        vol = pred.predict_slices(ps, batch_size, sampling=sampling).mean(0)
         seconds = time.perf_counter() - t0
-        vol = assemble_volume(ps, out.mean(0), pred.features.dose_max_gy)
         s = OpenKBPScores()
         score = s.add(ref.id, ref.dose, vol, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
         rows.append((score.dose_error, list(score.dvh_errors.values()), hi_error(ref, vol), seconds))
@@ -74,12 +75,11 @@ def main():
     if pred.task.diffusion is None:
         raise SystemExit(f"{a.model}: not a diffusion checkpoint")
     paths = find_patients(a.patients)[:a.limit]
-    refs = [load_patient(p, load_ct=False) for p in paths]
-    slices = [patient_slices(p, pred.features, storage_dtype=np.float32)
-              for p in tqdm(paths, desc="features", unit="patient")]
+    refs = [load_patient(p) for p in tqdm(paths, desc="reading", unit="patient")]
+    slices = [patient_slices(r, pred.features, storage_dtype=np.float32) for r in refs]
     n_ddpm = min(a.ddpm_limit, len(paths))
 
-    settings = [(f"DDPM {1000}", SamplingConfig("ddpm", 1000, 1, a.seed), n_ddpm)]
+    settings = [("DDPM 1000", SamplingConfig("ddpm", 1000, 1, a.seed), n_ddpm)] if n_ddpm else []
     for sampler, label in (("ddim", "DDIM"), ("dpmpp", "DPM-Solver++")):
         settings += [(f"{label} {s}", SamplingConfig(sampler, s, 1, a.seed), len(paths)) for s in a.steps]
     results = {}
@@ -87,7 +87,7 @@ def main():
         results[label] = run_setting(pred, slices[:n], refs[:n], sampling, a.batch_size)
     for path in a.compare:
         reg = load_predictor(path, a.device)
-        reg_slices = [patient_slices(p, reg.features, storage_dtype=np.float32) for p in paths]
+        reg_slices = [patient_slices(r, reg.features, storage_dtype=np.float32) for r in refs]
         results[f"{reg.config['model']['name']} (regression)"] = run_setting(reg, reg_slices, refs, None, a.batch_size)
 
     params = sum(p.numel() for p in pred.model.parameters())

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from rtgen import __version__
 from rtgen.errors import RtgenError, RtgenWarning
+from rtgen.models import SHIPPED_BY_MODEL
 
 app = typer.Typer(
     help="rtgen: radiotherapy dose prediction and evaluation with state-space and diffusion models.",
@@ -270,9 +271,7 @@ def predict(
         raise typer.Exit(1)
 
 
-class ShippedModel(str, Enum):
-    mamba_unet_v2 = "mamba_unet_v2"
-    md_dose = "md_dose"
+ShippedModel = Enum("ShippedModel", {name: name for name in SHIPPED_BY_MODEL}, type=str)
 
 
 @app.command()

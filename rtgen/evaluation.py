@@ -73,6 +73,16 @@ class EvaluationResult:
         return s
 
 
+def homogeneity_by_target(ref, pred: np.ndarray) -> dict[str, float]:
+    """ICRU 83 HI of the reference and predicted dose for every PTV the patient has: {"PTV70_ref": ..}."""
+    return {
+        f"{t}_{which}": homogeneity_index(dose, ref.structures[t])
+        for t in TARGETS
+        if t in ref.structures and ref.structures[t].any()
+        for which, dose in (("ref", ref.dose), ("pred", pred))
+    }
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -98,12 +108,7 @@ def evaluate_folders(
                 raise DataError(ref_dir / ref.id, "reference patient has no dose.csv")
             pred = read_prediction(preds[ref.id])
             result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
-            result.hi[ref.id] = {
-                f"{t}_{which}": homogeneity_index(dose, ref.structures[t])
-                for t in TARGETS
-                if t in ref.structures and ref.structures[t].any()
-                for which, dose in (("ref", ref.dose), ("pred", pred))
-            }
+            result.hi[ref.id] = homogeneity_by_target(ref, pred)
             if gamma:
                 result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
             std_path = pred_dir / f"{ref.id}_std.nii.gz"

@@ -51,11 +51,16 @@ class Predictor:
     def predict_with_uncertainty(self, patient: Patient | str | Path, batch_size: int = 32, tta: bool = False,
                                  sampling: SamplingConfig | None = None):
         """(mean dose in Gy, voxel-wise standard deviation over samples in Gy or None)."""
-        ps = patient_slices(patient, self.features, storage_dtype=np.float32)
+        gy = self.predict_slices(patient_slices(patient, self.features, storage_dtype=np.float32), batch_size,
+                                 tta, sampling)
+        return gy.mean(0), (gy.std(0) if gy.shape[0] > 1 else None)
+
+    def predict_slices(self, ps: PatientSlices, batch_size: int = 32, tta: bool = False,
+                       sampling: SamplingConfig | None = None) -> np.ndarray:
+        """Already computed features -> (samples, 128, 128, 128) doses in Gy (one sample for regression)."""
         pred = predict_batches(self.task, self.model, ps.images, batch_size, self.device, sampling,
                                seed=sampling.seed if sampling else 0, tta=tta, autocast=autocast_for(self.device))
-        gy = np.stack([assemble_volume(ps, p, self.features.dose_max_gy) for p in pred])
-        return gy.mean(0), (gy.std(0) if gy.shape[0] > 1 else None)
+        return np.stack([assemble_volume(ps, p, self.features.dose_max_gy) for p in pred])
 
     def predict(self, patient: Patient | str | Path, batch_size: int = 32, tta: bool = False,
                 sampling: SamplingConfig | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtgen.diffusion import NoiseSchedule, diffusion_loss, sample
+from rtgen.diffusion import CLIPPING_SAMPLERS, NoiseSchedule, diffusion_loss, sample, snr_weight
 from rtgen.nets import MODELS, build_model, model_config
 from rtgen.nets.md_dose import MDDoseConfig, MDDoseNet
 
@@ -88,14 +88,14 @@ class DiffusionTask:
         return MDDoseNet(MDDoseConfig(**self.arch))
 
     def loss(self, model, x, y, m, generator=None):
-        weight = (lambda ab: ab / (1 - ab)) if self.diffusion.snr_weighting else None
+        weight = snr_weight if self.diffusion.snr_weighting else None
         return diffusion_loss(lambda x_t, t: model(x_t, t, x).float(), y, self.schedule, self.diffusion.prediction,
                               weight, m if self.diffusion.loss_in_mask else None, generator)
 
     @torch.no_grad()
     def predict(self, model, x: torch.Tensor, sampling: SamplingConfig | None = None, generator=None):
         s = sampling or SamplingConfig(self.diffusion.val_sampler, self.diffusion.val_steps)
-        clip = self.diffusion.clip_sample if s.sampler != "ode" else None  # diffusers' Heun cannot clip
+        clip = self.diffusion.clip_sample if s.sampler in CLIPPING_SAMPLERS else None
         out = []
         for _ in range(max(1, s.samples)):
             out.append(sample(lambda x_t, t: model(x_t, t.to(x.device), x).float(), (x.shape[0], 1, *x.shape[2:]),

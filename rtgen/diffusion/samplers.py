@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from rtgen.diffusion.schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp", "ode")
+CLIPPING_SAMPLERS = ("ddpm", "ddim", "dpmpp")  # those whose diffusers scheduler can bound predicted samples
 
 
 def make_scheduler(name: str, schedule: NoiseSchedule, prediction: str = "epsilon", clip: float | None = None):
@@ -37,7 +38,7 @@ def make_scheduler(name: str, schedule: NoiseSchedule, prediction: str = "epsilo
         return DPMSolverMultistepScheduler(**kw, **thr, algorithm_type="dpmsolver++", solver_order=2,
                                            timestep_spacing="trailing", final_sigmas_type="zero")
     if name == "ode":
-        if clip is not None:
+        if clip is not None:  # name not in CLIPPING_SAMPLERS
             raise ValueError("the ode sampler (diffusers' Heun scheduler) cannot clip predicted samples; use clip=None")
         return HeunDiscreteScheduler(**kw, timestep_spacing="trailing")
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
