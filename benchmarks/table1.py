@@ -43,7 +43,7 @@ def train(name: str, a) -> Path:
     if (run / "model.safetensors").is_file():
         print(f"{run}: already trained, not retraining")
         return run
-    cmd = ["rtgen", "train", str(REPO / "configs" / f"{name}_cpu.yaml"), f"data.train={a.train}",
+    cmd = ["rtgen", "train", str(REPO / "configs" / f"{name}{a.config_suffix}.yaml"), f"data.train={a.train}",
            f"data.val={a.val}", f"train.epochs={a.epochs}", f"train.out={run}", *a.override]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -64,10 +64,12 @@ def main():
     ap.add_argument("--val", required=True, help="validation split folder (selection and scores)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default="runs/table1")
+    ap.add_argument("--config-suffix", default="_cpu", help="configs/NAME{suffix}.yaml; '' for the paper size")
     ap.add_argument("--override", nargs="*", default=[], help="extra key=value for every run")
     ap.add_argument("--also", nargs="*", default=[], metavar="LABEL=RUN",
                     help="other checkpoints scored alongside, e.g. the shipped model")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu", help="for scoring; training follows each config")
     a = ap.parse_args()
     runs = {name: train(name, a) for name in MODELS}
     runs.update(dict(item.split("=", 1) for item in a.also))
@@ -77,7 +79,7 @@ def main():
     rows = {"reference (clinical plans)": [ptv70_metrics(r, r.dose) for r in refs]}
     info, per_patient, slices, features = {}, {}, None, None
     for name, run in runs.items():
-        pred = load_predictor(run, "cpu")
+        pred = load_predictor(run, a.device)
         if pred.features != features:  # the three configs share one feature set: computed once
             features = pred.features
             slices = [patient_slices(r, features, storage_dtype=np.float32)
@@ -93,9 +95,9 @@ def main():
         info[name] = (scores.dose_score, scores.dvh_score, cfg["model"]["parameters"], cfg["training"]["seconds"],
                       cfg["validation"]["epoch"], cfg["training"]["epochs_run"])
 
-    print(f"\nmachine: {machine_description('cpu')}")
+    print(f"\nmachine: {machine_description(a.device)}")
     print(f"{len(refs)} validation patients; each model trained on {a.train} for {a.epochs} epochs with "
-          f"configs/NAME_cpu.yaml, best epoch by validation dose score, no flips")
+          f"configs/NAME{a.config_suffix}.yaml, best epoch by validation dose score, no flips")
     print(f"{'model':<34}{'params':>9}{'train min':>10}{'best ep':>8}{'dose score':>11}{'DVH score':>10}"
           f"{'PTV70 D95 %':>12}{'PTV70 HI':>9}   paper (dose, D95 %, HI)")
     for label, ptv in rows.items():
