@@ -11,15 +11,20 @@ CPU-trained checkpoint uses.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
 
 from rtgen.bench.ssm import machine_description
+from rtgen.models import shipped_model_dir
 from rtgen.nets import count_parameters
 from rtgen.nets.md_dose import MDDoseConfig, MDDoseNet
 
-SHIPPED_CPU = dict(base_channels=16, levels=4, patch_size=4, bidirectional=False, structure_encoder="mamba")
+
+def shipped_architecture() -> dict:
+    """The architecture recorded in the shipped checkpoint's config.json (configs/md_dose_cpu.yaml)."""
+    return json.loads((shipped_model_dir("md_dose") / "config.json").read_text())["model"]["architecture"]
 
 
 def main():
@@ -34,9 +39,9 @@ def main():
     print(f"{'configuration':<48}{'params':>10}{'batch':>7}{'s / step':>10}")
     settings = [(f"paper size, {enc} encoder", dict(structure_encoder=enc))
                 for enc in ("mamba", "conv", "transformer", "none")]
-    settings.append(("shipped CPU config (configs/md_dose_cpu.yaml)", SHIPPED_CPU))
+    settings.append(("shipped CPU config (configs/md_dose_cpu.yaml)", shipped_architecture()))
     for label, kw in settings:
-        net = MDDoseNet(MDDoseConfig(cond_channels=20, **kw)).to(dev).eval()
+        net = MDDoseNet(MDDoseConfig(**{"cond_channels": 20, **kw})).to(dev).eval()
         for b in a.batch:
             x = torch.randn(b, 1, a.size, a.size, device=dev)
             c = torch.randn(b, 20, a.size, a.size, device=dev)
