@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from rtgen.data import find_patients, read_patient, write_patient
-from rtgen.data.cache import read_npz, write_npz
+from rtgen.data.sources.npz import read_npz, write_npz
 
 
 def timed(fn, items):

@@ -17,9 +17,9 @@ import time
 import torch
 
 from rtgen.bench.ssm import machine_description
-from rtgen.models import shipped_model_dir
-from rtgen.nets import count_parameters
-from rtgen.nets.md_dose import MDDoseConfig, MDDoseNet
+from rtgen.hub import shipped_model_dir
+from rtgen.models import count_parameters
+from rtgen.models.md_dose import MDDoseConfig, MDDoseNet
 
 
 def shipped_architecture() -> dict:

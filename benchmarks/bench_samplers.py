@@ -24,13 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rtgen.bench.ssm import machine_description
-from rtgen.data.patients import find_patients, load_patient
-from rtgen.data.slices import patient_slices
+from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.datasets.slices import patient_slices
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.evaluation import homogeneity_by_target
-from rtgen.predict import load_predictor
-from rtgen.structures import TARGETS
-from rtgen.tasks import SamplingConfig
+from rtgen.inference.predictor import load_predictor
+from rtgen.core.structures import TARGETS
+from rtgen.tasks.dose_base import SamplingConfig
 
 
 def hi_error(ref, dose) -> float:

@@ -17,11 +17,11 @@ import torch
 
 from rtgen.bench.ssm import PeakMemory, machine_description
 from rtgen.data import read_patient
-from rtgen.inspect import example_patients_dir
-from rtgen.nets import build_model, count_parameters
-from rtgen.predict import Predictor
-from rtgen.data.features import FeatureConfig
-from rtgen.tasks import RegressionTask, masked_smooth_l1
+from rtgen.data.examples import example_patients_dir
+from rtgen.models import count_parameters
+from rtgen.inference.predictor import Predictor
+from rtgen.tasks.dose_base import masked_smooth_l1
+from rtgen.tasks.dose_regression import DoseRegressionTask
 
 SETTINGS = {
     "cpu config (16-32-64-128, mixer from level 2)": dict(channels=(16, 32, 64, 128), mixer_from_level=2),
@@ -67,9 +67,10 @@ def main():
             continue
         for name in ("mamba_unet_v2", "unet", "transformer_unet"):
             torch.manual_seed(0)
-            model = build_model(name, in_channels=20, **kw).to(device)
+            task = DoseRegressionTask(name, dict(kw), {})
+            model = task.build_model().to(device)
             rate, peak = train_throughput(model, device, a.batch, a.steps)
-            predictor = Predictor(RegressionTask(name, {}), model.eval(), FeatureConfig(), {}, None, device)
+            predictor = Predictor(task, model.eval(), {}, None, device)
             predictor.predict(patient)  # warm-up
             t0 = time.perf_counter()
             predictor.predict(patient)

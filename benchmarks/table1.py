@@ -22,8 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rtgen.bench.ssm import machine_description
-from rtgen.data.patients import find_patients, load_patient
-from rtgen.data.slices import patient_slices
+from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.datasets.slices import patient_slices
 from rtgen.dosimetry import (
     OpenKBPScores,
     compare_paired,
@@ -31,7 +31,7 @@ from rtgen.dosimetry import (
     homogeneity_index,
     roi_dose,
 )
-from rtgen.predict import load_predictor
+from rtgen.inference.predictor import load_predictor
 
 MODELS = ("unet", "transformer_unet", "mamba_unet_v2")
 PAPER = {"unet": (2.13, 94.7, 0.12), "transformer_unet": (1.92, 95.1, 0.09), "mamba_unet_v2": (1.87, 96.2, 0.08)}

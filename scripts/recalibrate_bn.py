@@ -18,12 +18,12 @@ import random
 
 import numpy as np
 
-from rtgen.atomic import atomic_write_text, staged_dir
-from rtgen.data.patients import find_patients
-from rtgen.data.slices import build_slices
-from rtgen.predict import load_predictor
-from rtgen.train.batchnorm import has_batchnorm, recalibrate_batchnorm
-from rtgen.train.checkpoint import save_weights
+from rtgen.core.atomic import atomic_write_text, staged_dir
+from rtgen.data.sources import find_patients
+from rtgen.data.datasets.slices import build_slices
+from rtgen.inference.predictor import load_predictor
+from rtgen.engine.batchnorm import has_batchnorm, recalibrate_batchnorm
+from rtgen.core.checkpoint import save_weights
 
 
 def main():

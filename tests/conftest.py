@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtgen.data import read_patient
-from rtgen.inspect import example_patients_dir
+from rtgen.data.examples import example_patients_dir
 
 EXAMPLES = example_patients_dir()
 EXAMPLE_IDS = ("pt_204", "pt_219")

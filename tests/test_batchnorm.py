@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rtgen.train.batchnorm import has_batchnorm, recalibrate_batchnorm
+from rtgen.engine.batchnorm import has_batchnorm, recalibrate_batchnorm
 
 
 def test_recalibration_sets_running_stats_to_the_data_and_keeps_weights():

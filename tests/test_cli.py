@@ -91,7 +91,7 @@ def test_evaluate_outputs(tmp_path, examples_dir):
 
 
 def test_evaluate_accepts_nifti_predictions(tmp_path, examples_dir, patients):
-    from rtgen.data.nifti import write_nifti
+    from rtgen.data.sources.nifti import write_nifti
 
     for p in patients:
         write_nifti(tmp_path / "pred" / f"{p.id}.nii.gz", p.dose, p.spacing)

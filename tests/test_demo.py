@@ -3,8 +3,8 @@ import json
 from typer.testing import CliRunner
 
 from rtgen.cli import app
-from rtgen.models import shipped_model_dir
-from rtgen.predict import load_predictor
+from rtgen.hub import shipped_model_dir
+from rtgen.inference.predictor import load_predictor
 
 
 def test_shipped_model_loads_and_is_small():

@@ -103,3 +103,31 @@ def test_clip_is_refused_where_diffusers_cannot_apply_it():
         sample(lambda x, t: x, (1, 1, 2, 2), sampler="ode", steps=2, clip=1.0)
     with pytest.raises(ValueError, match=r"\[-1, 1\] only"):
         sample(lambda x, t: x, (1, 1, 2, 2), sampler="dpmpp", steps=2, clip=0.5)
+
+
+def test_trajectory_gives_the_same_samples_with_per_step_outputs_and_log_probs():
+    """RL post-training needs each step's model output and, for stochastic steps, log p(x_{t-1} | x_t)."""
+    import math
+
+    from rtgen.diffusion.samplers import _ddim_step_std, make_scheduler
+
+    schedule = NoiseSchedule("linear", 1000)
+    def denoise(x_t, t):  # the exact x0-predictor of a point mass at 0.3
+        return torch.full_like(x_t, 0.3)
+
+    plain = sample(denoise, (2, 1, 4, 4), schedule, "ddim", 8, "sample", eta=1.0, generator=torch.Generator().manual_seed(5))
+    x, traj = sample(denoise, (2, 1, 4, 4), schedule, "ddim", 8, "sample", eta=1.0,
+                     generator=torch.Generator().manual_seed(5), return_trajectory=True)
+    assert torch.equal(x, plain)
+    assert len(traj.timesteps) == len(traj.states) == len(traj.outputs) == len(traj.log_probs) == 8
+    # each log-probability is the Gaussian density of the step actually taken around the step's mean
+    sched = make_scheduler("ddim", schedule, "sample")
+    sched.set_timesteps(8)
+    states = traj.states + [x]
+    for i, t in enumerate(traj.timesteps[:-1]):  # the last step has zero variance when ending at alpha_bar = 1
+        mean = sched.step(traj.outputs[i], t, states[i], eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+        std = float(_ddim_step_std(sched, t, 1.0))
+        expected = (-0.5 * ((states[i + 1] - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+        assert torch.allclose(traj.log_probs[i].float(), expected, rtol=1e-3, atol=1e-2)
+    _, det = sample(denoise, (1, 1, 4, 4), schedule, "ddim", 4, "sample", return_trajectory=True)
+    assert det.log_probs is None and len(det.outputs) == 4  # deterministic steps have no density

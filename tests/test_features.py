@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtgen.data.features import (
+from rtgen.data.transforms.features import (
     FeatureConfig,
     normalize_ct,
     patient_features,
@@ -12,7 +12,7 @@ from rtgen.data.features import (
     signed_distance_mm,
     unscale_dose,
 )
-from rtgen.data.slices import SliceDataset, default_augmentation
+from rtgen.data.datasets.slices import SliceDataset, default_augmentation
 
 
 def test_ct_window_maps_to_minus_one_one():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rtgen.ssm import CROSS_SCAN, ORDER_NAMES, BiMamba, Mamba, Mamba2, VisionSSM, inverse, spiral, token_order
+from rtgen.ssm import CROSS_SCAN, ORDER_NAMES, Mamba, Mamba2, VisionSSM, inverse, spiral, token_order
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (4, 4), (5, 5), (3, 7), (6, 4), (8, 5)])
@@ -47,7 +47,7 @@ def test_cross_scan_and_snake():
         token_order("zigzag", (2, 2))
 
 
-@pytest.mark.parametrize("make", [lambda: Mamba(16), lambda: BiMamba(16), lambda: Mamba2(16, d_state=8, headdim=8, chunk_size=8)])
+@pytest.mark.parametrize("make", [lambda: Mamba(16), lambda: Mamba(16, bidirectional=True), lambda: Mamba2(16, d_state=8, headdim=8, chunk_size=8)])
 def test_blocks_keep_shapes(make):
     block = make()
     x = torch.randn(2, 21, 16)
@@ -61,7 +61,7 @@ def test_mamba_initialisation_matches_official():
     dt = torch.nn.functional.softplus(m.forward_ssm.dt_proj.bias)
     assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
     assert m.forward_ssm.conv1d.groups == m.d_inner
-    bi = BiMamba(32)
+    bi = Mamba(32, bidirectional=True)
     assert bi.backward_ssm is not None and bi.backward_ssm.A_log is not bi.forward_ssm.A_log
 
 
@@ -69,7 +69,7 @@ def test_mamba_is_causal_and_bimamba_is_not():
     x = torch.randn(1, 30, 16)
     x2 = x.clone()
     x2[:, 20:] += 1.0
-    m, bi = Mamba(16), BiMamba(16)
+    m, bi = Mamba(16), Mamba(16, bidirectional=True)
     assert torch.allclose(m(x)[:, :20], m(x2)[:, :20], atol=1e-6)
     assert not torch.allclose(bi(x)[:, :20], bi(x2)[:, :20], atol=1e-4)
 

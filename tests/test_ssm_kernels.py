@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rtgen.errors import RtgenError
+from rtgen.core.errors import RtgenError
 from rtgen.ssm import dispatch, linear_scan, selective_scan_fast, selective_scan_ref, ssd_chunked, ssd_ref
 from rtgen.ssm.scan import LinearScan
 

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from rtgen.nets.unet2d import SelfAttention
+from rtgen.layers.attention import SelfAttention
 from rtgen.ssm import Mamba, Mamba2, dispatch, selective_scan_fast, selective_scan_ref
 
 D_STATE = 16
@@ -305,7 +305,7 @@ def format_targets(items) -> str:
 
 
 def save_json(path, rows, device):
-    from rtgen.atomic import atomic_write_text
+    from rtgen.core.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps({"machine": machine_description(device), "rows": [asdict(r) for r in rows]},
                                        indent=2) + "\n")

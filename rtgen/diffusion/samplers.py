@@ -11,6 +11,8 @@ bound; diffusers' Heun scheduler (`ode`) has no such option, so `clip` is refuse
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -44,6 +46,30 @@ def make_scheduler(name: str, schedule: NoiseSchedule, prediction: str = "epsilo
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
 
 
+@dataclass
+class Trajectory:
+    """What a sampler did, step by step, for methods that learn from samples (RL post-training).
+
+    `states[i]` is the input x_t of step i at `timesteps[i]`, `outputs[i]` the model's prediction
+    there (epsilon, x0 or velocity, whatever it was trained for). `log_probs[i]` is, per sample,
+    log p(x_{t-1} | x_t) of the step taken; only stochastic steps (DDIM with eta > 0, which at
+    eta = 1 is DDPM's posterior) have one, else it is None.
+    """
+
+    timesteps: list[torch.Tensor] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)
+    log_probs: list[torch.Tensor] | None = None
+
+
+def _ddim_step_std(sched, t: torch.Tensor, eta: float) -> torch.Tensor:
+    """Standard deviation eta * sigma_t of a DDIM step from t (eq. 16 of Song et al.), as diffusers steps."""
+    prev = int(t) - sched.config.num_train_timesteps // sched.num_inference_steps
+    a_t = sched.alphas_cumprod[int(t)]
+    a_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
+    return eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).sqrt()
+
+
 @torch.no_grad()
 def sample(
     denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -57,15 +83,37 @@ def sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     clip: float | None = None,
-) -> torch.Tensor:
-    """Draw samples of `shape` from noise. Deterministic for a given generator state."""
+    return_trajectory: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+    """Draw samples of `shape` from noise. Deterministic for a given generator state.
+
+    With `return_trajectory` also the per-step states, model outputs and (stochastic DDIM steps)
+    log-probabilities; the samples are the same as without it.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
     sched = make_scheduler(sampler, schedule, prediction, clip)
     sched.set_timesteps(steps if sampler != "ddpm" or steps < schedule.timesteps else schedule.timesteps, device=device)
     x = torch.randn(shape, generator=generator, device="cpu").to(device) * sched.init_noise_sigma
     extra = ({"eta": eta, "generator": generator, "use_clipped_model_output": clip is not None}
              if sampler == "ddim" else {"generator": generator} if sampler == "ddpm" else {})
+    stochastic = return_trajectory and sampler == "ddim" and eta > 0
+    traj = Trajectory(log_probs=[] if stochastic else None) if return_trajectory else None
     for t in tqdm(sched.timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False):
         model_in = sched.scale_model_input(x, t)
         tt = t.expand(shape[0]) if t.dim() == 0 else t
-        x = sched.step(denoise(model_in, tt), t, x, **extra).prev_sample
-    return x
+        out = denoise(model_in, tt)
+        if traj is not None:
+            traj.timesteps.append(t)
+            traj.states.append(x)
+            traj.outputs.append(out)
+        if stochastic:  # the same draw diffusers would make, kept to score the step
+            z = randn_tensor(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+            x_next = sched.step(out, t, x, **{**extra, "generator": None, "variance_noise": z}).prev_sample
+            std = _ddim_step_std(sched, t, eta).to(out.device, torch.float64)
+            logp = -0.5 * z.double() ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+            traj.log_probs.append(logp.flatten(1).sum(1))
+            x = x_next
+        else:
+            x = sched.step(out, t, x, **extra).prev_sample
+    return (x, traj) if traj is not None else x

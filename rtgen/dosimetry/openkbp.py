@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
-from rtgen.structures import OARS, TARGETS
+from rtgen.core.structures import OARS, TARGETS
 
 OAR_METRICS = ("D_0.1_cc", "mean")
 TARGET_METRICS = ("D_99", "D_95", "D_1")

@@ -1,20 +1,9 @@
-"""Models that ship inside rtgen."""
+"""Networks. Each file registers its networks by name with their config dataclass
+(`@register_model("mamba_unet_v2", config=UNet2DConfig, task="dose_regression")`); every module of
+this package is imported when the registry is first used, so a new model is one new file here.
+Networks know nothing of files, datasets or samplers.
+"""
 
-from __future__ import annotations
+from rtgen.core.registry import MODELS, build_model, count_parameters, register_model
 
-from importlib import resources
-from pathlib import Path
-
-from rtgen.errors import RtgenError
-
-SHIPPED = "mamba_unet_v2_openkbp"
-SHIPPED_BY_MODEL = {"mamba_unet_v2": "mamba_unet_v2_openkbp", "md_dose": "md_dose_openkbp"}
-
-
-def shipped_model_dir(name: str = SHIPPED) -> Path:
-    """A shipped model's folder, by folder name or by model name (`mamba_unet_v2`, `md_dose`)."""
-    name = SHIPPED_BY_MODEL.get(name, name)
-    path = Path(str(resources.files("rtgen") / "models" / name))
-    if not (path / "model.safetensors").is_file():
-        raise RtgenError(f"{path}: the shipped model is missing from this installation")
-    return path
+__all__ = ["MODELS", "build_model", "count_parameters", "register_model"]

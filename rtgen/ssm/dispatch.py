@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 
-from rtgen.errors import RtgenError
+from rtgen.core.errors import RtgenError
 from rtgen.ssm.scan import selective_scan_fast
 from rtgen.ssm.ssd import ssd_chunked
 

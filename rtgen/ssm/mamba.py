@@ -1,4 +1,5 @@
-"""Mamba (S6) blocks: the selective SSM layer of Gu & Dao, and a bidirectional variant (Vision Mamba).
+"""Mamba (S6) blocks: the selective SSM layer of Gu & Dao; `bidirectional=True` is Vision Mamba's variant
+(shared projections, one SSM per direction).
 
 Sequence in and out: (B, L, d_model). Initialisation follows the official `mamba_simple`.
 """
@@ -73,10 +74,3 @@ class Mamba(nn.Module):
         if self.backward_ssm is not None:  # the reversed sequence, own parameters, outputs summed
             y = y + self.backward_ssm(x.flip(-1), z.flip(-1)).flip(-1)
         return self.out_proj(y.transpose(1, 2))
-
-
-class BiMamba(Mamba):
-    """Vision Mamba's bidirectional block: shared projections, separate SSM parameters per direction."""
-
-    def __init__(self, d_model: int, **kwargs):
-        super().__init__(d_model, bidirectional=True, **kwargs)

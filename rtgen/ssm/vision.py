@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-from rtgen.ssm.mamba import BiMamba, Mamba
+from rtgen.ssm.mamba import Mamba
 from rtgen.ssm.mamba2 import Mamba2
 from rtgen.ssm.orders import inverse, token_order
 
-BLOCKS: dict[str, Callable[..., nn.Module]] = {"mamba": Mamba, "bimamba": BiMamba, "mamba2": Mamba2}
+BLOCKS: dict[str, Callable[..., nn.Module]] = {"mamba": Mamba, "bimamba": functools.partial(Mamba, bidirectional=True), "mamba2": Mamba2}
 
 
 class VisionSSM(nn.Module):

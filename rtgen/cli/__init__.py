@@ -1,0 +1,13 @@
+"""The `rtgen` command: one small module a command, each a thin shell over library functions."""
+
+from __future__ import annotations
+
+from rtgen.cli import bench, convert, demo, evaluate, inspect, models, predict, train  # noqa: F401 (registers commands)
+from rtgen.cli.app import app
+
+
+def run():  # console-script entry point
+    app()
+
+
+__all__ = ["app", "run"]

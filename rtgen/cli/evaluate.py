@@ -1,0 +1,46 @@
+"""`rtgen evaluate`: the OpenKBP scores of a folder of predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from rtgen.cli.app import app, out, user_errors
+
+
+@app.command()
+@user_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Predictions: pt_N.csv (submission format) or pt_N.nii.gz."),
+    ref: Path = typer.Option(..., "--ref", help="Reference split folder (patients with dose.csv)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
+    gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
+):
+    """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them."""
+    from rtgen.evaluation import evaluate_folders
+
+    result = evaluate_folders(pred, ref, out_dir, gamma=gamma)
+    print_evaluation(result)
+    if out_dir is not None:
+        out.print(f"metrics.json, per_patient.csv and DVH figures written to [bold]{out_dir}[/]")
+
+
+def print_evaluation(result) -> None:
+    s = result.summary()
+    table = Table(title=f"OpenKBP evaluation ({s['n_patients']} patients)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value (Gy)", justify="right")
+    table.add_row("[bold]dose score[/]", f"[bold]{s['dose_score']:.4f}[/]")
+    table.add_row("[bold]DVH score[/]", f"[bold]{s['dvh_score']:.4f}[/]")
+    for m, v in s["dvh_metric_errors"].items():
+        table.add_row(f"  |error| {m}", f"{v:.4f}")
+    for t, v in s["hi_abs_error"].items():
+        table.add_row(f"  |error| HI {t} (unitless)", f"{v:.4f}")
+    if "uncertainty_error_correlation_mean" in s:
+        table.add_row("uncertainty vs |error| correlation", f"{s['uncertainty_error_correlation_mean']:.3f}")
+    if "gamma_pass_rate_mean" in s:
+        table.add_row("gamma pass rate 3%/3mm (%)", f"{s['gamma_pass_rate_mean']:.2f}")
+    out.print(table)

@@ -1,0 +1,65 @@
+"""`rtgen inspect`: what a physicist reads first about a patient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from rtgen.cli.app import app, out, user_errors
+
+
+@app.command()
+@user_errors
+def inspect(
+    patients: Optional[List[Path]] = typer.Argument(
+        None, help="Patient folders (OpenKBP CSV, NIfTI) or .npz caches, or split folders. Default: the bundled examples."
+    ),
+    out_dir: Path = typer.Option(Path("rtgen-out/inspect"), "--out", help="Where DVH figures and summary.json go."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON instead of tables."),
+):
+    """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs."""
+    from rtgen.core.atomic import atomic_write_text, staged_dir
+    from rtgen.data.examples import example_patients_dir
+    from rtgen.data.sources import load_patient, patients_in
+    from rtgen.evaluation.plots import plot_dvh
+    from rtgen.evaluation.summary import summarize
+
+    paths: list[Path] = []
+    for p in patients or [example_patients_dir()]:
+        paths += patients_in(p)
+    summaries = []
+    with staged_dir(out_dir) as stage:
+        for path in paths:
+            patient = load_patient(path)
+            s = summarize(patient)
+            summaries.append(s)
+            if patient.dose is not None:
+                s["dvh_figure"] = str(out_dir / f"dvh_{patient.id}.png")
+                plot_dvh(stage / f"dvh_{patient.id}.png", patient.structures, patient.dose, title=f"{patient.id}: plan DVH")
+            if not as_json:
+                _print_summary(s)
+        atomic_write_text(stage / "summary.json", json.dumps(summaries, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+    else:
+        out.print(f"figures and summary.json written to [bold]{out_dir}[/]")
+
+
+def _print_summary(s: dict) -> None:
+    from rtgen.evaluation.summary import SUMMARY_COLUMNS, summary_rows
+
+    sp = " x ".join(f"{v:.3g}" for v in s["spacing_mm"])
+    head = f"[bold]{s['patient']}[/]  spacing {sp} mm  grid {'x'.join(map(str, s['grid']))}"
+    if "dose" in s:
+        head += f"  dose max {s['dose']['max_gy']:.2f} Gy, mean in possible-dose mask {s['dose']['mean_in_possible_dose_mask_gy']:.2f} Gy"
+    table = Table(title=head, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in SUMMARY_COLUMNS:
+        table.add_column(c, justify="left" if c == "structure" else "right", no_wrap=True)
+    for row in summary_rows(s):
+        table.add_row(*row)
+    out.print(table)

@@ -1,0 +1,35 @@
+"""`rtgen train`: any registered model and task from one YAML config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rtgen.cli.app import app, out, user_errors
+from rtgen.core.errors import RtgenError
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config (see configs/)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: train.out from the config)."),
+):
+    """Train a model: rtgen train CONFIG.yaml [section.key=value ...]. Also runs under torchrun."""
+    from rtgen.engine.config import load_config
+    from rtgen.engine.trainer import Trainer
+    from rtgen.evaluation.hooks import figure_hooks
+
+    overrides = list(ctx.args)
+    if resume is not None and not (resume / "resolved_config.yaml").is_file():
+        raise RtgenError(f"{resume}: not a run directory (no resolved_config.yaml)")
+    cfg = load_config(resume / "resolved_config.yaml" if resume is not None else config, overrides)
+    run_dir = resume or out_dir or Path(cfg.train.out)
+    result = Trainer(cfg, run_dir, resume=resume is not None, hooks=figure_hooks(cfg.task)).fit()
+    units = f" {cfg.task.metric_units}" if cfg.task.metric_units else ""
+    out.print(f"best validation {result['metric'].replace('_', ' ')} {result['best']:.3f}{units} after "
+              f"{result['epochs']} epochs; run directory [bold]{run_dir}[/]")

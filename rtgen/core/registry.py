@@ -1,0 +1,125 @@
+"""Registries: networks and tasks register themselves by name, so adding one is one new file.
+
+    @register_model("tiny_unet", config=TinyConfig, task="dose_regression")
+    class TinyUNet(nn.Module):
+        def __init__(self, cfg: TinyConfig): ...
+
+`rtgen.models` and `rtgen.tasks` import every module of their package, so a new file there is
+found without touching any other file. A name may be registered once; the same class may be
+registered under several names with different preset config values (the Table I skeletons).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rtgen.core.errors import ConfigError
+from rtgen.core.schema import validate_section
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type
+    config: type  # a dataclass; its fields are the architecture keys
+    task: str  # the task that trains this network by default
+    presets: dict = field(default_factory=dict)  # config values that define this name (e.g. mixer="none")
+    description: str = ""
+
+    def make_config(self, source: str = "config", **values):
+        """Validated architecture: presets, then `values` (unknown keys, wrong types and ranges refused)."""
+        clash = {k for k in self.presets if k in values and values[k] != self.presets[k]}
+        if clash:
+            raise ConfigError(source, f"model.{sorted(clash)[0]} is fixed to {self.presets[sorted(clash)[0]]!r} "
+                                      f"for {self.name!r}")
+        return validate_section(self.config, {**self.presets, **values}, "model", source)
+
+    def build(self, config=None, **values):
+        return self.cls(config if config is not None else self.make_config(**values))
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    cls: type
+    description: str = ""
+
+
+class Registry:
+    """Name -> entry, with a clear error that lists the known names."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind, self.package = kind, package
+        self._entries: dict[str, Any] = {}
+        self._loaded = False
+
+    def add(self, name: str, entry) -> None:
+        if name in self._entries and self._entries[name].cls is not entry.cls:
+            raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name].cls.__qualname__}")
+        self._entries[name] = entry
+
+    def load(self) -> None:
+        """Import every module of the package once, so each registers itself."""
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+
+    def get(self, name: str, source: str = "config"):
+        self.load()
+        if name not in self._entries:
+            raise ConfigError(source, f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}")
+        return self._entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        self.load()
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        self.load()
+        return sorted(self._entries)
+
+    def entries(self) -> list:
+        return [self._entries[n] for n in self.names()]
+
+
+MODELS = Registry("model", "rtgen.models")
+TASKS = Registry("task", "rtgen.tasks")
+
+
+def register_model(name: str, *, config: type, task: str, description: str = "", **presets) -> Callable[[type], type]:
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"model {name!r}: config must be a dataclass, got {config!r}")
+
+    def decorate(cls: type) -> type:
+        doc = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+        MODELS.add(name, ModelEntry(name, cls, config, task, dict(presets), doc))
+        return cls
+
+    return decorate
+
+
+def register_task(name: str, description: str = "") -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        doc = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+        TASKS.add(name, TaskEntry(name, cls, doc))
+        cls.name = name
+        return cls
+
+    return decorate
+
+
+def build_model(name: str, **values):
+    """A registered network at its default config, with `values` overriding architecture keys."""
+    return MODELS.get(name).build(**values)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

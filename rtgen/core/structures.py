@@ -1,0 +1,29 @@
+"""The OpenKBP region-of-interest vocabulary shared by data, features and dosimetry."""
+
+from __future__ import annotations
+
+GRID_SHAPE = (128, 128, 128)
+"""OpenKBP volumes are 128^3; the last axis is axial (slice thickness in voxel_dimensions[2]).
+Other sources may hold any grid: code past the OpenKBP reader takes the grid from the record."""
+
+CT_OFFSET = 1024
+"""OpenKBP stores CT as HU + 1024; CT windows in feature configs are in those units."""
+
+TARGETS = ("PTV56", "PTV63", "PTV70")
+OARS = (
+    "Brainstem",
+    "SpinalCord",
+    "RightParotid",
+    "LeftParotid",
+    "Esophagus",
+    "Larynx",
+    "Mandible",
+)
+STRUCTURES = TARGETS + OARS
+"""Canonical order used for channels, tables and DVH plots."""
+
+PRESCRIPTION_GY = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
+
+
+def is_target(name: str) -> bool:
+    return name in PRESCRIPTION_GY

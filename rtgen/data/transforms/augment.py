@@ -1,0 +1,30 @@
+"""Augmentation of 2D training items with MONAI dictionary transforms: every key (all input channels,
+the target and the mask) gets the same random draw."""
+
+from __future__ import annotations
+
+import numpy as np
+from monai.transforms import Compose, RandAffined, RandFlipd
+
+KEYS = ("image", "dose", "mask")
+
+
+def default_augmentation(
+    rotate_deg: float = 15.0, scale: float = 0.1, translate_px: float = 8.0, prob: float = 0.5
+) -> Compose:
+    """Random flips on both in-plane axes and a small random affine, shared by every key."""
+    return Compose(
+        [
+            RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
+            RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
+            RandAffined(
+                keys=KEYS,
+                prob=prob,
+                rotate_range=(np.deg2rad(rotate_deg),),
+                scale_range=(scale, scale),
+                translate_range=(translate_px, translate_px),
+                mode=("bilinear", "bilinear", "nearest"),
+                padding_mode="border",
+            ),
+        ]
+    )

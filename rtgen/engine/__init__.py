@@ -1,0 +1,1 @@
+"""The training engine: one trainer with hooks that knows a task, never dataset keys."""

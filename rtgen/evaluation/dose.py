@@ -1,0 +1,162 @@
+"""Evaluate a folder of predicted doses against reference patients (`rtgen evaluate`)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rtgen.core.atomic import atomic_write_text, staged_dir
+from rtgen.data.sources.nifti import read_nifti
+from rtgen.data.sources.openkbp import find_csv, read_dose_csv
+from rtgen.data.sources import PatientSplit
+from rtgen.dosimetry import OpenKBPScores, gamma_pass_rate, homogeneity_index
+from rtgen.core.errors import DataError
+from rtgen.evaluation.plots import plot_dvh
+from rtgen.core.structures import TARGETS
+
+
+def find_prediction(pred_dir: Path, patient_id: str) -> Path | None:
+    """A prediction may be pt_N.csv(.gz), pt_N.nii(.gz) or pt_N/dose.csv(.gz)."""
+    for name in (f"{patient_id}.csv", f"{patient_id}.csv.gz", f"{patient_id}.nii.gz", f"{patient_id}.nii"):
+        if (pred_dir / name).is_file():
+            return pred_dir / name
+    sub = pred_dir / patient_id
+    return find_csv(sub, "dose") if sub.is_dir() else None
+
+
+def read_prediction(path: Path, grid: tuple[int, ...] | None = None) -> np.ndarray:
+    """A predicted dose in Gy; `grid` is the reference patient's, which the prediction must match."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        dose, _ = read_nifti(path)
+        if grid is not None and dose.shape != tuple(grid):
+            raise DataError(path, f"shape {dose.shape}, expected the reference grid {tuple(grid)}")
+        if not np.all(np.isfinite(dose)):
+            raise DataError(path, "prediction contains NaN or infinite values")
+        return dose.astype(np.float32)
+    dose = read_dose_csv(path)
+    if grid is not None and dose.shape != tuple(grid):
+        raise DataError(path, f"CSV predictions are on the OpenKBP grid {dose.shape}; the reference grid is {tuple(grid)}")
+    return dose
+
+
+@dataclass
+class EvaluationResult:
+    scores: OpenKBPScores
+    hi: dict[str, dict[str, float]] = field(default_factory=dict)  # patient -> {"PTV70_ref": .., "PTV70_pred": ..}
+    gamma: dict[str, float] = field(default_factory=dict)
+    uncertainty_corr: dict[str, float] = field(default_factory=dict)  # Pearson r(std, |error|) in the mask
+
+    def hi_errors(self) -> dict[str, float]:
+        out = {}
+        for t in TARGETS:
+            errs = [abs(v[f"{t}_ref"] - v[f"{t}_pred"]) for v in self.hi.values() if f"{t}_ref" in v]
+            if errs:
+                out[t] = float(np.mean(errs))
+        return out
+
+    def summary(self) -> dict:
+        s = {
+            "n_patients": len(self.scores.patients),
+            "dose_score": self.scores.dose_score,
+            "dvh_score": self.scores.dvh_score,
+            "dvh_metric_errors": self.scores.metric_errors(),
+            "hi_abs_error": self.hi_errors(),
+        }
+        if self.gamma:
+            s["gamma_pass_rate_mean"] = float(np.mean(list(self.gamma.values())))
+        if self.uncertainty_corr:
+            s["uncertainty_error_correlation_mean"] = float(np.nanmean(list(self.uncertainty_corr.values())))
+            s["uncertainty_error_correlation"] = self.uncertainty_corr
+        return s
+
+
+def homogeneity_by_target(ref, pred: np.ndarray) -> dict[str, float]:
+    """ICRU 83 HI of the reference and predicted dose for every PTV the patient has: {"PTV70_ref": ..}."""
+    return {
+        f"{t}_{which}": homogeneity_index(dose, ref.structures[t])
+        for t in TARGETS
+        if t in ref.structures and ref.structures[t].any()
+        for which, dose in (("ref", ref.dose), ("pred", pred))
+    }
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    out_dir: str | Path | None = None,
+    gamma: bool = False,
+    figures: bool = True,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every reference patient's prediction; write outputs to `out_dir` only if all succeed."""
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    if not pred_dir.is_dir():
+        raise DataError(pred_dir, "prediction folder not found")
+    refs = PatientSplit(ref_dir, load_ct=False, progress=False)
+    preds = {}
+    for pid in refs.ids:
+        preds[pid] = find_prediction(pred_dir, pid)
+        if preds[pid] is None:
+            raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.csv or {pid}.nii.gz)")
+    result = EvaluationResult(OpenKBPScores())
+    with staged_dir(out_dir) if out_dir is not None else contextlib.nullcontext() as stage:
+        for ref in tqdm(refs, total=len(refs), desc="evaluating", unit="patient", disable=not progress):
+            if ref.dose is None:
+                raise DataError(ref_dir / ref.id, "reference patient has no dose.csv")
+            pred = read_prediction(preds[ref.id], ref.grid)
+            result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
+            result.hi[ref.id] = homogeneity_by_target(ref, pred)
+            if gamma:
+                result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
+            std_path = pred_dir / f"{ref.id}_std.nii.gz"
+            if std_path.is_file():
+                result.uncertainty_corr[ref.id] = uncertainty_error_correlation(
+                    read_prediction(std_path, ref.grid), ref.dose, pred, ref.possible_dose_mask)
+            if stage is not None and figures:
+                plot_dvh(stage / f"dvh_{ref.id}.png", ref.structures, ref.dose, pred, title=f"{ref.id}: reference vs prediction")
+        if stage is not None:
+            atomic_write_text(stage / "metrics.json", json.dumps(result.summary(), indent=2) + "\n")
+            atomic_write_text(stage / "per_patient.csv", per_patient_csv(result))
+    return result
+
+
+def uncertainty_error_correlation(std: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
+                                  mask: np.ndarray) -> float:
+    """Pearson correlation, inside the possible dose mask, of predicted spread and absolute error."""
+    s = np.asarray(std, np.float64)[mask]
+    e = np.abs(np.asarray(reference, np.float64) - np.asarray(prediction, np.float64))[mask]
+    if s.size < 2 or s.std() == 0 or e.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(s, e)[0, 1])
+
+
+def per_patient_csv(result: EvaluationResult) -> str:
+    columns = ["patient", "dose_score", "dvh_score"]
+    rows = []
+    keys = sorted({k for p in result.scores.patients for k in p.dvh_errors}, key=str)
+    hi_keys = [f"HI_{t}_{w}" for t in TARGETS for w in ("ref", "pred")]
+    columns += [f"abs_err_{m}_{s}" for m, s in keys] + hi_keys + (["gamma_pass_rate"] if result.gamma else [])
+    columns += ["uncertainty_error_correlation"] if result.uncertainty_corr else []
+    for p in result.scores.patients:
+        errs = p.dvh_errors
+        row = [p.patient_id, p.dose_error, float(np.mean(list(errs.values()))) if errs else ""]
+        row += [errs.get(k, "") for k in keys]
+        hi = result.hi.get(p.patient_id, {})
+        row += [hi.get(k[3:], "") for k in hi_keys]
+        if result.gamma:
+            row.append(result.gamma[p.patient_id])
+        if result.uncertainty_corr:
+            row.append(result.uncertainty_corr.get(p.patient_id, ""))
+        rows.append(row)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Reusable network blocks: attention, token mixers, embeddings. Networks in `models` assemble them."""

@@ -1,0 +1,116 @@
+"""What a task is: the one object that knows a problem's data, loss, metrics and predictions.
+
+The engine trains any task and the CLI predicts with any task, knowing only this interface:
+
+- `sections`: the config sections the task owns besides `model` and `train` (name -> dataclass);
+- `build_model()`: its network from the registry, with the input size its data implies;
+- `train_dataset(seed, rank, progress)` and `collate(items)`: batches as dicts of tensors;
+- `val_data(progress)` and `validate(model, data, device, batch_size, autocast)`: metrics by name;
+- `selection_metric` (and `higher_is_better`): how the best checkpoint is chosen;
+- `loss(model, batch)`: a scalar tensor;
+- `checkpoint_config()` and `data_summary(...)`: what config.json records to rebuild it;
+- `model_card(summary)`: the text of MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from rtgen.core.errors import ConfigError
+from rtgen.core.registry import MODELS, TASKS
+from rtgen.core.schema import validate_section
+
+
+def section_dict(section) -> dict:
+    if hasattr(section, "to_dict"):
+        return section.to_dict()
+    return dataclasses.asdict(section)
+
+
+class Task:
+    name: ClassVar[str] = ""
+    sections: ClassVar[dict[str, type]] = {}
+    selection_metric: ClassVar[str] = "loss"
+    higher_is_better: ClassVar[bool] = False
+    metric_units: ClassVar[str] = ""
+    item_name: ClassVar[str] = "items"  # what one training example is, for throughput (slices/s)
+
+    def __init__(self, model_name: str, arch: dict, settings: dict[str, Any], source: str = "config"):
+        self.model_name = model_name
+        self.model_entry = MODELS.get(model_name, source)
+        self.settings = {name: validate_section(cls, settings.get(name), name, source)
+                         for name, cls in self.sections.items()}
+        for name, value in self.settings.items():
+            setattr(self, name, value)
+        values = {k: v for k, v in arch.items() if k not in ("name",)}
+        values.update(self.implied_architecture())
+        self.architecture = self.model_entry.make_config(source, **values)
+
+    # ---- what subclasses provide
+    def implied_architecture(self) -> dict:
+        """Architecture keys fixed by the task's data (e.g. input channels from the features)."""
+        return {}
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model_entry.build(self.architecture)
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True):
+        raise NotImplementedError
+
+    def collate(self, items: list[dict]) -> dict:
+        return {k: torch.stack([it[k] for it in items]) for k, v in items[0].items() if isinstance(v, torch.Tensor)}
+
+    def val_data(self, progress: bool = True):
+        raise NotImplementedError
+
+    def validate(self, model, data, device, batch_size: int, autocast) -> tuple[dict, Any]:
+        raise NotImplementedError
+
+    def data_summary(self, train_set, val_data) -> dict:
+        return {}
+
+    def model_card(self, summary: dict) -> str:
+        return f"# {summary['model']['name']} ({self.name})\n"
+
+    def loader_options(self) -> dict:
+        return {}
+
+    # ---- shared
+    def arch_dict(self) -> dict:
+        return section_dict(self.architecture)
+
+    def checkpoint_config(self) -> dict:
+        """The task's part of config.json: enough to rebuild the task and its network for prediction."""
+        return {"task": self.name, **{name: section_dict(v) for name, v in self.settings.items()
+                                      if name in self.checkpoint_sections}}
+
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_checkpoint(cls, config: dict, source: str = "config.json") -> "Task":
+        model = config["model"]
+        settings = {name: config.get(name) for name in cls.checkpoint_sections}
+        return cls(model["name"], dict(model.get("architecture", {})), settings, source)
+
+
+def task_class(task_name: str | None, model_name: str, source: str = "config") -> type[Task]:
+    """The task named in a config, or the registered default of its model."""
+    if task_name is None:
+        task_name = MODELS.get(model_name, source).task
+    if not isinstance(task_name, str):
+        raise ConfigError(source, f"task must be a task name, got {task_name!r}")
+    return TASKS.get(task_name, source).cls
+
+
+def task_from_checkpoint(config: dict, source: str = "config.json") -> Task:
+    """Rebuild a checkpoint's task (older checkpoints name no task: their model's default is used)."""
+    model = config.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ConfigError(source, "model.name is missing")
+    return task_class(config.get("task"), model["name"], source).from_checkpoint(config, source)
