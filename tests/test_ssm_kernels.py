@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rtgen.core.errors import RtgenError
-from rtgen.ssm import dispatch, linear_scan, selective_scan_fast, selective_scan_ref, ssd_chunked, ssd_ref
+from rtgen.ssm import dispatch, fused, linear_scan, selective_scan_fast, selective_scan_ref, ssd_chunked, ssd_ref
 from rtgen.ssm.scan import LinearScan
 
 
@@ -119,12 +119,13 @@ def test_ssd_long_sequence_finite():
 
 
 @pytest.mark.parametrize(
-    "setting,available,on_cuda,expected",
-    [("auto", True, True, "cuda"), ("auto", True, False, "torch"), ("auto", False, True, "torch"),
-     ("torch", True, True, "torch"), ("cuda", True, True, "cuda")],
+    "setting,available,on_cuda,fused_ok,expected",
+    [("auto", True, True, False, "cuda"), ("auto", True, False, False, "torch"), ("auto", False, True, False, "torch"),
+     ("torch", True, True, False, "torch"), ("cuda", True, True, False, "cuda"), ("auto", False, False, True, "torch"),
+     ("auto", True, True, True, "cuda"), ("torch", False, False, True, "torch"), ("numba", False, False, True, "numba")],
 )
-def test_dispatch_decision(setting, available, on_cuda, expected):
-    assert dispatch.choose(setting, available, on_cuda) == expected
+def test_dispatch_decision(setting, available, on_cuda, fused_ok, expected):
+    assert dispatch.choose(setting, available, on_cuda, fused_ok) == expected
 
 
 def test_dispatch_errors_and_setting():
@@ -132,14 +133,18 @@ def test_dispatch_errors_and_setting():
         dispatch.choose("cuda", False, True)
     with pytest.raises(RtgenError, match="not on a CUDA device"):
         dispatch.choose("cuda", True, False)
+    with pytest.raises(RtgenError, match="fused kernel cannot run"):
+        dispatch.choose("numba", False, False, False)
     with pytest.raises(RtgenError, match="unknown SSM backend"):
         dispatch.set_backend("triton")
     with dispatch.use_backend("torch"):
         assert dispatch.get_backend() == "torch"
     assert dispatch.get_backend() == "auto"
-    # on this CPU machine, auto runs the PyTorch path and gives the fast kernel's result
+    # "torch" forces the pure-PyTorch path; auto on the CPU gives the same numbers (fused when available)
     t = scan_inputs(1, 4, 3, 20)
-    assert torch.equal(dispatch.selective_scan(**t), selective_scan_fast(**t))
+    with dispatch.use_backend("torch"):
+        assert torch.equal(dispatch.selective_scan(**t), selective_scan_fast(**t))
+    assert torch.allclose(dispatch.selective_scan(**t), selective_scan_fast(**t), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and dispatch.kernels_available()), reason="needs CUDA and mamba_ssm")
@@ -157,3 +162,109 @@ def test_cuda_kernels_match_torch_path():
     with dispatch.use_backend("torch"):
         b = dispatch.ssd(**s, chunk_size=64, dt_softplus=True)
     assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- fused numba kernel (Mamba1 selective scan)
+
+fused_ok = pytest.mark.skipif(not fused.available(), reason="numba kernel unavailable")
+
+
+def _ref64(t, **kw):
+    """selective_scan_ref in float64 on copies of t (the ground truth for float32 kernels)."""
+    t64 = {k: v.detach().double().requires_grad_() for k, v in t.items() if v is not None}
+    return t64, selective_scan_ref(**t64, **kw)
+
+
+@fused_ok
+@pytest.mark.parametrize("b,d,n,L", [(2, 8, 4, 37), (1, 20, 3, 1), (1, 16, 16, 64), (2, 40, 5, fused.CHECKPOINT * 3 + 1),
+                                     (3, 33, 2, 95)])
+@pytest.mark.parametrize("parts", ["all", "bare", "no_z", "no_D_bias"])
+def test_fused_scan_equals_reference_with_gradients(b, d, n, L, parts):
+    t = scan_inputs(b, d, n, L)
+    if parts in ("bare", "no_z"):
+        t["z"] = None
+    if parts in ("bare", "no_D_bias"):
+        t["D"] = t["delta_bias"] = None
+    softplus = parts != "bare"
+    if not softplus:
+        t["delta"] = t["delta"].abs()
+    t = {k: (v.requires_grad_() if v is not None else None) for k, v in t.items()}
+    y, last = fused.selective_scan_fused(**t, delta_softplus=softplus, return_last_state=True)
+    t64, (y64, last64) = _ref64(t, delta_softplus=softplus, return_last_state=True)
+    assert y.dtype == torch.float32 and y.shape == (b, d, L) and last.shape == (b, d, n)
+    assert torch.allclose(y.double(), y64, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(last.double(), last64, atol=1e-4, rtol=1e-4)
+    g = torch.Generator().manual_seed(3)
+    w, wl = torch.randn(y.shape, generator=g), torch.randn(last.shape, generator=g)
+    ((y * w).sum() + (last * wl).sum()).backward()
+    ((y64 * w.double()).sum() + (last64 * wl.double()).sum()).backward()
+    for k, v in t.items():
+        if v is not None:
+            ref = t64[k].grad
+            assert torch.allclose(v.grad.double(), ref, atol=2e-4 * (1 + ref.abs().max().item()), rtol=1e-3), k
+
+
+@fused_ok
+def test_fused_scan_grouped_single_group_and_no_grad():
+    t = scan_inputs(1, 16, 4, 50, groups=1)
+    with torch.no_grad():
+        y = fused.selective_scan_fused(**t, delta_softplus=True)
+    assert torch.allclose(y, selective_scan_ref(**t, delta_softplus=True), atol=1e-4, rtol=1e-4)
+    assert not fused.supports(**scan_inputs(1, 16, 4, 50, groups=2))
+    assert not fused.supports(**scan_inputs(1, 4, 2, 5, dtype=torch.float64))
+
+
+@fused_ok
+def test_fused_scan_bfloat16_computes_in_float32():
+    t = {k: v.bfloat16() for k, v in scan_inputs(2, 24, 8, 70).items()}
+    ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, delta_softplus=True)
+    tg = {k: v.clone().requires_grad_() for k, v in t.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fused.selective_scan_fused(**tg, delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), ref, atol=2e-2, rtol=2e-2)  # bf16 rounding of the output only
+    y.float().sum().backward()
+    t32 = {k: v.float().requires_grad_() for k, v in t.items()}
+    selective_scan_ref(**t32, delta_softplus=True).sum().backward()
+    for k in t:
+        assert tg[k].grad.dtype == torch.bfloat16
+        ref_g = t32[k].grad
+        assert (tg[k].grad.float() - ref_g).abs().max() <= 2e-2 * (1 + ref_g.abs().max()), k
+
+
+@fused_ok
+def test_dispatch_runs_the_fused_kernel_when_asked_and_refuses_what_it_cannot_take(monkeypatch):
+    t = scan_inputs(1, 16, 4, 40)
+    calls = []
+    real = fused.selective_scan_fused
+    monkeypatch.setattr(fused, "selective_scan_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y_auto = dispatch.selective_scan(**t, delta_softplus=True)
+    assert calls == []  # opt-in: auto stays on the PyTorch path on the CPU
+    with dispatch.use_backend("numba"):
+        y_fused = dispatch.selective_scan(**t, delta_softplus=True)
+    assert calls == [1] and torch.allclose(y_auto, y_fused, atol=1e-5, rtol=1e-5)
+    # float64 is not the kernel's: "numba" refuses with one clear error
+    t64 = {k: v.double() for k, v in t.items()}
+    with dispatch.use_backend("numba"), pytest.raises(RtgenError, match="fused kernel cannot run"):
+        dispatch.selective_scan(**t64)
+    # no numba / failed compilation: "numba" refuses, auto is unaffected
+    monkeypatch.setattr(fused, "available", lambda: False)
+    with dispatch.use_backend("numba"), pytest.raises(RtgenError, match="fused kernel cannot run"):
+        dispatch.selective_scan(**t)
+    assert torch.equal(dispatch.selective_scan(**t), selective_scan_fast(**t))
+
+
+@fused_ok
+def test_fused_exp_is_accurate():
+    import numpy as np
+
+    @fused.numba.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = fused._exp(x[i])
+
+    x = np.linspace(-87, 88, 200001, dtype=np.float32)
+    out = np.empty_like(x)
+    run(x, out)
+    rel = np.abs(out.astype(np.float64) / np.exp(x.astype(np.float64)) - 1)
+    assert rel.max() < 3e-7  # a few ulp of float32

@@ -1,8 +1,11 @@
-"""Choose between rtgen's PyTorch kernels and the CUDA kernels of `mamba_ssm`.
+"""Choose between rtgen's PyTorch kernels, its fused numba CPU kernel and the CUDA kernels of `mamba_ssm`.
 
-Setting: "auto" (default; CUDA kernels when `mamba_ssm` imports and tensors are on a GPU),
-"torch" (always ours) or "cuda" (always theirs; an error if impossible). Set it with
-`set_backend`, the `use_backend` context manager, or the RTGEN_SSM_BACKEND variable.
+Setting: "auto" (default: CUDA kernels when `mamba_ssm` imports and tensors are on a GPU, else the
+pure-PyTorch path), "torch" (always the pure-PyTorch path), "numba" (the fused numba CPU selective
+scan, rtgen.ssm.fused, for float32/bf16/fp16, real A, ungrouped B and C; an error if impossible) or
+"cuda" (always mamba_ssm's; an error if impossible). The fused kernel is opt-in until it is measured
+faster than the PyTorch path on a quiet machine (issue 16). Set it with `set_backend`, the `use_backend` context manager, or the
+RTGEN_SSM_BACKEND variable. Mamba2's SSD has no fused kernel: "numba" runs it on the PyTorch path.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from rtgen.core.errors import RtgenError
 from rtgen.ssm.scan import selective_scan_fast
 from rtgen.ssm.ssd import ssd_chunked
 
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "numba", "cuda")
 _backend = os.environ.get("RTGEN_SSM_BACKEND", "auto")
 
 
@@ -50,8 +53,16 @@ def kernels_available() -> bool:
         return False
 
 
-def choose(setting: str, available: bool, on_cuda: bool) -> str:
-    """The decision alone, so it can be tested without a GPU."""
+def fused_available() -> bool:
+    """numba imports and the fused CPU kernel compiles (checked once)."""
+    from rtgen.ssm import fused  # imported only when asked for: it sets numba's threading layer
+
+    return fused.available()
+
+
+def choose(setting: str, available: bool, on_cuda: bool, fused_ok: bool = False) -> str:
+    """The decision alone, so it can be tested without a GPU. `available`: mamba_ssm imports;
+    `fused_ok`: the fused CPU kernel compiled and supports these arguments."""
     if setting not in BACKENDS:
         raise RtgenError(f"unknown SSM backend {setting!r}; choose one of {BACKENDS}")
     if setting == "torch":
@@ -62,22 +73,39 @@ def choose(setting: str, available: bool, on_cuda: bool) -> str:
         if not on_cuda:
             raise RtgenError("SSM backend 'cuda' requested but the tensors are not on a CUDA device")
         return "cuda"
+    if setting == "numba":
+        if not fused_ok:
+            raise RtgenError("SSM backend 'numba' requested but the fused kernel cannot run here (numba missing or "
+                             "failing to compile, or tensors it does not take: CUDA, float64, complex, grouped B/C)")
+        return "numba"
     return "cuda" if available and on_cuda else "torch"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
     """`mamba_ssm.selective_scan_fn` semantics on any device."""
-    if choose(_backend, kernels_available(), u.is_cuda) == "cuda":
+    fused_ok = False
+    if _backend == "numba" and not u.is_cuda:
+        from rtgen.ssm import fused
+
+        fused_ok = fused.supports(u, delta, A, B, C, D, z, delta_bias) and fused.available()
+    which = choose(_backend, kernels_available() if u.is_cuda or _backend == "cuda" else False, u.is_cuda, fused_ok)
+    if which == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if which == "numba":
+        from rtgen.ssm import fused
+
+        return fused.selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
 def ssd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, initial_states=None, dt_softplus=False,
         return_final_states=False):
-    """`mamba_ssm.mamba_chunk_scan_combined` semantics on any device."""
-    if choose(_backend, kernels_available(), x.is_cuda) == "cuda":
+    """`mamba_ssm.mamba_chunk_scan_combined` semantics on any device (no fused CPU kernel: "numba" and
+    "auto" on the CPU run `ssd_chunked`)."""
+    setting = "auto" if _backend == "numba" else _backend
+    if choose(setting, kernels_available() if x.is_cuda or setting == "cuda" else False, x.is_cuda) == "cuda":
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
         return mamba_chunk_scan_combined(
