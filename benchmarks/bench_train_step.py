@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from rtgen.bench.ssm import machine_description
 from rtgen.models.unet2d import DoseUNet2D, UNet2DConfig
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def make_step(model, x, y, bf16: bool, channels_last: bool):
@@ -81,7 +70,7 @@ def main():
             t0 = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t0)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_description('cpu')}")
     print(f"MambaUNetV2 CPU training step, batch {a.batch}, 20x{a.size}x{a.size}, channels (16,32,64,128), mamba2 from "
           f"level 2; median of {a.steps} steps after {a.warmup} warm-up")
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}

@@ -12,7 +12,8 @@ from rtgen.data.transforms.features import (
     signed_distance_mm,
     unscale_dose,
 )
-from rtgen.data.datasets.slices import SliceDataset, default_augmentation
+from rtgen.data.datasets.slices import SliceDataset
+from rtgen.data.transforms.augment import default_augmentation
 
 
 def test_ct_window_maps_to_minus_one_one():

@@ -32,10 +32,9 @@ class ModelEntry:
 
     def make_config(self, source: str = "config", **values):
         """Validated architecture: presets, then `values` (unknown keys, wrong types and ranges refused)."""
-        clash = {k for k in self.presets if k in values and values[k] != self.presets[k]}
+        clash = sorted(k for k in self.presets if k in values and values[k] != self.presets[k])
         if clash:
-            raise ConfigError(source, f"model.{sorted(clash)[0]} is fixed to {self.presets[sorted(clash)[0]]!r} "
-                                      f"for {self.name!r}")
+            raise ConfigError(source, f"model.{clash[0]} is fixed to {self.presets[clash[0]]!r} for {self.name!r}")
         return validate_section(self.config, {**self.presets, **values}, "model", source)
 
     def build(self, config=None, **values):
@@ -94,13 +93,17 @@ MODELS = Registry("model", "rtgen.models")
 TASKS = Registry("task", "rtgen.tasks")
 
 
+def _summary(cls: type) -> str:
+    """The first line of a class's docstring: what `rtgen models` shows when no description is given."""
+    return ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+
+
 def register_model(name: str, *, config: type, task: str, description: str = "", **presets) -> Callable[[type], type]:
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"model {name!r}: config must be a dataclass, got {config!r}")
 
     def decorate(cls: type) -> type:
-        doc = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-        MODELS.add(name, ModelEntry(name, cls, config, task, dict(presets), doc))
+        MODELS.add(name, ModelEntry(name, cls, config, task, dict(presets), description or _summary(cls)))
         return cls
 
     return decorate
@@ -108,8 +111,7 @@ def register_model(name: str, *, config: type, task: str, description: str = "",
 
 def register_task(name: str, description: str = "") -> Callable[[type], type]:
     def decorate(cls: type) -> type:
-        doc = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-        TASKS.add(name, TaskEntry(name, cls, doc))
+        TASKS.add(name, TaskEntry(name, cls, description or _summary(cls)))
         cls.name = name
         return cls
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from rtgen import __version__
+from rtgen.core.atomic import atomic_write_text
 from rtgen.core.errors import RtgenError
 from rtgen.core.registry import count_parameters
 from rtgen.core.checkpoint import check_and_load, load_state, load_weights, save_state, save_weights, write_config
@@ -170,8 +171,6 @@ class Trainer:
         return self.ema.module if self.ema else self.model
 
     def _save_best(self, metrics: dict) -> None:
-        from rtgen.core.atomic import atomic_write_text
-
         summary = self.summary(metrics)
         save_weights(self.run_dir / "model.safetensors", self.eval_model().state_dict())
         write_config(self.run_dir / "config.json", summary)

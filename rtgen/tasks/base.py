@@ -37,9 +37,10 @@ class Task:
     higher_is_better: ClassVar[bool] = False
     metric_units: ClassVar[str] = ""
     item_name: ClassVar[str] = "items"  # what one training example is, for throughput (slices/s)
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ()  # sections config.json keeps to rebuild the task
 
     def __init__(self, model_name: str, arch: dict, settings: dict[str, Any], source: str = "config"):
-        self.model_name = model_name
+        self.model_name, self.source = model_name, source
         self.model_entry = MODELS.get(model_name, source)
         self.settings = {name: validate_section(cls, settings.get(name), name, source)
                          for name, cls in self.sections.items()}
@@ -89,8 +90,6 @@ class Task:
         """The task's part of config.json: enough to rebuild the task and its network for prediction."""
         return {"task": self.name, **{name: section_dict(v) for name, v in self.settings.items()
                                       if name in self.checkpoint_sections}}
-
-    checkpoint_sections: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_checkpoint(cls, config: dict, source: str = "config.json") -> "Task":

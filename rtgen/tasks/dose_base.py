@@ -17,9 +17,10 @@ import torch
 from pydantic import Field
 
 from rtgen.core.errors import ConfigError
-from rtgen.data.datasets.slices import PatientSlices, SliceDataset, build_slices, default_augmentation, patient_slices
+from rtgen.data.datasets.slices import PatientSlices, SliceDataset, build_slices, patient_slices
 from rtgen.data.records import Patient
 from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.transforms.augment import default_augmentation
 from rtgen.data.transforms.features import FeatureConfig, unscale_dose
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.tasks.base import Task
@@ -69,6 +70,7 @@ class DoseTask(Task):
     selection_metric = "dose_score"
     metric_units = "Gy"
     item_name = "slices"
+    stochastic: ClassVar[bool] = False  # diffusion: several samples per prediction are possible
     features: FeatureConfig
     data: DataConfig
 
@@ -86,7 +88,7 @@ class DoseTask(Task):
     # ---- data
     def _paths(self, folder: str, limit: int | None, what: str) -> list[Path]:
         if not folder:
-            raise ConfigError("config", f"data.{what} is not set (a split folder of patients)")
+            raise ConfigError(self.source, f"data.{what} is not set (a split folder of patients)")
         paths = find_patients(folder)
         return paths[:limit] if limit else paths
 
@@ -95,9 +97,6 @@ class DoseTask(Task):
         slices = build_slices(paths, self.features, workers=self.data.feature_workers, progress=progress,
                               desc="train features")
         return SliceDataset(slices, transform=default_augmentation() if self.data.augment else None, seed=seed + rank)
-
-    def collate(self, items: list[dict]) -> dict:
-        return {k: torch.stack([it[k] for it in items]) for k in ("image", "dose", "mask")}
 
     def loader_options(self) -> dict:
         return {"num_workers": self.data.num_workers}
@@ -133,8 +132,6 @@ class DoseTask(Task):
         model.train(was)
         return out
 
-    stochastic: ClassVar[bool] = False
-
     def predict_volumes(self, model, ps: PatientSlices, batch_size: int, device, sampling=None, tta=False,
                         autocast=None) -> np.ndarray:
         """Computed features of one patient -> (samples, *grid) doses in Gy."""
@@ -150,8 +147,7 @@ class DoseTask(Task):
         scores = OpenKBPScores()
         volumes = []
         for ps, ref in data:
-            pred = self.predict_slices(model, ps.images, batch_size, device, autocast=autocast)
-            vol = assemble_volume(ps, pred.mean(0), self.features.dose_max_gy)
+            vol = self.predict_volumes(model, ps, batch_size, device, autocast=autocast)[0]
             scores.add(ref.id, ref.dose, vol, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
             if not volumes:
                 volumes.append((ref, vol))

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from rtgen.data.transforms.features import FeatureConfig, patient_features, scale_dose
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
-from rtgen.data.transforms.augment import default_augmentation  # noqa: F401 (the dataset's default)
 
 
 @dataclass
