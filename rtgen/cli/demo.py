@@ -27,10 +27,10 @@ def demo(
 
     from rtgen.data.examples import example_patients_dir
     from rtgen.data.sources import PatientSplit
-    from rtgen.data.sources.openkbp import write_dose_csv
     from rtgen.evaluation import evaluate_folders
     from rtgen.hub import shipped_model_dir
     from rtgen.inference import load_predictor
+    from rtgen.inference.writers import write_dose
 
     t0 = time.perf_counter()
     name = model.value if isinstance(model, Enum) else str(model)
@@ -39,7 +39,7 @@ def demo(
     pred_dir = out_dir / "predictions"
     for patient in PatientSplit(examples, progress=False):
         t = time.perf_counter()
-        write_dose_csv(pred_dir / f"{patient.id}.csv", predictor.predict(patient, tta=tta))
+        write_dose(pred_dir, patient.id, predictor.predict(patient, tta=tta), patient.spacing)
         out.print(f"{patient.id}: predicted in {time.perf_counter() - t:.1f} s")
     result = evaluate_folders(pred_dir, examples, out_dir / "evaluation", progress=False)
     print_evaluation(result)

@@ -36,11 +36,10 @@ def predict(
     from tqdm.auto import tqdm
 
     from rtgen.data.sources import load_patient, patients_in
-    from rtgen.data.sources.nifti import write_nifti
-    from rtgen.data.sources.openkbp import write_dose_csv
     from rtgen.diffusion import SAMPLERS
     from rtgen.hub import default_model, shipped_model_dir
     from rtgen.inference import load_predictor
+    from rtgen.inference.writers import write_dose
     from rtgen.tasks.dose_base import SamplingConfig
 
     if sampler not in SAMPLERS:
@@ -61,12 +60,7 @@ def predict(
         try:
             patient = load_patient(path)
             dose, std = predictor.predict_with_uncertainty(patient, batch_size, tta, sampling if diffusion else None)
-            if fmt is PredFormat.csv:
-                write_dose_csv(out_dir / f"{patient.id}.csv", dose)
-            else:
-                write_nifti(out_dir / f"{patient.id}.nii.gz", dose, patient.spacing)
-            if std is not None:  # voxel-wise spread of the K samples, beside the mean
-                write_nifti(out_dir / f"{patient.id}_std.nii.gz", std, patient.spacing)
+            write_dose(out_dir, patient.id, dose, patient.spacing, fmt.value, std)  # std: spread of K samples
         except RtgenError as e:
             failed.append(path.name)
             fail(f"{e} (skipped)")
