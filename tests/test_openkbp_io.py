@@ -191,3 +191,16 @@ def test_good_patient_emits_no_warning(examples_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_patient(examples_dir / "pt_219")
+
+
+def test_records_hold_named_volumes_on_one_grid(patient):
+    from rtgen.data.records import Record
+
+    r = patient.to_record()
+    assert set(r.volumes) >= {"ct", "dose", "possible_dose_mask", *patient.structures}
+    assert r.grid == patient.grid == (128, 128, 128) and r.spacing == patient.spacing
+    assert r.voxel_volume_mm3 == patient.voxel_volume_mm3
+    mr = Record("pair", {"ct": np.zeros((4, 5, 6)), "mr": np.ones((4, 5, 6))}, (1.0, 1.0, 2.5))
+    assert mr.grid == (4, 5, 6) and mr.voxel_volume_mm3 == 2.5
+    with pytest.raises(ValueError, match="volumes on different grids"):
+        Record("bad", {"ct": np.zeros((4, 5, 6)), "mr": np.zeros((4, 5, 7))})

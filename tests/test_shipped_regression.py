@@ -1,0 +1,37 @@
+"""The shipped checkpoints predict what they predicted before the package was restructured.
+
+Reference numbers: pt_204 predicted by commit a12dc56 (before the move to core/tasks/engine/hub),
+CPU, pure-PyTorch SSM kernels; MD-Dose with DPM-Solver++, 10 steps, one sample, seed 0. The issue
+allows 1e-4 Gy per voxel.
+"""
+
+import numpy as np
+import pytest
+
+from rtgen.data import read_patient
+from rtgen.data.examples import example_patients_dir
+from rtgen.hub import shipped_model_dir
+from rtgen.inference import load_predictor
+from rtgen.ssm import use_backend
+from rtgen.tasks.dose_base import SamplingConfig
+
+REFERENCE = {
+    "mamba_unet_v2": (1527912.3494467735, 71.76305389404297,
+                      {646955: 1.08311, 828335: 6.9838, 940605: 47.7631, 1023662: 17.71266, 1091633: 9.20851,
+                       1172045: 29.88261, 1253558: 16.70362, 1467180: 1.44471}),
+    "md_dose": (1694148.488755703, 77.22306060791016,
+                {646955: 1.96751, 828232: 55.69583, 940715: 2.47001, 1023665: 61.28393, 1091518: 45.60152,
+                 1171909: 27.21759, 1253330: 21.01089, 1467180: 1.08968}),
+}
+
+
+@pytest.mark.parametrize("model", sorted(REFERENCE))
+def test_shipped_model_predicts_as_before_the_restructure(model):
+    patient = read_patient(example_patients_dir() / "pt_204")
+    with use_backend("torch"):
+        dose = load_predictor(shipped_model_dir(model), "cpu").predict(patient, sampling=SamplingConfig("dpmpp", 10, 1, 0))
+    total, peak, voxels = REFERENCE[model]
+    flat = dose.astype(np.float64).ravel()
+    assert flat.sum() == pytest.approx(total, rel=1e-6) and flat.max() == pytest.approx(peak, abs=1e-4)
+    for index, gy in voxels.items():
+        assert flat[index] == pytest.approx(gy, abs=1e-4), index
