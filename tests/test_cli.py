@@ -99,13 +99,14 @@ def test_evaluate_accepts_nifti_predictions(tmp_path, examples_dir, patients):
     assert r.exit_code == 0, r.output
 
 
-def test_evaluate_missing_patient_is_named(tmp_path, examples_dir):
+def test_evaluate_missing_patient_is_named_and_the_others_are_scored(tmp_path, examples_dir):
     pred = _predictions(tmp_path, examples_dir)
     (pred / "pt_219.csv").unlink()
     r = invoke("evaluate", "--pred", pred, "--ref", examples_dir, "--out", tmp_path / "ev")
     assert r.exit_code == 1
-    assert "no prediction for patient pt_219" in r.output
-    assert not (tmp_path / "ev").exists()
+    assert "no prediction for patient pt_219" in r.output and "1 of 2 patients evaluated" in r.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_patients"] == 1 and list(metrics["failed_patients"]) == ["pt_219"]
 
 
 def test_real_process_prints_one_clear_error(tmp_path, examples_dir):
@@ -118,4 +119,5 @@ def test_real_process_prints_one_clear_error(tmp_path, examples_dir):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "pt_204.csv, line 2: non-numeric value 'abc'" in proc.stderr.replace("\n", "")
-    assert not (tmp_path / "ev").exists()
+    assert "1 of 2 patients evaluated" in proc.stdout  # pt_219 is still scored
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_patients"] == 1

@@ -26,6 +26,8 @@ def test_demo_predicts_and_evaluates_the_examples(tmp_path):
     assert 0 < m["dose_score"] < 6.0 and 0 < m["dvh_score"] < 8.0
     assert (tmp_path / "demo" / "evaluation" / "dvh_pt_204.png").is_file()
     assert (tmp_path / "demo" / "predictions" / "pt_219.csv").is_file()
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # the HTML report (tests/test_report.py)
+    assert "report.html" in r.output
 
 
 def test_shipped_md_dose_is_a_trained_diffusion_checkpoint():

@@ -47,11 +47,11 @@ def test_uniform_dose_in_a_cube():
 
 
 def test_linear_ramp_percentiles():
-    values = np.arange(1, 1001, dtype=float)  # 1 .. 1000 Gy
+    values = np.arange(1, 1001, dtype=float) / 10  # 0.1 .. 100 Gy
     # D_x% = percentile(100 - x), linear interpolation at rank (100 - x)/100 * 999
-    assert dose_at_volume_percent(values, 95) == pytest.approx(1 + 0.05 * 999)
-    assert dose_at_volume_percent(values, 1) == pytest.approx(1 + 0.99 * 999)
-    assert volume_at_dose_percent(values, 901) == pytest.approx(10.0)
+    assert dose_at_volume_percent(values, 95) == pytest.approx((1 + 0.05 * 999) / 10)
+    assert dose_at_volume_percent(values, 1) == pytest.approx((1 + 0.99 * 999) / 10)
+    assert volume_at_dose_percent(values, 90.1) == pytest.approx(10.0)
     hi = homogeneity_index(values.reshape(10, 10, 10), np.ones((10, 10, 10), bool))
     assert hi == pytest.approx((dose_at_volume_percent(values, 2) - dose_at_volume_percent(values, 98)) / np.median(values))
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
 
 from rtgen import __version__
-from rtgen.core.errors import RtgenError, RtgenWarning
+from rtgen.core.errors import OutputError, RtgenError, RtgenWarning
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="rtgen: radiotherapy dose prediction and evaluation with state-space and diffusion models.",
@@ -41,6 +44,47 @@ def fail(message: str) -> None:
     err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+class Batch:
+    """A batch command's ledger: a bad item is reported in one line and skipped, the good ones finish,
+    and `finish` prints a summary table and exits 1 if any failed. An output error (full disk,
+    read-only mount) stops the batch instead: every later item would fail the same way."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total = what, total
+        self.failed: dict[str, str] = {}
+
+    def run(self, name: str, fn: Callable[[], T]) -> T | None:
+        try:
+            return fn()
+        except OutputError:
+            raise
+        except RtgenError as e:
+            self.record(name, e)
+            return None
+
+    def record(self, name: str, error: Exception) -> None:
+        """Note a failed item and say so in one line at once."""
+        self.failed[name] = str(error)
+        fail(f"{error} (skipped)")
+
+    def finish(self, done_message: str, quiet: bool = False) -> None:
+        """Print the count (unless `quiet`: stdout holds JSON) and, if any failed, their table; exit 1."""
+        ok = self.total - len(self.failed)
+        if not quiet:
+            out.print(f"{ok} of {self.total} {self.what} {done_message}")
+        if not self.failed:
+            return
+        from rich.table import Table
+
+        table = Table(title=f"{len(self.failed)} failed", title_justify="left")
+        table.add_column(self.what.rstrip("s"), style="red", no_wrap=True)
+        table.add_column("reason", overflow="fold")
+        for name, reason in self.failed.items():
+            table.add_row(name, reason)
+        err.print(table)
+        raise typer.Exit(1)
+
+
 def user_errors(fn):
     """Turn RtgenError into one clear line on stderr and exit status 1, never a traceback."""
 
@@ -51,6 +95,10 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except RtgenError as e:
             fail(str(e))
+            raise typer.Exit(1) from None
+        except OSError as e:  # a disk error outside rtgen's writers: still one line naming the file
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            fail(f"{where}{e.strerror or e}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")

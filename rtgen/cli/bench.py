@@ -36,3 +36,28 @@ def bench_ssm(
     print(format_targets(targets(rows)))
     if json_out:
         save_json(json_out, rows, device)
+
+
+@bench_app.command("fuzz")
+@user_errors
+def bench_fuzz(
+    minutes: float = typer.Option(10.0, min=0.01, help="How long to fuzz."),
+    seed: int = typer.Option(0, help="Random seed (a run is reproducible for a seed and a count)."),
+    only: Optional[str] = typer.Option(None, help="Only targets whose name contains this (e.g. nifti)."),
+    crash_dir: Path = typer.Option(Path("rtgen-out/fuzz-crashes"), "--crashes", help="Where crashing inputs are saved."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the counts as JSON."),
+):
+    """Feed mutated CSV, NIfTI, npz, YAML and checkpoint files to the readers; count inputs and crashes.
+    A crash is any exception other than rtgen's one-line errors; exit 1 if there was one."""
+    from rtgen.bench.fuzz import format_report, report_json, run_fuzz
+    from rtgen.bench.ssm import machine_description
+    from rtgen.core.atomic import atomic_write_text
+
+    report = run_fuzz(seconds=minutes * 60, seed=seed, crash_dir=crash_dir, only=only,
+                      progress=lambda m: err.print(f"[dim]{m}[/]"))
+    out.print(f"machine: {machine_description('cpu')}\n", highlight=False)
+    print(format_report(report))
+    if json_out:
+        atomic_write_text(json_out, report_json(report) + "\n")
+    if report.crashes:
+        raise typer.Exit(1)

@@ -36,3 +36,63 @@ def convert_openkbp(
             else:
                 write_nifti_patient(patient, stage / patient.id)
     out.print(f"{len(split)} patients -> {dest} ({fmt.value})")
+
+
+class FromDicomFormat(str, Enum):
+    nifti = "nifti"
+    npz = "npz"
+    openkbp = "openkbp"
+
+
+@convert_app.command("to-dicom")
+@user_errors
+def convert_to_dicom(
+    patient: Path = typer.Argument(..., help="One patient in any layout rtgen reads (OpenKBP CSV folder, NIfTI folder, .npz)."),
+    dest: Path = typer.Argument(..., help="Output folder (created): CT/CT_0001.dcm ..., RTSTRUCT.dcm, RTDOSE.dcm."),
+    patient_name: str | None = typer.Option(None, "--patient-name", help="DICOM PatientName (default: the patient id)."),
+):
+    """Write a patient as DICOM RT: a CT series, an RTSTRUCT (every structure and the possible dose mask
+    as the External ROI) and an RTDOSE if the patient has a dose, with fresh UIDs. For sharing with a
+    planning system or viewer, and for testing DICOM pipelines. All or nothing."""
+    from rtgen.data.sources import load_patient
+    from rtgen.data.sources.dicom import write_dicom_patient
+
+    p = load_patient(patient)
+    write_dicom_patient(p, dest, patient_name=patient_name)
+    n = len(list((dest / "CT").glob("*.dcm")))
+    out.print(f"{p.id}: {n} CT slices, RTSTRUCT ({len(p.structures)} structures + External)"
+              f"{', RTDOSE' if p.dose is not None else ''} -> {dest}")
+
+
+@convert_app.command("from-dicom")
+@user_errors
+def convert_from_dicom(
+    src: Path = typer.Argument(..., help="A DICOM patient folder (CT series, RTSTRUCT, optional RTDOSE; subfolders are searched)."),
+    dest: Path = typer.Argument(..., help="Output: a patient folder (nifti, openkbp) or a .npz file (npz)."),
+    fmt: FromDicomFormat = typer.Option(FromDicomFormat.nifti, "--format", help="nifti, npz, or openkbp (CSV; 128^3 grids only)."),
+    aliases: Path | None = typer.Option(None, "--aliases", help="JSON/YAML file {rtgen structure: [ROI names]} extending the built-in alias table."),
+):
+    """Read a DICOM patient (CT in HU, RTSTRUCT contours rasterised with holes, RTDOSE resampled onto the CT)
+    and write it in an rtgen layout. ROIs that match no rtgen structure are listed as a warning."""
+    from rtgen.core.atomic import staged_dir
+    from rtgen.core.errors import DataError
+    from rtgen.core.structures import GRID_SHAPE
+    from rtgen.data.sources.dicom import read_dicom_patient
+    from rtgen.data.sources.nifti import write_nifti_patient
+    from rtgen.data.sources.npz import write_npz
+    from rtgen.data.sources.openkbp import write_patient
+
+    p = read_dicom_patient(src, aliases=aliases)
+    if fmt is FromDicomFormat.nifti:
+        write_nifti_patient(p, dest)
+    elif fmt is FromDicomFormat.npz:
+        write_npz(p, dest)
+    else:
+        if p.grid != GRID_SHAPE:
+            raise DataError(src, f"grid {p.grid}: the OpenKBP CSV layout holds only {GRID_SHAPE} volumes; "
+                                 "use --format nifti or npz")
+        with staged_dir(dest) as stage:
+            write_patient(p, stage)
+    names = ", ".join(p.structures) or "none"
+    out.print(f"{p.id}: grid {p.grid}, spacing {tuple(round(s, 3) for s in p.spacing)} mm, structures: {names}"
+              f"{', dose' if p.dose is not None else ''} -> {dest} ({fmt.value})")

@@ -25,6 +25,7 @@ def demo(
     """Predict the bundled example patients with a shipped model, evaluate them, plot DVHs."""
     import time
 
+    from rtgen.core.atomic import prepare_output_dir
     from rtgen.data.examples import example_patients_dir
     from rtgen.data.sources import PatientSplit
     from rtgen.evaluation import evaluate_folders
@@ -34,8 +35,9 @@ def demo(
 
     t0 = time.perf_counter()
     name = model.value if isinstance(model, Enum) else str(model)
-    predictor = load_predictor(shipped_model_dir(name), "cpu")
     examples = example_patients_dir()
+    prepare_output_dir(out_dir, 30_000_000)  # a read-only or full --out fails now, not after the predictions
+    predictor = load_predictor(shipped_model_dir(name), "cpu")
     pred_dir = out_dir / "predictions"
     for patient in PatientSplit(examples, progress=False):
         t = time.perf_counter()
@@ -48,4 +50,8 @@ def demo(
     out.print(f"shipped model: {predictor.task.model_name}, validation dose score "
               f"{card.get('dose_score', float('nan')):.3f} Gy, DVH score {card.get('dvh_score', float('nan')):.3f} Gy "
               f"on {n_val} OpenKBP validation patients (see its MODEL_CARD.md)")
+    from rtgen.evaluation.report import write_report
+
+    report = write_report(pred_dir, examples, out_dir / "report.html", title=f"rtgen demo: {name}")
+    out.print(f"HTML report (slices, DVHs, metrics; opens offline): [bold]{report}[/]")
     out.print(f"predictions, metrics and DVH figures in [bold]{out_dir}[/] ({time.perf_counter() - t0:.0f} s)")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from rtgen.cli.app import app, out, user_errors
+from rtgen.cli.app import Batch, app, out, user_errors
 
 
 @app.command()
@@ -19,13 +19,27 @@ def evaluate(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
 ):
-    """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them."""
+    """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them.
+    A patient whose prediction or reference is missing or bad is reported and skipped; exit 1 if any."""
+    import contextlib
+
+    from rtgen.core.atomic import output_dir
+    from rtgen.data.sources import find_patients
     from rtgen.evaluation import evaluate_folders
 
-    result = evaluate_folders(pred, ref, out_dir, gamma=gamma)
-    print_evaluation(result)
-    if out_dir is not None:
-        out.print(f"metrics.json, per_patient.csv and DVH figures written to [bold]{out_dir}[/]")
+    n = len(find_patients(ref))
+    batch = Batch("patients", n)
+    preflight = output_dir(out_dir, n * FIGURE_BYTES) if out_dir is not None else contextlib.nullcontext()
+    with preflight:  # an unwritable --out fails here, before any scoring
+        result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record)
+        print_evaluation(result)
+        if out_dir is not None:
+            out.print(f"metrics.json, per_patient.csv and DVH figures written to [bold]{out_dir}[/]")
+    batch.finish("evaluated")
+
+
+FIGURE_BYTES = 300_000
+"""About one DVH figure and one row of tables per patient, for the free-space check."""
 
 
 def print_evaluation(result) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from rtgen.cli.app import app, out, user_errors
+from rtgen.cli.app import Batch, app, out, user_errors
 
 
 @app.command()
@@ -22,8 +22,9 @@ def inspect(
     out_dir: Path = typer.Option(Path("rtgen-out/inspect"), "--out", help="Where DVH figures and summary.json go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON instead of tables."),
 ):
-    """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs."""
-    from rtgen.core.atomic import atomic_write_text, staged_dir
+    """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs.
+    A patient that fails to load is reported and skipped; exit 1 if any failed."""
+    from rtgen.core.atomic import atomic_write_text, output_dir, staged_dir
     from rtgen.data.examples import example_patients_dir
     from rtgen.data.sources import load_patient, patients_in
     from rtgen.evaluation.plots import plot_dvh
@@ -33,21 +34,29 @@ def inspect(
     for p in patients or [example_patients_dir()]:
         paths += patients_in(p)
     summaries = []
-    with staged_dir(out_dir) as stage:
-        for path in paths:
-            patient = load_patient(path)
-            s = summarize(patient)
-            summaries.append(s)
-            if patient.dose is not None:
-                s["dvh_figure"] = str(out_dir / f"dvh_{patient.id}.png")
-                plot_dvh(stage / f"dvh_{patient.id}.png", patient.structures, patient.dose, title=f"{patient.id}: plan DVH")
-            if not as_json:
-                _print_summary(s)
-        atomic_write_text(stage / "summary.json", json.dumps(summaries, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(summaries, indent=2))
-    else:
-        out.print(f"figures and summary.json written to [bold]{out_dir}[/]")
+    batch = Batch("patients", len(paths))
+
+    def inspect_one(path: Path, stage: Path) -> None:
+        patient = load_patient(path)
+        s = summarize(patient)
+        if patient.dose is not None:
+            s["dvh_figure"] = str(out_dir / f"dvh_{patient.id}.png")
+            plot_dvh(stage / f"dvh_{patient.id}.png", patient.structures, patient.dose, title=f"{patient.id}: plan DVH")
+        summaries.append(s)
+        if not as_json:
+            _print_summary(s)
+
+    with output_dir(out_dir, len(paths) * 300_000):  # an unwritable --out fails now, before any reading
+        with staged_dir(out_dir) as stage:  # the good patients' outputs appear together, or not at all
+            for path in paths:
+                batch.run(path.name, lambda p=path: inspect_one(p, stage))
+            if summaries:
+                atomic_write_text(stage / "summary.json", json.dumps(summaries, indent=2) + "\n")
+        if as_json:
+            print(json.dumps(summaries, indent=2))
+        elif summaries:
+            out.print(f"figures and summary.json written to [bold]{out_dir}[/]")
+        batch.finish("inspected", quiet=as_json)
 
 
 def _print_summary(s: dict) -> None:

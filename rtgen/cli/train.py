@@ -20,8 +20,9 @@ def train(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: train.out from the config)."),
 ):
     """Train a model: rtgen train CONFIG.yaml [section.key=value ...]. Also runs under torchrun."""
+    from rtgen.core.atomic import check_can_create
     from rtgen.engine.config import load_config
-    from rtgen.engine.trainer import Trainer
+    from rtgen.engine.direct import runner_for
     from rtgen.evaluation.hooks import figure_hooks
 
     overrides = list(ctx.args)
@@ -29,7 +30,10 @@ def train(
         raise RtgenError(f"{resume}: not a run directory (no resolved_config.yaml)")
     cfg = load_config(resume / "resolved_config.yaml" if resume is not None else config, overrides)
     run_dir = resume or out_dir or Path(cfg.train.out)
-    result = Trainer(cfg, run_dir, resume=resume is not None, hooks=figure_hooks(cfg.task)).fit()
+    check_can_create(run_dir, 200_000_000)  # before minutes of feature computation: checkpoints need room
+    runner = runner_for(cfg)
+    result = runner(cfg, run_dir, resume=resume is not None, hooks=figure_hooks(cfg.task)).fit()
     units = f" {cfg.task.metric_units}" if cfg.task.metric_units else ""
-    out.print(f"best validation {result['metric'].replace('_', ' ')} {result['best']:.3f}{units} after "
-              f"{result['epochs']} epochs; run directory [bold]{run_dir}[/]")
+    when = "" if getattr(cfg.task, "fits_directly", False) else f" after {result['epochs']} epochs"
+    out.print(f"best validation {result['metric'].replace('_', ' ')} {result['best']:.3f}{units}{when}; "
+              f"run directory [bold]{run_dir}[/]")

@@ -41,13 +41,20 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise RtgenError(f"{path}: not a valid safetensors checkpoint ({e})") from None
 
 
+WEIGHT_FILES = ("model.safetensors", "model.txt")
+"""Network weights (safetensors) or a gradient-boosted model (LightGBM text); never a pickle."""
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """A run directory or a .safetensors file -> (weights, config.json beside them)."""
+    """A run directory or a weights file -> (weights, config.json beside them)."""
     path = Path(path)
-    weights = path / "model.safetensors" if path.is_dir() else path
+    if path.is_dir():
+        weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), path / WEIGHT_FILES[0])
+    else:
+        weights = path
     config = weights.parent / "config.json"
     if not weights.is_file():
-        raise RtgenError(f"{path}: no model.safetensors found")
+        raise RtgenError(f"{path}: no {' or '.join(WEIGHT_FILES)} found")
     if not config.is_file():
         raise RtgenError(f"{config}: missing; a checkpoint needs its config.json beside the weights")
     return weights, config
@@ -57,7 +64,7 @@ def read_config(path: str | Path) -> dict:
     path = Path(path)
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RtgenError(f"{path}: not a readable JSON config ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != CHECKPOINT_FORMAT or "model" not in cfg:
         raise RtgenError(f"{path}: not an rtgen checkpoint config (expected format {CHECKPOINT_FORMAT!r} and a model)")

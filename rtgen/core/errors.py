@@ -20,12 +20,24 @@ class DataError(RtgenError):
         super().__init__(f"{where}: {problem}")
 
 
+class OutputError(DataError):
+    """An output that cannot be written (path under a file, read-only mount, full disk, I/O error).
+
+    Batch commands stop on it rather than go on: the next patient would fail the same way."""
+
+
 class ConfigError(RtgenError):
     """A config (YAML file, override or checkpoint config) with a wrong type, value or key; names the source."""
 
     def __init__(self, source: str | Path, problem: str):
         self.source, self.problem = str(source), problem
         super().__init__(f"{source}: {problem}")
+
+
+class ValueRangeError(RtgenError, ValueError):
+    """A number outside what the quantity can physically be (a dose of 1e6 Gy, a NaN in a dose).
+
+    Also a ValueError, so code that validates numbers with `except ValueError` still catches it."""
 
 
 class RtgenWarning(UserWarning):

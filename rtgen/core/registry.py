@@ -38,7 +38,14 @@ class ModelEntry:
         return validate_section(self.config, {**self.presets, **values}, "model", source)
 
     def build(self, config=None, **values):
-        return self.cls(config if config is not None else self.make_config(**values))
+        config = config if config is not None else self.make_config(**values)
+        try:
+            return self.cls(config)
+        except ValueError as e:  # each key valid, but the combination cannot make this network
+            raise ConfigError("model", f"{self.name} cannot be built with these settings: {e}") from None
+        except (MemoryError, OverflowError, RuntimeError) as e:  # sizes this machine cannot allocate
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError("model", f"{self.name} cannot be built with these sizes on this machine: {first}") from None
 
 
 @dataclass(frozen=True)
@@ -124,4 +131,7 @@ def build_model(name: str, **values):
 
 
 def count_parameters(model) -> int:
+    """Trainable numbers of a network; models that are not torch modules (trees) say `n_parameters`."""
+    if hasattr(model, "n_parameters"):
+        return int(model.n_parameters)
     return sum(p.numel() for p in model.parameters())

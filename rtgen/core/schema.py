@@ -44,6 +44,10 @@ def validate_section(cls: type, values: Any, where: str, source: str = "config")
         return values
     if not isinstance(values, dict):
         raise ConfigError(source, f"{where} must be a mapping of keys to values, got {type(values).__name__} {values!r}")
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(source, f"{where}: key {odd[0]!r} is not a name (known keys: "
+                                  f"{', '.join(sorted(f.name for f in dataclasses.fields(cls)))})")
     try:
         return _adapter(cls).validate_python(values)
     except ValidationError as e:

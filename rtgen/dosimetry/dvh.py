@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from rtgen.dosimetry.checks import require_dose
+
 
 def roi_dose(dose: np.ndarray, mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, bool)
     if mask.shape != np.shape(dose):
         raise ValueError(f"mask shape {mask.shape} does not match dose shape {np.shape(dose)}")
-    values = np.asarray(dose, np.float64)[mask]
+    values = require_dose(np.asarray(dose)[mask], "dose in structure")
     if values.size == 0:
         raise ValueError("structure is empty")
     return values
@@ -49,6 +51,9 @@ def dmax(values: np.ndarray) -> float:
 
 def cumulative_dvh(values: np.ndarray, bin_width: float = 0.1, max_dose: float | None = None):
     """Cumulative DVH: (dose axis in Gy, % of volume receiving at least that dose)."""
+    values = require_dose(values, "DVH input")
+    if max_dose is not None:
+        require_dose(max_dose, "DVH maximum dose")
     top = float(values.max()) if max_dose is None else float(max_dose)
     edges = np.arange(0.0, top + 2 * bin_width, bin_width)
     counts, _ = np.histogram(values, bins=edges)

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 
+from rtgen.dosimetry.checks import require_dose
+
 
 def gamma_pass_rate(
     reference: np.ndarray,
@@ -23,8 +25,8 @@ def gamma_pass_rate(
     """
     import pymedphys  # heavy import (numba); only when gamma is asked for
 
-    ref = np.asarray(reference, np.float64)
-    ev = np.asarray(evaluation, np.float64)
+    ref = require_dose(reference, "reference dose")
+    ev = require_dose(evaluation, "evaluated dose")
     if ref.shape != ev.shape or ref.ndim != len(spacing):
         raise ValueError(f"shapes {ref.shape} and {ev.shape} must match and have {len(spacing)} axes")
     if ref.max() <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rtgen.dosimetry.checks import require_dose
 from rtgen.dosimetry.dvh import dose_at_volume_percent, roi_dose
 
 
@@ -19,7 +20,7 @@ def homogeneity_index(dose: np.ndarray, target: np.ndarray) -> float:
 def paddick_conformity_index(dose: np.ndarray, target: np.ndarray, isodose_gy: float) -> float:
     """Paddick CI = TV_PIV^2 / (TV * PIV) at the chosen isodose; 1 is perfect conformity."""
     target = np.asarray(target, bool)
-    piv_mask = np.asarray(dose) >= isodose_gy
+    piv_mask = require_dose(dose) >= isodose_gy
     tv = np.count_nonzero(target)
     piv = np.count_nonzero(piv_mask)
     if tv == 0 or piv == 0:
@@ -31,5 +32,6 @@ def paddick_conformity_index(dose: np.ndarray, target: np.ndarray, isodose_gy: f
 def structure_mae(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> float:
     """Mean absolute dose error inside one structure (Gy)."""
     mask = np.asarray(mask, bool)
-    diff = np.abs(np.asarray(reference, np.float64)[mask] - np.asarray(prediction, np.float64)[mask])
+    diff = np.abs(require_dose(np.asarray(reference)[mask], "reference dose")
+                  - require_dose(np.asarray(prediction)[mask], "predicted dose"))
     return float(diff.mean()) if diff.size else float("nan")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtgen.dosimetry.checks import require_dose
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 from rtgen.core.structures import OARS, TARGETS
 
@@ -22,8 +23,8 @@ METRIC_COLUMNS = tuple((m, s) for s in OARS for m in OAR_METRICS) + tuple(
 
 
 def dose_score(reference: np.ndarray, prediction: np.ndarray, possible_dose_mask: np.ndarray) -> float:
-    ref = np.asarray(reference, np.float64)
-    pred = np.asarray(prediction, np.float64)
+    ref = require_dose(reference, "reference dose")
+    pred = require_dose(prediction, "predicted dose")
     if ref.shape != pred.shape:
         raise ValueError(f"prediction shape {pred.shape} does not match reference {ref.shape}")
     n = np.count_nonzero(possible_dose_mask)
@@ -35,7 +36,7 @@ def dose_score(reference: np.ndarray, prediction: np.ndarray, possible_dose_mask
 def dvh_metrics(dose: np.ndarray, structures: dict[str, np.ndarray], voxel_volume_mm3: float) -> dict:
     """{(metric, structure): value} for the structures present (non-empty masks)."""
     out = {}
-    dose = np.asarray(dose, np.float64)
+    dose = require_dose(dose)
     for metric, name in METRIC_COLUMNS:
         mask = structures.get(name)
         if mask is None or not mask.any():

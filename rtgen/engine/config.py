@@ -77,12 +77,15 @@ def from_dict(raw: Any, source: str = "config") -> RunConfig:
         raise ConfigError(source, "model.name is missing (a registered model; `rtgen models` lists them)")
     cls = task_class(raw.get("task"), model["name"], source)
     known = {"task", "model", "train", *cls.sections}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted((str(k) for k in set(raw) - known), key=str)
     if unknown:
         raise ConfigError(source, f"unknown section {unknown[0]!r} for task {cls.name}; known: {', '.join(sorted(known))}")
     for name in ("model", "train", *cls.sections):
         if raw.get(name) is not None and not isinstance(raw[name], dict):
             raise ConfigError(source, f"{name} must be a mapping of keys to values, got {raw[name]!r}")
+        odd = [k for k in raw.get(name) or {} if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(source, f"{name}: key {odd[0]!r} is not a name")
     train = validate_section(TrainConfig, raw.get("train"), "train", source)
     arch = {k: v for k, v in model.items() if k != "name"}
     task = cls(model["name"], arch, {name: raw.get(name) for name in cls.sections}, source)

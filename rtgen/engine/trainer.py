@@ -173,6 +173,7 @@ class Trainer:
     def _save_best(self, metrics: dict) -> None:
         summary = self.summary(metrics)
         save_weights(self.run_dir / "model.safetensors", self.eval_model().state_dict())
+        self.task.write_run_files(self.run_dir)  # what else prediction needs (e.g. a base model), before config.json
         write_config(self.run_dir / "config.json", summary)
         atomic_write_text(self.run_dir / "MODEL_CARD.md", self.task.model_card(summary))
 

@@ -8,6 +8,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,28 +18,37 @@ from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import find_csv, read_dose_csv
 from rtgen.data.sources import PatientSplit
 from rtgen.dosimetry import OpenKBPScores, gamma_pass_rate, homogeneity_index
-from rtgen.core.errors import DataError
+from rtgen.core.errors import DataError, OutputError, RtgenError
 from rtgen.evaluation.plots import plot_dvh
 from rtgen.core.structures import TARGETS
 
 
 def find_prediction(pred_dir: Path, patient_id: str) -> Path | None:
-    """A prediction may be pt_N.csv(.gz), pt_N.nii(.gz) or pt_N/dose.csv(.gz)."""
-    for name in (f"{patient_id}.csv", f"{patient_id}.csv.gz", f"{patient_id}.nii.gz", f"{patient_id}.nii"):
-        if (pred_dir / name).is_file():
-            return pred_dir / name
+    """A prediction may be pt_N.csv(.gz), pt_N.nii(.gz) or pt_N/dose.csv(.gz); two of them for one
+    patient is refused rather than guessed between."""
+    names = (f"{patient_id}.csv", f"{patient_id}.csv.gz", f"{patient_id}.nii.gz", f"{patient_id}.nii",
+             f"{patient_id}_RTDOSE.dcm")  # the last as `rtgen predict --format dicom` writes it
+    found = [pred_dir / n for n in names if (pred_dir / n).exists()]
     sub = pred_dir / patient_id
-    return find_csv(sub, "dose") if sub.is_dir() else None
+    if sub.is_dir() and (csv := find_csv(sub, "dose")) is not None:
+        found.append(csv)
+    if len(found) > 1:
+        raise DataError(pred_dir, f"holds {' and '.join(p.name for p in found)}: two predictions for "
+                                  f"{patient_id}; keep one")
+    return found[0] if found else None
 
 
 def read_prediction(path: Path, grid: tuple[int, ...] | None = None) -> np.ndarray:
-    """A predicted dose in Gy; `grid` is the reference patient's, which the prediction must match."""
+    """A predicted dose in Gy, checked like any dose (finite, 0 to 200 Gy); `grid` is the reference
+    patient's, which the prediction must match."""
+    if path.name.endswith(".dcm"):  # an RTDOSE on the reference CT's grid (rtgen's DICOM predictions are)
+        from rtgen.data.sources.dicom import read_rtdose, read_rtdose_on_grid
+
+        return read_rtdose_on_grid(path, grid) if grid is not None else read_rtdose(path).values
     if path.name.endswith((".nii", ".nii.gz")):
-        dose, _ = read_nifti(path)
+        dose, _ = read_nifti(path, "dose")
         if grid is not None and dose.shape != tuple(grid):
             raise DataError(path, f"shape {dose.shape}, expected the reference grid {tuple(grid)}")
-        if not np.all(np.isfinite(dose)):
-            raise DataError(path, "prediction contains NaN or infinite values")
         return dose.astype(np.float32)
     dose = read_dose_csv(path)
     if grid is not None and dose.shape != tuple(grid):
@@ -52,6 +62,7 @@ class EvaluationResult:
     hi: dict[str, dict[str, float]] = field(default_factory=dict)  # patient -> {"PTV70_ref": .., "PTV70_pred": ..}
     gamma: dict[str, float] = field(default_factory=dict)
     uncertainty_corr: dict[str, float] = field(default_factory=dict)  # Pearson r(std, |error|) in the mask
+    failures: dict[str, str] = field(default_factory=dict)  # patient -> why it could not be evaluated
 
     def hi_errors(self) -> dict[str, float]:
         out = {}
@@ -74,6 +85,8 @@ class EvaluationResult:
         if self.uncertainty_corr:
             s["uncertainty_error_correlation_mean"] = float(np.nanmean(list(self.uncertainty_corr.values())))
             s["uncertainty_error_correlation"] = self.uncertainty_corr
+        if self.failures:
+            s["failed_patients"] = self.failures
         return s
 
 
@@ -94,37 +107,66 @@ def evaluate_folders(
     gamma: bool = False,
     figures: bool = True,
     progress: bool = True,
+    on_failure: Callable[[str, RtgenError], None] | None = None,
 ) -> EvaluationResult:
-    """Score every reference patient's prediction; write outputs to `out_dir` only if all succeed."""
+    """Score every reference patient's prediction; write outputs to `out_dir` atomically.
+
+    Without `on_failure` the first bad patient raises. With it, a patient whose reference or
+    prediction is missing or bad is passed to `on_failure(patient, error)`, listed in
+    `result.failures` and `metrics.json`, and the others are scored; if none could be, it raises."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     if not pred_dir.is_dir():
-        raise DataError(pred_dir, "prediction folder not found")
+        raise DataError(pred_dir, "prediction folder not found" if not pred_dir.exists() else "is not a folder")
     refs = PatientSplit(ref_dir, load_ct=False, progress=False)
-    preds = {}
-    for pid in refs.ids:
-        preds[pid] = find_prediction(pred_dir, pid)
-        if preds[pid] is None:
-            raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.csv or {pid}.nii.gz)")
     result = EvaluationResult(OpenKBPScores())
+
+    def failed(pid: str, e: RtgenError) -> None:
+        if on_failure is None or isinstance(e, OutputError):
+            raise e
+        result.failures[pid] = str(e)
+        on_failure(pid, e)
+
+    todo = []
+    for i, pid in enumerate(refs.ids):  # missing predictions are found before any scoring
+        try:
+            path = find_prediction(pred_dir, pid)
+        except RtgenError as e:
+            failed(pid, e)
+            continue
+        if path is None:
+            failed(pid, DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.csv or {pid}.nii.gz)"))
+        else:
+            todo.append((i, pid, path))
     with staged_dir(out_dir) if out_dir is not None else contextlib.nullcontext() as stage:
-        for ref in tqdm(refs, total=len(refs), desc="evaluating", unit="patient", disable=not progress):
-            if ref.dose is None:
-                raise DataError(ref_dir / ref.id, "reference patient has no dose.csv")
-            pred = read_prediction(preds[ref.id], ref.grid)
-            result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
-            result.hi[ref.id] = homogeneity_by_target(ref, pred)
-            if gamma:
-                result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
-            std_path = pred_dir / f"{ref.id}_std.nii.gz"
-            if std_path.is_file():
-                result.uncertainty_corr[ref.id] = uncertainty_error_correlation(
-                    read_prediction(std_path, ref.grid), ref.dose, pred, ref.possible_dose_mask)
-            if stage is not None and figures:
-                plot_dvh(stage / f"dvh_{ref.id}.png", ref.structures, ref.dose, pred, title=f"{ref.id}: reference vs prediction")
+        for i, pid, path in tqdm(todo, desc="evaluating", unit="patient", disable=not progress):
+            try:
+                _evaluate_one(refs, i, pid, path, pred_dir, result, gamma, stage if figures else None)
+            except RtgenError as e:
+                failed(pid, e)
+        if not result.scores.patients:
+            raise DataError(pred_dir, f"no patient could be evaluated ({len(result.failures)} failed)")
         if stage is not None:
             atomic_write_text(stage / "metrics.json", json.dumps(result.summary(), indent=2) + "\n")
             atomic_write_text(stage / "per_patient.csv", per_patient_csv(result))
     return result
+
+
+def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Path, result: EvaluationResult,
+                  gamma: bool, figure_dir: Path | None) -> None:
+    ref = refs[i]
+    if ref.dose is None:
+        raise DataError(refs.paths[i], "reference patient has no dose (dose.csv or dose.nii.gz)")
+    pred = read_prediction(path, ref.grid)
+    result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
+    result.hi[ref.id] = homogeneity_by_target(ref, pred)
+    if gamma:
+        result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
+    std_path = pred_dir / f"{ref.id}_std.nii.gz"
+    if std_path.is_file():
+        result.uncertainty_corr[ref.id] = uncertainty_error_correlation(
+            read_prediction(std_path, ref.grid), ref.dose, pred, ref.possible_dose_mask)
+    if figure_dir is not None:
+        plot_dvh(figure_dir / f"dvh_{ref.id}.png", ref.structures, ref.dose, pred, title=f"{ref.id}: reference vs prediction")
 
 
 def uncertainty_error_correlation(std: np.ndarray, reference: np.ndarray, prediction: np.ndarray,

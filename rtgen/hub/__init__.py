@@ -48,8 +48,9 @@ def shipped_models() -> list[ShippedModel]:
     return [ShippedModel(folder, **entry) for folder, entry in manifest()["models"].items()]
 
 
-def default_model(task: str) -> str:
-    """The folder of the shipped model that the manifest names best for `task`."""
+def default_model(task: str = "dose") -> str:
+    """The folder of the shipped model that the manifest names best for `task`; "dose" is the best
+    dose model whatever its task (what `rtgen predict` and `rtgen demo` use without --model)."""
     try:
         return manifest()["default"][task]
     except KeyError:
@@ -57,13 +58,14 @@ def default_model(task: str) -> str:
 
 
 def shipped_model_dir(name: str = "dose_regression") -> Path:
-    """A shipped model's folder, by folder name, by model name (`mamba_unet_v2`, `md_dose`) or by task."""
+    """A shipped model's folder, by folder name, by model name (`mamba_unet_v2`, `md_dose`) or by task
+    ("dose" names the default dose model)."""
     by_name = {s.model: s.folder for s in shipped_models()}
     folder = manifest()["default"].get(name) or by_name.get(name, name)
     known = {s.folder for s in shipped_models()}
     if folder not in known:
         raise RtgenError(f"no shipped model {name!r}; shipped: {', '.join(sorted(known))}")
     path = hub_dir() / folder
-    if not (path / "model.safetensors").is_file():
+    if not (path / "config.json").is_file():
         raise RtgenError(f"{path}: the shipped model is missing from this installation")
     return path

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtgen.core.checkpoint import check_and_load, load_weights, read_config, resolve_checkpoint
+from rtgen.core.checkpoint import read_config, resolve_checkpoint
 from rtgen.core.devices import autocast_for, resolve_device
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.data.datasets.slices import PatientSlices
 from rtgen.data.records import Patient
+from rtgen.data.sources import load_patient
+from rtgen.data.transforms.resample import MODEL_SHAPE, MODEL_SPACING, needs_resampling, to_model_grid
 from rtgen.tasks import Task, task_from_checkpoint
 from rtgen.tasks.dose_base import SamplingConfig
 
@@ -39,9 +41,28 @@ class Predictor:
 
     def predict_with_uncertainty(self, patient: Patient | str | Path, batch_size: int = 32, tta: bool = False,
                                  sampling: SamplingConfig | None = None):
-        """(mean dose in Gy, voxel-wise standard deviation over samples in Gy or None)."""
-        gy = self.predict_slices(self.task.patient_slices(patient), batch_size, tta, sampling)
-        return gy.mean(0), (gy.std(0) if gy.shape[0] > 1 else None)
+        """(mean dose in Gy, voxel-wise standard deviation over samples in Gy or None), on the patient's
+        own grid: a patient off the model's grid (a DICOM CT at ~1 mm) is resampled onto it for the
+        network and the dose resampled back (rtgen.data.transforms.resample)."""
+        if not isinstance(patient, Patient):
+            patient = load_patient(patient)
+        spacing, shape = self.model_grid
+        gmap = None
+        if needs_resampling(patient, spacing, shape):
+            patient, gmap = to_model_grid(patient, spacing, shape, with_dose=False)
+        mean, std = self.task.predict_patient(self.model, patient, batch_size, tta, sampling, self.device,
+                                              autocast_for(self.device))
+        if gmap is not None:
+            mean = gmap.dose_to_source(mean)
+            std = gmap.dose_to_source(std) if std is not None else None
+        return mean, std
+
+    @property
+    def model_grid(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """(spacing mm, shape) the network was trained on: the checkpoint's "input_grid" if it records
+        one ({"spacing_mm": [..], "shape": [..]}), else OpenKBP's (the shipped models)."""
+        grid = self.config.get("input_grid") or {}
+        return tuple(grid.get("spacing_mm", MODEL_SPACING)), tuple(grid.get("shape", MODEL_SHAPE))
 
     def predict_slices(self, ps: PatientSlices, batch_size: int = 32, tta: bool = False,
                        sampling: SamplingConfig | None = None) -> np.ndarray:
@@ -62,7 +83,14 @@ def load_predictor(path: str | Path, device: str = "auto") -> Predictor:
         task = task_from_checkpoint(cfg, str(config_path))
     except ConfigError as e:
         raise RtgenError(f"{config_path}: model or task settings are invalid ({e.problem})") from None
-    model = task.build_model()
-    check_and_load(model, load_weights(weights_path), weights_path)
+    if weights_path.suffix != Path(task.weights_file).suffix:
+        raise RtgenError(f"{weights_path}: a {task.model_name} checkpoint keeps its weights in {task.weights_file}, "
+                         "so these weights belong to another model")
+    try:
+        model = task.load_model(weights_path)
+    except ConfigError as e:
+        raise ConfigError(config_path, e.problem) from None
     dev = resolve_device(device)
-    return Predictor(task, model.to(dev).eval(), cfg, weights_path, dev)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(dev).eval()
+    return Predictor(task, model, cfg, weights_path, dev)

@@ -6,18 +6,38 @@ from pathlib import Path
 
 import numpy as np
 
+from rtgen.core.errors import DataError
 from rtgen.data.sources.nifti import write_nifti
 from rtgen.data.sources.openkbp import write_dose_csv
 
-DOSE_FORMATS = ("csv", "nifti")
+DOSE_FORMATS = ("csv", "nifti", "dicom")
+
+
+def estimated_bytes(grid=(128, 128, 128), with_std: bool = False) -> int:
+    """An upper bound on one patient's output, for the free-space check before prediction: a
+    float32 volume uncompressed (a CSV of the nonzero voxels is smaller), twice with the spread."""
+    n = 1
+    for g in grid:
+        n *= int(g)
+    return 4 * n * (2 if with_std else 1) + 4096
 
 
 def write_dose(out_dir: str | Path, patient_id: str, dose: np.ndarray, spacing, fmt: str = "csv",
-               std: np.ndarray | None = None) -> Path:
-    """`pt_N.csv` (OpenKBP submission format) or `pt_N.nii.gz`; the spread of several samples, when
-    given, beside it as `pt_N_std.nii.gz`. Returns the dose file."""
+               std: np.ndarray | None = None, source: str | Path | None = None) -> Path:
+    """`pt_N.csv` (OpenKBP submission format), `pt_N.nii.gz` or, for fmt "dicom", `pt_N_RTDOSE.dcm`:
+    an RTDOSE on the frame of reference and study of `source`, the patient's DICOM folder (the dose
+    must be on that CT's grid, as predictions are). The spread of several samples, when given, beside
+    it as `pt_N_std.nii.gz`. Returns the dose file."""
     out_dir = Path(out_dir)
-    if fmt == "csv":
+    if fmt == "dicom":
+        from rtgen.data.sources.dicom import is_dicom_patient_dir, write_rtdose
+
+        if source is None or not is_dicom_patient_dir(source):
+            raise DataError(source or out_dir, f"patient {patient_id}: --format dicom writes an RTDOSE on the "
+                                               "patient's own DICOM CT, so the patient must be a DICOM folder "
+                                               "(rtgen convert to-dicom makes one)")
+        path = write_rtdose(out_dir / f"{patient_id}_RTDOSE.dcm", dose, source)
+    elif fmt == "csv":
         path = write_dose_csv(out_dir / f"{patient_id}.csv", dose)
     elif fmt == "nifti":
         path = write_nifti(out_dir / f"{patient_id}.nii.gz", dose, spacing)

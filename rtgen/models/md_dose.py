@@ -24,7 +24,7 @@ from rtgen.layers.attention import SelfAttention
 from rtgen.layers.embeddings import timestep_embedding
 from rtgen.ssm.mamba import Mamba
 
-Positive = Annotated[int, Field(ge=1)]
+Positive = Annotated[int, Field(ge=1, le=4096)]  # a bound, so a corrupt config cannot ask for 1e40 weights
 
 ENCODERS = ("mamba", "conv", "transformer", "none")
 
@@ -39,7 +39,7 @@ class MDDoseConfig:
     d_state: Positive = 16
     bidirectional: bool = True  # as the public code scans both ways
     structure_encoder: Literal["mamba", "conv", "transformer", "none"] = "mamba"
-    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 128
+    time_dim: Annotated[int, Field(ge=2, le=4096, multiple_of=2)] = 128
 
     def __post_init__(self):
         if self.structure_encoder not in ENCODERS:

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from rtgen.core.registry import register_model
 from rtgen.layers.mixers import MIXERS, TokenMixer, make_token_mixer
 
-Positive = Annotated[int, Field(ge=1)]
+Positive = Annotated[int, Field(ge=1, le=4096)]  # a bound, so a corrupt config cannot ask for 1e40 weights
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from rtgen.core.checkpoint import check_and_load, load_weights
 from rtgen.core.errors import ConfigError
 from rtgen.core.registry import MODELS, TASKS
 from rtgen.core.schema import validate_section
@@ -38,6 +39,8 @@ class Task:
     metric_units: ClassVar[str] = ""
     item_name: ClassVar[str] = "items"  # what one training example is, for throughput (slices/s)
     checkpoint_sections: ClassVar[tuple[str, ...]] = ()  # sections config.json keeps to rebuild the task
+    weights_file: ClassVar[str] = "model.safetensors"  # what the run folder keeps the trained model in
+    fits_directly: ClassVar[bool] = False  # True: fitted in one call (`fit`), not by the gradient trainer
 
     def __init__(self, model_name: str, arch: dict, settings: dict[str, Any], source: str = "config"):
         self.model_name, self.source = model_name, source
@@ -57,6 +60,12 @@ class Task:
 
     def build_model(self) -> torch.nn.Module:
         return self.model_entry.build(self.architecture)
+
+    def load_model(self, weights):
+        """The network with trained weights (safetensors, checked against the architecture)."""
+        model = self.build_model()
+        check_and_load(model, load_weights(weights), weights)
+        return model
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         raise NotImplementedError
@@ -78,6 +87,10 @@ class Task:
 
     def model_card(self, summary: dict) -> str:
         return f"# {summary['model']['name']} ({self.name})\n"
+
+    def write_run_files(self, run_dir) -> None:
+        """Files besides the weights that prediction from the run folder needs (e.g. a base model the
+        network refines); the trainer calls it with every best checkpoint, before config.json."""
 
     def loader_options(self) -> dict:
         return {}

@@ -139,6 +139,12 @@ class DoseTask(Task):
                                    seed=sampling.seed if sampling else 0, tta=tta, autocast=autocast)
         return np.stack([assemble_volume(ps, p, self.features.dose_max_gy) for p in pred])
 
+    def predict_patient(self, model, patient: Patient, batch_size: int = 32, tta: bool = False,
+                        sampling: SamplingConfig | None = None, device=None, autocast=None):
+        """(mean dose in Gy, voxel-wise spread over samples or None) on the patient's grid."""
+        gy = self.predict_volumes(model, self.patient_slices(patient), batch_size, device, sampling, tta, autocast)
+        return gy.mean(0), (gy.std(0) if gy.shape[0] > 1 else None)
+
     def patient_slices(self, patient: Patient | str | Path) -> PatientSlices:
         return patient_slices(patient, self.features, storage_dtype=np.float32)
 

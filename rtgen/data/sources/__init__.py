@@ -8,26 +8,53 @@ from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from rtgen.data.sources.dicom import is_dicom_dir, is_dicom_patient_dir, read_dicom_patient
 from rtgen.data.sources.nifti import is_nifti_patient_dir, read_nifti_patient
 from rtgen.data.sources.npz import read_npz
 from rtgen.data.sources.openkbp import Patient, is_patient_dir, patient_number, read_patient
 from rtgen.core.errors import DataError
 
 
+VOLUME_SUFFIXES = (".csv.gz", ".csv", ".nii.gz", ".nii")
+
+
 def load_patient(path: str | Path, load_ct: bool = True, load_dose: bool = True) -> Patient:
-    """Read a patient from whichever format `path` holds."""
+    """Read a patient from whichever format `path` holds; every volume is validated by its reader."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
         return read_npz(path, load_ct, load_dose)
+    if path.is_dir():
+        check_patient_folder(path)
     if is_nifti_patient_dir(path):
         return read_nifti_patient(path, load_ct, load_dose)
+    if not is_patient_dir(path) and is_dicom_dir(path):  # CT series (+ RTSTRUCT, RTDOSE), any nesting
+        return read_dicom_patient(path, load_ct, load_dose)
     return read_patient(path, load_ct, load_dose)
 
 
+def check_patient_folder(folder: Path) -> None:
+    """Refuse what no reader can resolve by itself: an empty folder (a half-copied export) and two
+    files for one volume (ct.csv beside ct.nii.gz: which one is the patient?)."""
+    names = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    if not names:
+        raise DataError(folder, "is an empty patient folder (a half-copied export?)")
+    by_stem: dict[str, list[str]] = {}
+    for name in names:
+        suffix = next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+        if suffix:
+            by_stem.setdefault(name[: -len(suffix)], []).append(name)
+    for stem, files in sorted(by_stem.items()):
+        if len(files) > 1:
+            raise DataError(folder, f"holds {' and '.join(sorted(files))}: two files for the volume {stem!r}; "
+                                    "keep one (rtgen does not guess which is right)")
+
+
 def is_patient(path: str | Path) -> bool:
-    """One patient in any layout rtgen reads: an OpenKBP CSV folder, a NIfTI folder or an .npz cache."""
+    """One patient in any layout rtgen reads: an OpenKBP CSV folder, a NIfTI folder, an .npz cache or a
+    DICOM folder (checked last: it may sniff a few file headers)."""
     path = Path(path)
-    return (path.is_file() and path.suffix == ".npz") or is_patient_dir(path) or is_nifti_patient_dir(path)
+    return ((path.is_file() and path.suffix == ".npz") or is_patient_dir(path) or is_nifti_patient_dir(path)
+            or is_dicom_patient_dir(path))
 
 
 def patients_in(path: str | Path) -> list[Path]:
@@ -36,11 +63,14 @@ def patients_in(path: str | Path) -> list[Path]:
 
 
 def find_patients(root: str | Path) -> list[Path]:
-    """The patient entries of a split folder, sorted by patient number."""
+    """The patient entries of a split folder, sorted by patient number: every .npz cache and every
+    sub-folder. A sub-folder that is not a readable patient (empty, half-copied) is kept, so that
+    reading it fails with its reason and batch commands report it, instead of skipping it unseen."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(root, "split folder not found")
-    entries = [p for p in root.iterdir() if not p.name.startswith(".") and is_patient(p)]
+        raise DataError(root, "split folder not found" if not root.exists() else "is not a folder or a patient")
+    entries = [p for p in root.iterdir()
+               if not p.name.startswith(".") and (p.is_dir() or is_patient(p))]
     if not entries:
         raise DataError(root, "holds no patients (expected pt_* folders or .npz caches)")
     return sorted(entries, key=lambda p: patient_number(p.name))

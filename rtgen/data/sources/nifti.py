@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +13,7 @@ from rtgen.core.atomic import atomic_path, staged_dir
 from rtgen.core.errors import DataError
 from rtgen.core.structures import STRUCTURES
 from rtgen.data.records import Patient
+from rtgen.data.validate import check_grid, check_values
 
 
 def spacing_affine(spacing) -> np.ndarray:
@@ -30,16 +33,41 @@ def write_nifti(path: str | Path, volume: np.ndarray, spacing) -> Path:
     return path
 
 
-def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Return (array in its stored dtype, spacing in mm)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _quiet_nibabel():
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel raises many types for corrupt files
-        raise DataError(path, f"not a readable NIfTI file ({e})") from None
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return np.asarray(arr), spacing  # type: ignore[return-value]
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def read_nifti(path: str | Path, kind: str | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Return (array in its stored dtype, spacing in mm); with `kind` ("ct", "dose", "mask") the
+    volume is also checked as rtgen.data.validate describes (3D, real, finite, in range)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "is not a regular file (a folder or a broken link?); expected a NIfTI file"
+                        if path.exists() or path.is_symlink() else "file not found")
+    try:
+        with _quiet_nibabel():  # nibabel logs its header repairs to stderr; the checks below decide
+            img = nib.load(str(path))
+            arr = np.asanyarray(img.dataobj)
+            zooms = img.header.get_zooms()
+    except Exception as e:  # nibabel, gzip and zlib raise many types for corrupt or truncated files
+        raise DataError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    arr = np.asarray(arr)
+    if len(zooms) < 3 or arr.ndim < 3:
+        raise DataError(path, f"has shape {arr.shape}; a 3D volume is expected")
+    spacing = tuple(float(z) for z in zooms[:3])
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise DataError(path, f"voxel spacing {spacing} mm in the header must be three positive numbers")
+    if kind is not None:
+        check_grid(path, arr.shape)
+        arr = check_values(path, arr, kind)
+    return arr, spacing  # type: ignore[return-value]
 
 
 def write_nifti_patient(patient: Patient, folder: str | Path) -> Path:
@@ -56,20 +84,25 @@ def write_nifti_patient(patient: Patient, folder: str | Path) -> Path:
 
 
 def is_nifti_patient_dir(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "possible_dose_mask.nii.gz").is_file()
+    return folder.is_dir() and (folder / "possible_dose_mask.nii.gz").exists()
 
 
 def read_nifti_patient(folder: str | Path, load_ct: bool = True, load_dose: bool = True) -> Patient:
+    """A folder of NIfTI volumes on one grid; every volume checked as it is read."""
     folder = Path(folder)
-    pdm, spacing = read_nifti(folder / "possible_dose_mask.nii.gz")
+    pdm, spacing = read_nifti(folder / "possible_dose_mask.nii.gz", "mask")
 
-    def load(name, dtype):
-        arr, _ = read_nifti(folder / f"{name}.nii.gz")
-        if arr.shape != pdm.shape:  # any grid, but one grid per patient
-            raise DataError(folder / f"{name}.nii.gz", f"shape {arr.shape} differs from possible_dose_mask.nii.gz {pdm.shape}")
-        return arr.astype(dtype)
+    def load(name, kind, dtype):
+        path = folder / f"{name}.nii.gz"
+        arr, _ = read_nifti(path, kind)
+        check_grid(path, arr.shape, pdm.shape, "possible_dose_mask.nii.gz")  # any grid, but one grid per patient
+        return (np.rint(arr) if kind == "ct" else arr).astype(dtype)
 
-    ct = load("ct", np.int16) if load_ct and (folder / "ct.nii.gz").is_file() else None
-    dose = load("dose", np.float32) if load_dose and (folder / "dose.nii.gz").is_file() else None
-    structures = {n: load(n, bool) for n in STRUCTURES if (folder / f"{n}.nii.gz").is_file()}
+    def present(name):
+        path = folder / f"{name}.nii.gz"
+        return path.exists() or path.is_symlink()
+
+    ct = load("ct", "ct", np.int16) if load_ct and present("ct") else None
+    dose = load("dose", "dose", np.float32) if load_dose and present("dose") else None
+    structures = {n: load(n, "mask", bool) for n in STRUCTURES if present(n)}
     return Patient(folder.name, ct, dose, pdm.astype(bool), structures, spacing)

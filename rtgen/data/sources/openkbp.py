@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +20,41 @@ import pandas as pd
 from rtgen.core.atomic import atomic_path
 from rtgen.core.errors import DataError, RtgenWarning
 from rtgen.data.records import Patient
+from rtgen.data.validate import check_values
 from rtgen.core.structures import CT_OFFSET, GRID_SHAPE, STRUCTURES
 
 N_VOXELS = int(np.prod(GRID_SHAPE))
 HEADER = ",data"
 REQUIRED = ("ct", "possible_dose_mask", "voxel_dimensions")
 KNOWN_STEMS = set(REQUIRED) | {"dose"} | set(STRUCTURES)
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+"""What a truncated or corrupt (gzip) file raises while being read; each becomes one DataError."""
+
+
+def unreadable(path: Path, e: Exception) -> DataError:
+    if isinstance(e, (EOFError, zlib.error)) or "gzip" in str(e).lower():
+        return DataError(path, f"truncated or corrupt compressed file ({e})")
+    if isinstance(e, UnicodeDecodeError):
+        return DataError(path, "is not a text file (undecodable bytes)")
+    return DataError(path, f"cannot be read ({e.strerror if isinstance(e, OSError) and e.strerror else e})")
 
 
 # ---------------------------------------------------------------- low-level CSV
 
 
 def find_csv(folder: Path, stem: str) -> Path | None:
+    """`stem.csv` or `stem.csv.gz`; a directory or other non-file under that name is an error, not
+    an absent file (else a broken copy would make a labelled patient look unlabelled)."""
+    found = []
     for suffix in (".csv", ".csv.gz"):
         p = folder / f"{stem}{suffix}"
-        if p.is_file():
-            return p
-    return None
+        if p.exists() or p.is_symlink():
+            if not p.is_file():
+                raise DataError(p, "is not a regular file (a folder or a broken link?); expected a CSV file")
+            found.append(p)
+    if len(found) > 1:
+        raise DataError(found[0], f"and {found[1].name} both hold {stem}; keep one")
+    return found[0] if found else None
 
 
 def _open_text(path: Path):
@@ -46,14 +65,21 @@ def _check_header(path: Path) -> None:
     try:
         with _open_text(path) as f:
             first = f.readline().rstrip("\r\n")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot be read ({e})") from None
+    except READ_ERRORS as e:
+        raise unreadable(path, e) from None
     if first != HEADER:
         raise DataError(path, f"wrong header {first!r}, expected {HEADER!r}", line=1)
 
 
 def _diagnose(path: Path, has_values: bool) -> DataError:
     """Scan the file line by line to name the first malformed row (slow path, errors only)."""
+    try:
+        return _scan(path, has_values)
+    except READ_ERRORS as e:
+        return unreadable(path, e)
+
+
+def _scan(path: Path, has_values: bool) -> DataError:
     with _open_text(path) as f:
         next(f, None)
         for lineno, raw in enumerate(f, start=2):
@@ -72,12 +98,17 @@ def _diagnose(path: Path, has_values: bool) -> DataError:
                 except ValueError:
                     what = "missing value" if not val.strip() else f"non-numeric value {val!r}"
                     return DataError(path, what, lineno)
+            elif val.strip() and val.strip() not in ("1", "1.0"):
+                return DataError(path, f"value {val.strip()!r} in a mask: a mask lists the voxels inside, "
+                                       "with an empty value or 1", lineno)
     return DataError(path, "could not be parsed as an OpenKBP CSV")
 
 
-def read_sparse_csv(path: str | Path, has_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return (flat indices int64, values float64 or None), validated."""
+def read_sparse_csv(path: str | Path, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (flat indices int64, values float64 or None for masks), validated for `kind`
+    ("ct", "dose" or "mask": see rtgen.data.validate for the rules)."""
     path = Path(path)
+    has_values = kind != "mask"
     _check_header(path)
     try:
         with warnings.catch_warnings():
@@ -88,12 +119,12 @@ def read_sparse_csv(path: str | Path, has_values: bool) -> tuple[np.ndarray, np.
             )
     except pd.errors.EmptyDataError:
         df = pd.DataFrame({"index": np.zeros(0, np.int64), "value": np.zeros(0)})
-    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, UnicodeDecodeError, OSError, EOFError):
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, *READ_ERRORS):
         raise _diagnose(path, has_values) from None
     if len(df) == 0:
         return np.zeros(0, np.int64), (np.zeros(0) if has_values else None)
     idx_col, val_col = df["index"], df["value"]
-    if idx_col.dtype.kind != "i" or (has_values and val_col.dtype.kind != "f" and val_col.dtype.kind != "i"):
+    if idx_col.dtype.kind != "i" or val_col.dtype.kind not in "fi":
         raise _diagnose(path, has_values)
     idx = idx_col.to_numpy(np.int64)
     bad = np.flatnonzero((idx < 0) | (idx >= N_VOXELS))
@@ -105,21 +136,29 @@ def read_sparse_csv(path: str | Path, has_values: bool) -> tuple[np.ndarray, np.
     if dup.size:
         i = order[dup[0] + 1]
         raise DataError(path, f"index {idx[i]} repeated (first at line {order[dup[0]] + 2})", int(i) + 2)
-    if not has_values:
-        return idx, None
     val = val_col.to_numpy(np.float64)
+    if not has_values:
+        # the published format lists the voxels inside with an empty value; 1 means the same. Any
+        # other value (0, 5) would still count as inside, so it is refused rather than guessed at.
+        bad = np.flatnonzero(~np.isnan(val) & (val != 1))
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(path, f"value {_raw_value(path, i)!r} in a mask: a mask lists the voxels inside, "
+                                  "with an empty value or 1", i + 2)
+        return idx, None
     bad = np.flatnonzero(~np.isfinite(val))
     if bad.size:
         i = int(bad[0])
         raw = _raw_value(path, i)
         problem = "missing value" if not raw else f"non-finite value {raw!r} (NaN or infinite)"
         raise DataError(path, problem, i + 2)
+    val = check_values(path, val, kind, first_line=2, offset=CT_OFFSET if kind == "ct" else 0.0)
     return idx, val
 
 
 def _raw_value(path: Path, row: int) -> str:
     """The value field of data row `row` as written in the file (only called on errors)."""
-    with _open_text(path) as f:
+    with _open_text(path) as f:  # the file parsed a moment ago, so it reads again
         for lineno, raw in enumerate(f):
             if lineno == row + 1:
                 parts = raw.rstrip("\r\n").split(",", 1)
@@ -174,20 +213,20 @@ def read_patient(folder: str | Path, load_ct: bool = True, load_dose: bool = Tru
     spacing = read_spacing(vox)
     ct = None
     if load_ct:
-        idx, val = read_sparse_csv(found["ct"], has_values=True)
+        idx, val = read_sparse_csv(found["ct"], "ct")
         ct = (dense(idx, val, np.float64) - CT_OFFSET).astype(np.int16)
     dose = None
     if load_dose and found["dose"] is not None:
-        idx, val = read_sparse_csv(found["dose"], has_values=True)
+        idx, val = read_sparse_csv(found["dose"], "dose")
         dose = dense(idx, val, np.float32)
-    idx, _ = read_sparse_csv(found["possible_dose_mask"], has_values=False)
+    idx, _ = read_sparse_csv(found["possible_dose_mask"], "mask")
     pdm = dense(idx, None, bool)
 
     structures: dict[str, np.ndarray] = {}
     for name in STRUCTURES:
         p = find_csv(folder, name)
         if p is not None:
-            idx, _ = read_sparse_csv(p, has_values=False)
+            idx, _ = read_sparse_csv(p, "mask")
             structures[name] = dense(idx, None, bool)
     for p in sorted(folder.iterdir()):
         stem = p.name.removesuffix(".gz").removesuffix(".csv")
@@ -246,7 +285,7 @@ def write_dose_csv(path: str | Path, dose: np.ndarray) -> Path:
 
 def read_dose_csv(path: str | Path) -> np.ndarray:
     """Read a dose in submission format (or a patient's dose.csv) into a dense float32 volume."""
-    idx, val = read_sparse_csv(path, has_values=True)
+    idx, val = read_sparse_csv(path, "dose")
     return dense(idx, val, np.float32)
 
 

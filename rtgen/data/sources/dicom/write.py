@@ -1,0 +1,268 @@
+"""Writing DICOM RT: a CT series, an RTSTRUCT (one ROI per mask) and an RTDOSE on a `CtReference`,
+and a whole `Patient` as a folder of them, so the treatment planning system can import rtgen's
+output on the CT's frame of reference. Files are written atomically (a staged folder for a patient)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from rtgen.core.atomic import atomic_path, staged_dir
+from rtgen.core.errors import DataError
+from rtgen.core.structures import TARGETS
+from rtgen.data.records import Patient
+from rtgen.data.sources.dicom.geometry import CtReference
+from rtgen.data.sources.dicom.names import BODY
+from rtgen.data.sources.dicom.raster import mask_contours
+from rtgen.data.sources.dicom.read import read_ct_reference
+from rtgen.data.sources.dicom.tags import (
+    CT_IMAGE_STORAGE,
+    RT_DOSE_STORAGE,
+    RT_STRUCTURE_SET_STORAGE,
+    STUDY_COMPONENT_MANAGEMENT,
+)
+
+_INTERPRETED_TYPE = {**{t: "PTV" for t in TARGETS}, BODY: "EXTERNAL"}
+_COLOURS = [(255, 0, 0), (255, 128, 0), (255, 255, 0), (0, 200, 255), (0, 255, 0), (255, 0, 255),
+            (128, 0, 255), (0, 128, 128), (200, 150, 100), (150, 150, 255), (0, 255, 128)]
+
+
+def _base_dataset(ref: CtReference, sop_class: str, sop_uid: str, modality: str, series_uid: str,
+                  series_number: int, description: str):
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"RTGEN_{pydicom.__version__}"[:16]
+    ds = Dataset()
+    ds.file_meta = meta
+    now = _dt.datetime.now()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.StudyDate, ds.StudyTime = ref.study_date, ref.study_time
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.AccessionNumber = ref.accession_number
+    ds.Modality = modality
+    ds.Manufacturer = "rtgen"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesDescription = description
+    ds.PatientName = ref.patient_name
+    ds.PatientID = ref.patient_id
+    ds.PatientBirthDate = ref.patient_birth_date
+    ds.PatientSex = ref.patient_sex
+    ds.StudyInstanceUID = ref.study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = ref.study_id
+    ds.SeriesNumber = series_number
+    ds.FrameOfReferenceUID = ref.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    return ds
+
+
+def _save(ds, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+def write_ct_series(ct: np.ndarray, ref: CtReference, folder: Path) -> list[Path]:
+    """One CT file per axial slice: int16 stored values with RescaleIntercept (HU + 1024 stored when it fits)."""
+    ct = np.asarray(ct)
+    if ct.shape != ref.shape:
+        raise DataError(folder, f"CT shape {ct.shape} differs from the reference grid {ref.shape}")
+    intercept = -1024 if int(ct.max(initial=0)) + 1024 <= np.iinfo(np.int16).max else 0
+    stored = (ct.astype(np.int32) - intercept).astype("<i2")
+    dy, dx, dz = ref.spacing
+    ox, oy, _ = ref.origin
+    paths = []
+    for k, z in enumerate(ref.slice_z()):
+        ds = _base_dataset(ref, CT_IMAGE_STORAGE, ref.sop_instance_uids[k], "CT", ref.series_uid, 1, "rtgen CT")
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PatientPosition = "HFS"
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [_ds(ox), _ds(oy), _ds(z)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceLocation = _ds(z)
+        ds.SliceThickness = _ds(dz)
+        ds.PixelSpacing = [_ds(dy), _ds(dx)]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = int(ref.shape[0]), int(ref.shape[1])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
+        ds.KVP = ""
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k]).tobytes()
+        paths.append(_save(ds, folder / f"CT_{k + 1:04d}.dcm"))
+    return paths
+
+
+def _ds(v: float) -> str:
+    """A DS value (16 characters at most) with sub-micrometre precision."""
+    s = f"{float(v):.6f}".rstrip("0").rstrip(".")
+    return s if len(s) <= 16 else f"{float(v):.10g}"
+
+
+def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path: Path,
+                   sop_uid: str | None = None) -> Path:
+    """An RTSTRUCT on the CT of `ref`: one ROI per mask, contours per slice in patient mm."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    sop_uid = sop_uid or generate_uid()
+    ds = _base_dataset(ref, RT_STRUCTURE_SET_STORAGE, sop_uid, "RTSTRUCT", generate_uid(), 2, "rtgen structures")
+    ds.StructureSetLabel = "rtgen"
+    ds.StructureSetDate, ds.StructureSetTime = ds.ContentDate, ds.ContentTime
+    contour_images = []
+    for uid in ref.sop_instance_uids:
+        img = Dataset()
+        img.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        img.ReferencedSOPInstanceUID = uid
+        contour_images.append(img)
+    ser = Dataset()
+    ser.SeriesInstanceUID = ref.series_uid
+    ser.ContourImageSequence = contour_images
+    study = Dataset()
+    study.ReferencedSOPClassUID = STUDY_COMPONENT_MANAGEMENT
+    study.ReferencedSOPInstanceUID = ref.study_uid
+    study.RTReferencedSeriesSequence = [ser]
+    rfor = Dataset()
+    rfor.FrameOfReferenceUID = ref.frame_of_reference_uid
+    rfor.RTReferencedStudySequence = [study]
+    ds.ReferencedFrameOfReferenceSequence = [rfor]
+    dy, dx, _ = ref.spacing
+    ox, oy, _ = ref.origin
+    zs = ref.slice_z()
+    rois, contours, observations = [], [], []
+    for number, (name, mask) in enumerate(structures.items(), start=1):
+        mask = np.asarray(mask, bool)
+        if mask.shape != ref.shape:
+            raise DataError(path, f"structure {name}: shape {mask.shape} differs from the CT grid {ref.shape}")
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = ref.frame_of_reference_uid
+        roi.ROIName = "External" if name == BODY else name
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        rois.append(roi)
+        seq = []
+        for k in np.flatnonzero(mask.any(axis=(0, 1))):
+            for poly in mask_contours(mask[:, :, k]):
+                c = Dataset()
+                img = Dataset()
+                img.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+                img.ReferencedSOPInstanceUID = ref.sop_instance_uids[k]
+                c.ContourImageSequence = [img]
+                c.ContourGeometricType = "CLOSED_PLANAR"
+                c.NumberOfContourPoints = len(poly)
+                xyz = np.c_[ox + poly[:, 1] * dx, oy + poly[:, 0] * dy, np.full(len(poly), zs[k])]
+                c.ContourData = [_ds(v) for v in np.round(xyz, 4).ravel()]
+                seq.append(c)
+        rc = Dataset()
+        rc.ROIDisplayColor = list(_COLOURS[(number - 1) % len(_COLOURS)])
+        rc.ReferencedROINumber = number
+        rc.ContourSequence = seq
+        contours.append(rc)
+        obs = Dataset()
+        obs.ObservationNumber = number
+        obs.ReferencedROINumber = number
+        obs.ROIObservationLabel = "PossibleDoseMask" if name == BODY else name
+        obs.RTROIInterpretedType = _INTERPRETED_TYPE.get(name, "ORGAN")
+        obs.ROIInterpreter = ""
+        observations.append(obs)
+    ds.StructureSetROISequence = rois
+    ds.ROIContourSequence = contours
+    ds.RTROIObservationsSequence = observations
+    return _save(ds, path)
+
+
+def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference | str | Path,
+                 description: str = "rtgen predicted dose", bits: int = 32) -> Path:
+    """An RTDOSE of `dose` (Gy, on the CT grid of `ct_reference`: a CtReference or a DICOM folder).
+
+    Frames run from feet to head so GridFrameOffsetVector increases ([0, dz, 2 dz, ...]) as most
+    viewers expect; stored as uint32 (or uint16) with DoseGridScaling chosen so the maximum dose
+    uses the full range (error <= half a step, ~1e-8 Gy at 70 Gy for uint32). DoseUnits GY,
+    DoseType PHYSICAL, DoseSummationType PLAN, fresh SOP and series UIDs; the study, frame of
+    reference and (if known) structure set are the CT's. A predicted dose has no RT plan, so no
+    ReferencedRTPlanSequence is written.
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+    from pydicom.uid import generate_uid
+
+    path = Path(path)
+    ref = ct_reference if isinstance(ct_reference, CtReference) else read_ct_reference(ct_reference)
+    dose = np.asarray(dose, np.float64)
+    if dose.shape != ref.shape:
+        raise DataError(path, f"dose shape {dose.shape} differs from the CT grid {ref.shape}")
+    if not np.all(np.isfinite(dose)):
+        raise DataError(path, "dose contains NaN or infinite values; refusing to write")
+    if bits not in (16, 32):
+        raise ValueError(f"bits must be 16 or 32, got {bits}")
+    dose = np.maximum(dose, 0)
+    top = float(dose.max(initial=0.0))
+    levels = (1 << bits) - 1
+    # rounded up in its 9th digit, so the maximum dose never exceeds the stored range
+    scaling = float(f"{(top / levels * (1 + 1e-7) if top > 0 else 1e-6):.8e}")
+    stored = np.clip(np.rint(dose / scaling), 0, levels).astype(np.uint32 if bits == 32 else np.uint16)
+    ds = _base_dataset(ref, RT_DOSE_STORAGE, generate_uid(), "RTDOSE", generate_uid(), 3, description)
+    dy, dx, dz = ref.spacing
+    ox, oy, _ = ref.origin
+    zs = ref.slice_z()
+    ds.ImagePositionPatient = [_ds(ox), _ds(oy), _ds(zs[-1])]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [_ds(dy), _ds(dx)]
+    ds.SliceThickness = _ds(dz)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = int(ref.shape[2])
+    ds.FrameIncrementPointer = Tag(0x3004, 0x000C)
+    ds.Rows, ds.Columns = int(ref.shape[0]), int(ref.shape[1])
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.GridFrameOffsetVector = [_ds(z - zs[-1]) for z in zs[::-1]]
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseGridScaling = f"{scaling:.8e}"
+    ds.TissueHeterogeneityCorrection = "IMAGE"
+    if ref.structure_set_uid:
+        ss = Dataset()
+        ss.ReferencedSOPClassUID = RT_STRUCTURE_SET_STORAGE
+        ss.ReferencedSOPInstanceUID = ref.structure_set_uid
+        ds.ReferencedStructureSetSequence = [ss]
+    frames = np.moveaxis(stored[:, :, ::-1], -1, 0)  # (frames feet to head, rows, cols)
+    ds.PixelData = np.ascontiguousarray(frames).astype("<u4" if bits == 32 else "<u2").tobytes()
+    return _save(ds, path)
+
+
+def write_dicom_patient(patient: Patient, out_dir: str | Path, ref: CtReference | None = None,
+                        patient_name: str | None = None) -> Path:
+    """Write a patient as DICOM RT: `CT/CT_0001.dcm ...` (one file per axial slice), `RTSTRUCT.dcm`
+    (every structure plus the possible dose mask as the External ROI, so reading it back gives the
+    same mask) and `RTDOSE.dcm` if the patient has a dose. All or nothing (staged folder).
+    Without `ref`, fresh UIDs and a grid centred on the origin."""
+    out_dir = Path(out_dir)
+    if patient.ct is None:
+        raise DataError(out_dir, f"patient {patient.id} has no CT; a DICOM export needs one")
+    ref = ref or CtReference.new(patient.grid, patient.spacing, patient_id=patient.id, patient_name=patient_name)
+    from pydicom.uid import generate_uid
+
+    with staged_dir(out_dir) as stage:
+        write_ct_series(patient.ct, ref, stage / "CT")
+        ss_uid = generate_uid()
+        write_rtstruct({**patient.structures, BODY: patient.possible_dose_mask}, ref, stage / "RTSTRUCT.dcm", ss_uid)
+        if patient.dose is not None:
+            write_rtdose(stage / "RTDOSE.dcm", patient.dose, replace(ref, structure_set_uid=ss_uid),
+                         description="rtgen dose")
+    return out_dir
