@@ -544,7 +544,10 @@ def test_same_grid_dicom_patient_predicts_like_openkbp(dicom_dir, predictor, dir
 def test_predict_format_dicom_on_a_fine_dicom_ct(tmp_path, openkbp, direct):
     fine = upsampled(openkbp)
     export = write_dicom_patient(fine, tmp_path / "export" / "pt_204")
-    r = invoke("predict", "--patients", export, "--out", tmp_path / "pred", "--format", "dicom", "--device", "cpu")
+    from rtgen.hub import shipped_model_dir
+
+    r = invoke("predict", "--patients", export, "--out", tmp_path / "pred", "--format", "dicom", "--device", "cpu",
+               "--model", shipped_model_dir("mamba_unet_v2"))  # the model `direct` used
     assert r.exit_code == 0, r.output
     path = tmp_path / "pred" / "pt_204_RTDOSE.dcm"
     ds = pydicom.dcmread(path)

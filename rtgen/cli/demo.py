@@ -9,7 +9,7 @@ import typer
 
 from rtgen.cli.app import app, out, user_errors
 from rtgen.cli.evaluate import print_evaluation
-from rtgen.hub import shipped_models
+from rtgen.hub import default_model, shipped_models
 
 ShippedModel = Enum("ShippedModel", {s.model: s.model for s in shipped_models()}, type=str)
 
@@ -19,8 +19,10 @@ ShippedModel = Enum("ShippedModel", {s.model: s.model for s in shipped_models()}
 def demo(
     out_dir: Path = typer.Option(Path("rtgen-out/demo"), "--out", help="Predictions, metrics and DVH figures."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips."),
-    model: ShippedModel = typer.Option("mamba_unet_v2", "--model",
-                                       help="Which shipped model: mamba_unet_v2 or md_dose (DPM-Solver++, 10 steps)."),
+    model: ShippedModel = typer.Option(next(s.model for s in shipped_models() if s.folder == default_model("dose")),
+                                       "--model", help="Which shipped model (default: the best dose model): "
+                                       + ", ".join(s.model for s in shipped_models()) + "; md_dose samples with "
+                                       "DPM-Solver++, 10 steps."),
 ):
     """Predict the bundled example patients with a shipped model, evaluate them, plot DVHs."""
     import time

@@ -61,7 +61,9 @@ def read_nifti(path: str | Path, kind: str | None = None) -> tuple[np.ndarray, t
     arr = np.asarray(arr)
     if len(zooms) < 3 or arr.ndim < 3:
         raise DataError(path, f"has shape {arr.shape}; a 3D volume is expected")
-    spacing = tuple(float(z) for z in zooms[:3])
+    # the header stores float32: read back the shortest decimal it encodes (3.906, not 3.9059999), so a
+    # patient has the same spacing, hence the same features and prediction, from NIfTI as from CSV
+    spacing = tuple(float(str(np.float32(z))) for z in zooms[:3])
     if not all(np.isfinite(v) and v > 0 for v in spacing):
         raise DataError(path, f"voxel spacing {spacing} mm in the header must be three positive numbers")
     if kind is not None:

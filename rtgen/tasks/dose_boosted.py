@@ -1,0 +1,205 @@
+"""Dose prediction voxel by voxel with gradient-boosted trees: the model a 2-core CPU trains in minutes.
+
+The task draws training voxels inside each patient's possible dose mask (more near PTV surfaces and
+in OARs), describes each by the features of `rtgen.data.transforms.voxel_features`, fits the
+LightGBM model in one call (`fit`, run by `rtgen.engine.direct`), and judges it as every dose model
+is judged: whole validation volumes, OpenKBP dose and DVH scores. A prediction is the model on
+every voxel of the possible dose mask, clamped at 0 Gy, zero outside.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, ClassVar
+
+import numpy as np
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from rtgen.core.atomic import atomic_write_text
+from rtgen.core.errors import ConfigError, RtgenError
+from rtgen.core.registry import register_task
+from rtgen.data.records import Patient
+from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.transforms.voxel_features import (
+    VoxelFeatureConfig,
+    cached_training_sample,
+    feature_matrix,
+    feature_names,
+)
+from rtgen.dosimetry import OpenKBPScores
+from rtgen.tasks.base import Task
+
+
+@dataclass
+class BoostedDataConfig:
+    train: str = ""  # split folder of labelled patients (any layout rtgen reads)
+    val: str = ""
+    max_train_patients: Annotated[int, Field(ge=1)] | None = None
+    max_val_patients: Annotated[int, Field(ge=1)] | None = None
+    val_samples_per_patient: Annotated[int, Field(ge=100, le=2_000_000)] = 5000  # for early stopping
+    cache: str = ""  # folder for per-patient training samples; "" keeps nothing between runs
+    feature_workers: Annotated[int, Field(ge=1, le=256)] = 2  # processes computing features
+
+
+def _sample(args):
+    path, config, seed, cache = args
+    return cached_training_sample(Path(path), config, seed, Path(cache) if cache else None)
+
+
+def _pdm_features(args):
+    path, config = args
+    patient = load_patient(path)
+    return patient, feature_matrix(patient, config, patient.possible_dose_mask)
+
+
+@register_task("dose_boosted")
+class BoostedDoseTask(Task):
+    """Gradient-boosted voxel regression judged by the OpenKBP scores."""
+
+    sections: ClassVar[dict[str, type]] = {"voxels": VoxelFeatureConfig, "data": BoostedDataConfig}
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ("voxels",)
+    selection_metric = "dose_score"
+    metric_units = "Gy"
+    item_name = "voxels"
+    fits_directly: ClassVar[bool] = True  # one call to fit, no gradient steps: rtgen.engine.direct runs it
+    weights_file: ClassVar[str] = "model.txt"
+    stochastic: ClassVar[bool] = False
+    voxels: VoxelFeatureConfig
+    data: BoostedDataConfig
+
+    def implied_architecture(self) -> dict:
+        return {"n_features": len(feature_names(self.voxels))}
+
+    # ---- data
+    def _paths(self, folder: str, limit: int | None, what: str) -> list[Path]:
+        if not folder:
+            raise ConfigError(self.source, f"data.{what} is not set (a split folder of patients)")
+        paths = find_patients(folder)
+        return paths[:limit] if limit else paths
+
+    def _gather(self, paths: list[Path], config: VoxelFeatureConfig, seed: int, desc: str, progress: bool):
+        jobs = [(str(p), config, seed + i, self.data.cache) for i, p in enumerate(paths)]
+        with ProcessPoolExecutor(self.data.feature_workers) as pool:
+            parts = list(tqdm(pool.map(_sample, jobs), total=len(jobs), desc=desc, unit="patient",
+                              disable=not progress))
+        return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+    # ---- fitting (rtgen.engine.direct)
+    def fit(self, seed: int, progress: bool = True):
+        """Draw voxels, fit, validate on whole volumes. Returns (model, validation metrics, data summary).
+
+        Validation patients' features are computed once, on their whole possible dose mask: a random
+        subset of those voxels drives early stopping, and all of them give the scores."""
+        train = self._paths(self.data.train, self.data.max_train_patients, "train")
+        val = self._paths(self.data.val, self.data.max_val_patients, "val")
+        t0 = time.perf_counter()
+        X, y = self._gather(train, self.voxels, seed, "train voxels", progress)
+        cases = self._whole_volumes(val, progress)
+        rng = np.random.default_rng(seed + 10_000)
+        picks = [rng.choice(len(Xc), min(len(Xc), self.data.val_samples_per_patient), replace=False)
+                 for _, Xc in cases]
+        Xv = np.concatenate([Xc[i] for (_, Xc), i in zip(cases, picks)])
+        yv = np.concatenate([p.dose[p.possible_dose_mask][i] for (p, _), i in zip(cases, picks)])
+        features_s = time.perf_counter() - t0
+        model = self.build_model()
+        info = model.fit(X, y, Xv, yv, feature_names(self.voxels), progress=progress)
+        fit_s = time.perf_counter() - t0 - features_s
+        t1 = time.perf_counter()
+        metrics = self._score(model, cases)
+        metrics["predict_seconds_per_patient"] = round((time.perf_counter() - t1) / max(1, len(cases)), 2)
+        data = {"train_patients": len(train), "train_voxels": int(len(y)), "val_patients": len(val),
+                "val_voxels": int(len(yv)), "trees": info["trees"], "feature_seconds": round(features_s, 1),
+                "fit_seconds": round(fit_s, 1)}
+        return model, metrics, data
+
+    def _whole_volumes(self, paths: list[Path], progress: bool) -> list[tuple[Patient, np.ndarray]]:
+        jobs = [(str(p), self.voxels) for p in paths]
+        with ProcessPoolExecutor(self.data.feature_workers) as pool:
+            cases = list(tqdm(pool.map(_pdm_features, jobs), total=len(jobs), desc="validation features",
+                              unit="patient", disable=not progress))
+        for (patient, _), path in zip(cases, paths):
+            if patient.dose is None:
+                raise RtgenError(f"{path}: validation patient has no dose")
+        return cases
+
+    def _score(self, model, cases) -> dict:
+        scores = OpenKBPScores()
+        for patient, X in cases:
+            dose = self._assemble(patient, model.predict(X))
+            scores.add(patient.id, patient.dose, dose, patient.possible_dose_mask, patient.structures,
+                       patient.voxel_volume_mm3)
+        return {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score}
+
+    def validate(self, model, paths: list[Path], progress: bool = True) -> dict:
+        """OpenKBP scores of whole-volume predictions for the patients at `paths`."""
+        return self._score(model, self._whole_volumes(paths, progress))
+
+    # ---- prediction
+    @staticmethod
+    def _assemble(patient: Patient, values: np.ndarray) -> np.ndarray:
+        dose = np.zeros(patient.grid, np.float32)
+        dose[patient.possible_dose_mask] = np.clip(values, 0.0, None)
+        return dose
+
+    def predict_patient(self, model, patient: Patient, batch_size: int = 32, tta: bool = False, sampling=None,
+                        device=None, autocast=None) -> tuple[np.ndarray, None]:
+        """The dose in Gy on the patient's grid (deterministic: no spread)."""
+        X = feature_matrix(patient, self.voxels, patient.possible_dose_mask)
+        return self._assemble(patient, model.predict(X)), None
+
+    # ---- checkpoints
+    def checkpoint_config(self) -> dict:
+        """Also the feature names in column order: a model is only valid with the features it learned."""
+        return {**super().checkpoint_config(), "feature_names": feature_names(self.voxels)}
+
+    @classmethod
+    def from_checkpoint(cls, config: dict, source: str = "config.json") -> "BoostedDoseTask":
+        task = super().from_checkpoint(config, source)
+        saved = config.get("feature_names")
+        if saved is not None and list(saved) != feature_names(task.voxels):
+            raise ConfigError(source, "this model was trained on features this version of rtgen does not compute "
+                                      f"in the same order ({len(saved)} saved, {len(feature_names(task.voxels))} now); "
+                                      "retrain it with `rtgen train`")
+        return task
+
+    def save_model(self, model, run_dir: Path) -> Path:
+        path = Path(run_dir) / self.weights_file
+        atomic_write_text(path, model.to_text())
+        return path
+
+    def load_model(self, weights: Path):
+        try:
+            text = Path(weights).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RtgenError(f"{weights}: cannot be read as a LightGBM text model ({e})") from None
+        return self.build_model().load_text(text, str(weights))
+
+    def model_card(self, summary: dict) -> str:
+        t, v = summary["training"], summary.get("validation", {})
+        names = feature_names(self.voxels)
+        return "\n".join([
+            f"# {summary['model']['name']} dose predictor (gradient-boosted trees)", "",
+            "Predicts a 3D radiotherapy dose (Gy) voxel by voxel inside the possible dose mask from hand features:",
+            f"{', '.join(names)}.", "",
+            "## Data",
+            f"- Training: {t['train_patients']} patients, {t['train_voxels']:,} voxels drawn inside the possible dose mask"
+            f" (near PTV surfaces x{self.voxels.edge_weight:g}, in OARs x{self.voxels.oar_weight:g}).",
+            f"- Validation: {t['val_patients']} patients (early stopping on {t['val_voxels']:,} voxels; scores on whole volumes).",
+            "- OpenKBP: Babier et al., Medical Physics 48:5549-5561, 2021.", "",
+            "## Model",
+            f"- LightGBM, {t['trees']} trees, {summary['model']['parameters']:,} leaves; "
+            + ", ".join(f"{k} {v}" for k, v in summary["model"]["architecture"].items()) + ".",
+            "- Saved as LightGBM's text model format (`model.txt`), never pickled.", "",
+            "## Training",
+            f"- Hardware: {t['hardware']}.",
+            f"- Time: {t['seconds'] / 60:.1f} min ({t['feature_seconds']:.0f} s features, {t['fit_seconds']:.0f} s fitting).",
+            "", "## Validation scores (OpenKBP definitions)",
+            f"- Dose score: {v.get('dose_score', float('nan')):.3f} Gy; DVH score: {v.get('dvh_score', float('nan')):.3f} Gy;"
+            f" prediction {v.get('predict_seconds_per_patient', float('nan')):.1f} s per patient once features are computed.",
+            "- Reproduce: `rtgen predict --model THIS_FOLDER --patients VALIDATION_SPLIT --out pred &&"
+            " rtgen evaluate --pred pred --ref VALIDATION_SPLIT`.", "",
+        ])
