@@ -26,6 +26,8 @@ from rtgen.core.structures import OARS, PRESCRIPTION_GY, TARGETS
 from rtgen.data.records import Patient
 from rtgen.data.transforms.features import signed_distance_mm
 
+FEATURES_VERSION = 2
+"""Bump when a feature's definition changes: on-disk caches of training voxels are keyed by it."""
 DISTANCE_CAP_MM = 150.0
 BODY_HU = -500.0  # CT above this is tissue: the body outline, for depth below the surface
 
@@ -46,7 +48,7 @@ class VoxelFeatureConfig:
 
     def key(self) -> str:
         """A short hash of everything that changes the features (for on-disk caches)."""
-        text = json.dumps({k: v for k, v in self.to_dict().items()}, sort_keys=True)
+        text = json.dumps({"version": FEATURES_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
