@@ -23,6 +23,7 @@ from rtgen.core.checkpoint import check_and_load, load_weights
 from rtgen.core.errors import ConfigError
 from rtgen.core.registry import MODELS, TASKS
 from rtgen.core.schema import validate_section
+from rtgen.data.sources import find_patients
 
 
 def section_dict(section) -> dict:
@@ -96,6 +97,13 @@ class Task:
         return {}
 
     # ---- shared
+    def split_paths(self, folder: str, limit: int | None, what: str) -> list:
+        """The patients of the split folder `data.<what>`, the first `limit` of them if set."""
+        if not folder:
+            raise ConfigError(self.source, f"data.{what} is not set (a split folder of patients)")
+        paths = find_patients(folder)
+        return paths[:limit] if limit else paths
+
     def arch_dict(self) -> dict:
         return section_dict(self.architecture)
 

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rtgen.core.errors import ConfigError
 from rtgen.data.datasets.slices import PatientSlices, SliceDataset, build_slices, patient_slices
 from rtgen.data.records import Patient
-from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.sources import load_patient
 from rtgen.data.transforms.augment import default_augmentation
 from rtgen.data.transforms.features import FeatureConfig, unscale_dose
 from rtgen.dosimetry import OpenKBPScores
@@ -86,14 +85,8 @@ class DoseTask(Task):
         raise NotImplementedError
 
     # ---- data
-    def _paths(self, folder: str, limit: int | None, what: str) -> list[Path]:
-        if not folder:
-            raise ConfigError(self.source, f"data.{what} is not set (a split folder of patients)")
-        paths = find_patients(folder)
-        return paths[:limit] if limit else paths
-
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> SliceDataset:
-        paths = self._paths(self.data.train, self.data.max_train_patients, "train")
+        paths = self.split_paths(self.data.train, self.data.max_train_patients, "train")
         slices = build_slices(paths, self.features, workers=self.data.feature_workers, progress=progress,
                               desc="train features")
         return SliceDataset(slices, transform=default_augmentation() if self.data.augment else None, seed=seed + rank)
@@ -102,7 +95,7 @@ class DoseTask(Task):
         return {"num_workers": self.data.num_workers}
 
     def val_data(self, progress: bool = True) -> list[tuple[PatientSlices, Patient]]:
-        paths = self._paths(self.data.val, self.data.max_val_patients, "val")
+        paths = self.split_paths(self.data.val, self.data.max_val_patients, "val")
         slices = build_slices(paths, self.features, workers=self.data.feature_workers, progress=progress,
                               desc="validation features")
         return list(zip(slices, (load_patient(p, load_ct=False) for p in paths)))

@@ -23,7 +23,7 @@ from rtgen.core.atomic import atomic_write_text
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import register_task
 from rtgen.data.records import Patient
-from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.sources import load_patient
 from rtgen.data.transforms.voxel_features import (
     VoxelFeatureConfig,
     cached_training_sample,
@@ -75,12 +75,6 @@ class BoostedDoseTask(Task):
         return {"n_features": len(feature_names(self.voxels))}
 
     # ---- data
-    def _paths(self, folder: str, limit: int | None, what: str) -> list[Path]:
-        if not folder:
-            raise ConfigError(self.source, f"data.{what} is not set (a split folder of patients)")
-        paths = find_patients(folder)
-        return paths[:limit] if limit else paths
-
     def _gather(self, paths: list[Path], config: VoxelFeatureConfig, seed: int, desc: str, progress: bool):
         jobs = [(str(p), config, seed + i, self.data.cache) for i, p in enumerate(paths)]
         with ProcessPoolExecutor(self.data.feature_workers) as pool:
@@ -94,8 +88,8 @@ class BoostedDoseTask(Task):
 
         Validation patients' features are computed once, on their whole possible dose mask: a random
         subset of those voxels drives early stopping, and all of them give the scores."""
-        train = self._paths(self.data.train, self.data.max_train_patients, "train")
-        val = self._paths(self.data.val, self.data.max_val_patients, "val")
+        train = self.split_paths(self.data.train, self.data.max_train_patients, "train")
+        val = self.split_paths(self.data.val, self.data.max_val_patients, "val")
         t0 = time.perf_counter()
         X, y = self._gather(train, self.voxels, seed, "train voxels", progress)
         cases = self._whole_volumes(val, progress)

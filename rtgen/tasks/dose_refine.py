@@ -53,7 +53,7 @@ from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import register_task
 from rtgen.core.structures import OARS, TARGETS
 from rtgen.data.records import Patient
-from rtgen.data.sources import find_patients, load_patient
+from rtgen.data.sources import load_patient
 from rtgen.data.transforms.voxel_features import feature_names, feature_volumes
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.tasks.base import Task
@@ -351,12 +351,6 @@ class DoseRefineTask(Task):
         return {"in_channels": len(input_names(self.beams))}
 
     # ---- data
-    def _paths(self, folder: str, limit: int | None, what: str) -> list[Path]:
-        if not folder:
-            raise ConfigError(self.source, f"data.{what} is not set (a split folder of patients)")
-        paths = find_patients(folder)
-        return paths[:limit] if limit else paths
-
     def _cache_dir(self) -> str:
         """data.cache/<base model hash>: inputs of one base model never serve another."""
         if not self.data.cache:
@@ -380,13 +374,13 @@ class DoseRefineTask(Task):
         return cases
 
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> PatchDataset:
-        paths = self._paths(self.data.train, self.data.max_train_patients, "train")
+        paths = self.split_paths(self.data.train, self.data.max_train_patients, "train")
         cases = self._cases(paths, "train inputs", progress)
         self.train_patients = len(cases)
         return PatchDataset(cases, self.data.patch, self.data.patches_per_patient, self.data.flip, seed + rank)
 
     def val_data(self, progress: bool = True) -> list[tuple[dict, Patient]]:
-        paths = self._paths(self.data.val, self.data.max_val_patients, "val")
+        paths = self.split_paths(self.data.val, self.data.max_val_patients, "val")
         cases = self._cases(paths, "validation inputs", progress)
         return list(zip(cases, (load_patient(p, load_ct=False) for p in paths)))
 
