@@ -129,23 +129,30 @@ def _axial_and_inplane(ptv: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray
 
 def feature_matrix(patient: Patient, config: VoxelFeatureConfig, where: np.ndarray) -> np.ndarray:
     """(N, F) float32 features of the voxels where `where` (a boolean mask or flat indices) is set."""
-    volumes = feature_volumes(patient, config)
+    return _columns(feature_volumes(patient, config), config, where)
+
+
+def _columns(volumes: dict[str, np.ndarray], config: VoxelFeatureConfig, where: np.ndarray) -> np.ndarray:
     flat = np.flatnonzero(where) if np.asarray(where).dtype == bool else np.asarray(where)
     return np.stack([volumes[n].ravel()[flat] for n in feature_names(config)], axis=1)
 
 
-def training_voxels(patient: Patient, config: VoxelFeatureConfig, seed: int) -> np.ndarray:
+def training_voxels(patient: Patient, config: VoxelFeatureConfig, seed: int,
+                    ptv_distance_mm: np.ndarray | None = None) -> np.ndarray:
     """Flat indices of the voxels drawn for training: inside the possible dose mask, more often near
-    PTV surfaces (where the DVH of targets is decided) and in OARs (where their DVH is)."""
+    PTV surfaces (where the DVH of targets is decided) and in OARs (where their DVH is).
+    `ptv_distance_mm` is the feature of that name when already computed (NaN: no target)."""
     pdm = patient.possible_dose_mask.ravel()
     candidates = np.flatnonzero(pdm)
     if candidates.size == 0:
         return candidates
     weight = np.ones(candidates.size)
-    rx = _prescription_map(patient)
-    if (rx > 0).any():
-        near = np.abs(signed_distance_mm(rx > 0, patient.spacing)).ravel()[candidates] <= config.edge_mm
-        weight[near] *= config.edge_weight
+    if ptv_distance_mm is None:
+        rx = _prescription_map(patient)
+        ptv_distance_mm = (signed_distance_mm(rx > 0, patient.spacing) if (rx > 0).any()
+                           else np.full(patient.grid, np.nan, np.float32))
+    near = np.abs(ptv_distance_mm).ravel()[candidates] <= config.edge_mm  # NaN (no target): never near
+    weight[near] *= config.edge_weight
     oar = np.zeros(patient.grid, bool)
     for o in OARS:
         if o in patient.structures:
@@ -160,8 +167,9 @@ def training_sample(patient: Patient, config: VoxelFeatureConfig, seed: int) -> 
     """(X (N, F) float32, y (N,) dose in Gy) for one labelled patient."""
     if patient.dose is None:
         raise ValueError(f"patient {patient.id} has no dose to learn from")
-    idx = training_voxels(patient, config, seed)
-    return feature_matrix(patient, config, idx), patient.dose.ravel()[idx].astype(np.float32)
+    volumes = feature_volumes(patient, config)  # once: the draw reuses its distance to the targets
+    idx = training_voxels(patient, config, seed, volumes["ptv_distance_mm"])
+    return _columns(volumes, config, idx), patient.dose.ravel()[idx].astype(np.float32)
 
 
 def cached_training_sample(path: Path, config: VoxelFeatureConfig, seed: int, cache_dir: Path | None):
