@@ -48,6 +48,15 @@ def set_first_row(path: Path, row: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def plain_csv(folder: Path, stem: str) -> Path:
+    """Replace `stem.csv.gz` by the same rows uncompressed, ready to be edited; return its path."""
+    packed = folder / f"{stem}.csv.gz"
+    plain = folder / f"{stem}.csv"
+    plain.write_text(gzip.decompress(packed.read_bytes()).decode())
+    packed.unlink()
+    return plain
+
+
 def mount_tmpfs(where: Path, options: str) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
@@ -96,40 +105,26 @@ def test_truncated_gzip_names_the_file(split_with_one_bad):
     ("7,1e39", "line 2: value 1e+39 is above the physical ceiling of 200 Gy"),
 ])
 def test_impossible_doses_are_refused_by_the_reader(patient_copy, row, problem):
-    dose = patient_copy / "dose.csv"
-    text = gzip.decompress((patient_copy / "dose.csv.gz").read_bytes()).decode()
-    (patient_copy / "dose.csv.gz").unlink()
-    dose.write_text(text)
-    set_first_row(dose, row)
+    set_first_row(plain_csv(patient_copy, "dose"), row)
     with pytest.raises(DataError, match=re.escape(f"dose.csv, {problem}")):
         read_patient(patient_copy)
 
 
 def test_tiny_negative_doses_are_rounding_noise_set_to_zero(patient_copy):
-    text = gzip.decompress((patient_copy / "dose.csv.gz").read_bytes()).decode()
-    (patient_copy / "dose.csv.gz").unlink()
-    (patient_copy / "dose.csv").write_text(text)
-    set_first_row(patient_copy / "dose.csv", "7,-0.0004")
+    set_first_row(plain_csv(patient_copy, "dose"), "7,-0.0004")
     assert read_patient(patient_copy).dose.min() == 0
 
 
 def test_ct_that_would_overflow_int16_is_refused(patient_copy):
-    text = gzip.decompress((patient_copy / "ct.csv.gz").read_bytes()).decode()
-    (patient_copy / "ct.csv.gz").unlink()
-    (patient_copy / "ct.csv").write_text(text)
-    set_first_row(patient_copy / "ct.csv", "7,99999")
+    set_first_row(plain_csv(patient_copy, "ct"), "7,99999")
     with pytest.raises(DataError, match=r"ct.csv, line 2: value 99999 is outside the CT range that int16 stores"):
         read_patient(patient_copy)
 
 
 @pytest.mark.parametrize("value", ["5", "0", "abc"])
 def test_mask_values_other_than_empty_or_one_are_refused(patient_copy, value):
-    mask = next(patient_copy.glob("PTV70.csv*"))
-    text = gzip.decompress(mask.read_bytes()).decode() if mask.name.endswith(".gz") else mask.read_text()
-    mask.unlink()
-    plain = patient_copy / "PTV70.csv"
-    plain.write_text(text)
-    index = text.splitlines()[1].split(",")[0]
+    plain = plain_csv(patient_copy, "PTV70")
+    index = plain.read_text().splitlines()[1].split(",")[0]
     set_first_row(plain, f"{index},{value}")
     with pytest.raises(DataError, match=rf"PTV70.csv, line 2: value '{value}' in a mask"):
         read_patient(patient_copy)
