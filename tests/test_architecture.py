@@ -28,7 +28,7 @@ EXAMPLES = PACKAGE / "examples" / "openkbp"
 # cli -> engine | inference | evaluation -> tasks -> models | diffusion | data -> layers | ssm -> core
 FLOORS = {
     "core": 0,
-    "ssm": 1, "layers": 1, "dosimetry": 1,
+    "ssm": 1, "layers": 1, "dosimetry": 1, "imaging": 1,
     "models": 2, "diffusion": 2, "data": 2,
     "tasks": 3,
     "engine": 4, "inference": 4, "evaluation": 4, "hub": 4, "bench": 4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rtgen.cli import bench, convert, demo, evaluate, inspect_patients, models, predict, report, train  # noqa: F401 (registers commands)
+from rtgen.cli import register  # noqa: F401 (registers `rtgen register`)
 from rtgen.cli.app import app
 
 

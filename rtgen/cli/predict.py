@@ -66,6 +66,8 @@ def predict(
             model = shipped_model_dir(default_model("dose"))
             out.print(f"model: the shipped default, {model.name}")
         predictor = load_predictor(model, device)
+        if getattr(predictor.task, "output_kind", "dose") == "image":
+            return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
         diffusion = predictor.task.stochastic
         if samples > 1 and not diffusion:
             raise RtgenError(f"--samples {samples}: {predictor.task.model_name} is deterministic; "
@@ -86,3 +88,26 @@ def predict(
         if page is not None and len(page):  # at least one patient predicted
             out.print(f"report written to [bold]{page.write(out_dir / 'report.html')}[/]")
         batch.finish(f"predicted -> {out_dir}")  # inside: a folder left empty by failures is removed
+
+
+def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, sampling) -> None:
+    """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid.
+    Only the CT is read as input; an MR in the patient folder is ignored."""
+    from tqdm.auto import tqdm
+
+    from rtgen.data.sources.image_pairs import find_pairs, load_pair
+    from rtgen.inference.writers import write_image
+
+    paths = find_pairs(patients)
+    batch = Batch("patients", len(paths))
+    task = predictor.task
+
+    def predict_one(path: Path) -> None:
+        pair = load_pair(path, need_mr=False, with_mr=False)  # the MR is never an input
+        volume = task.predict_pair(predictor.model, pair, predictor.device, batch_size,
+                                   sampling if task.stochastic else None)
+        write_image(out_dir, pair.id, volume, pair.affine)
+
+    for path in tqdm(paths, desc="synthesising", unit="patient"):
+        batch.run(path.name, lambda p=path: predict_one(p))
+    batch.finish(f"predicted -> {out_dir}")

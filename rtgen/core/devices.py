@@ -17,8 +17,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device, enabled: bool = True):
-    """bfloat16 autocast on CUDA; full precision elsewhere."""
+def autocast_for(device: torch.device, enabled: bool = True, cpu: bool = False):
+    """bfloat16 autocast on CUDA; on the CPU only when asked (`cpu`), since it pays only on CPUs
+    with bf16 units and changes results; full precision elsewhere."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

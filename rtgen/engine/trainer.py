@@ -95,6 +95,7 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device = device
         self.amp = cfg.train.amp and device.type == "cuda"
+        self.cpu_amp = cfg.train.cpu_amp and device.type == "cpu"
         self.hooks = [CSVLog(), TensorBoardLog(), *(hooks or []), ConsoleLog()] if self.main else []
         self.created_run_dir = False
 
@@ -106,6 +107,7 @@ class Trainer:
         self.train_set = task.train_dataset(cfg.train.seed, self.rank, self.progress)
         self.val_data = task.val_data(self.progress) if self.main else []
         self.model = task.build_model().to(self.device)
+        task.prepare_model(self.model, self.train_set, self.device, pretrain=not self.resume, progress=self.progress)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                               if self.device.type == "cuda" else None)
                     if self.distributed else self.model)
@@ -213,7 +215,7 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with autocast_for(self.device, self.amp):
+            with autocast_for(self.device, self.amp, self.cpu_amp):
                 loss = self.task.loss(self.ddp, batch)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -235,7 +237,7 @@ class Trainer:
 
     def validate(self) -> tuple[dict, object]:
         return self.task.validate(self.eval_model(), self.val_data, self.device, self.cfg.train.val_batch_size,
-                                  autocast_for(self.device, self.amp))
+                                  autocast_for(self.device, self.amp, self.cpu_amp))
 
     def _improved(self, value: float) -> bool:
         return value > self.best if self.task.higher_is_better else value < self.best

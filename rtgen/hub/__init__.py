@@ -1,5 +1,7 @@
 """Models that ship inside rtgen: one folder each (model.safetensors, config.json, MODEL_CARD.md),
-listed in manifest.json with their model, task and data, and the default model of each task."""
+listed in manifest.json with their model, task and data, and the default model of each task.
+Fixed pretrained components that are not trained models (`taef2/`, the image autoencoder with its
+licence) have folders here too but no manifest entry: the code that uses them loads them."""
 
 from __future__ import annotations
 

@@ -46,3 +46,18 @@ def write_dose(out_dir: str | Path, patient_id: str, dose: np.ndarray, spacing, 
     if std is not None:
         write_nifti(out_dir / f"{patient_id}_std.nii.gz", std, spacing)
     return path
+
+
+def write_image(out_dir: str | Path, patient_id: str, volume: np.ndarray, affine: np.ndarray) -> Path:
+    """`<patient>.nii.gz`: a synthetic image (float32) with the affine of the image it was predicted
+    from, so it overlays that CT in any viewer. Written atomically."""
+    import nibabel as nib
+
+    from rtgen.core.atomic import atomic_path
+
+    path = Path(out_dir) / f"{patient_id}.nii.gz"
+    img = nib.Nifti1Image(np.asarray(volume, np.float32), np.asarray(affine, np.float64))
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

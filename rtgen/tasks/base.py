@@ -71,6 +71,12 @@ class Task:
     def loss(self, model, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare_model(self, model, train_set, device, pretrain: bool, progress: bool = True) -> None:
+        """A stage before the main optimisation, called once the network is built and before the
+        optimiser sees its parameters: e.g. pre-train a part with its own loss, then freeze it
+        (`requires_grad_(False)` keeps it out of the optimiser). `pretrain` is False when a run
+        resumes: its checkpoint already holds the stage's result, so only the freezing is redone."""
+
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True):
         raise NotImplementedError
 

@@ -85,6 +85,7 @@ class RefineDataConfig:
     overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25  # between inference tiles
     margin: Annotated[int, Field(ge=0, le=64)] = 8  # voxels of context kept around the possible dose mask
     flip: bool = True  # left-right flips (parotid channels swapped) as augmentation
+    target_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of patches centred on a PTV voxel
     feature_workers: Annotated[int, Field(ge=1, le=256)] = 2  # processes computing inputs at start-up
 
 
@@ -205,14 +206,28 @@ class PatchDraws:
         return np.random.default_rng([self.state, index])
 
 
-def draw_patch(case: dict, patch: int, rng: np.random.Generator, flip: bool) -> dict[str, torch.Tensor]:
-    """A random patch^3 cube inside the case's crop (zero padded where the crop is smaller)."""
+TARGET_BITS = sum(1 << k for k, name in enumerate(STRUCTURES) if name in TARGETS)
+
+
+def draw_patch(case: dict, patch: int, rng: np.random.Generator, flip: bool,
+               target_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+    """A random patch^3 cube inside the case's crop (zero padded where the crop is smaller). With
+    probability `target_fraction` the cube is centred (as far as the crop allows) on a random PTV
+    voxel: the DVH error sits at PTV edges, which uniform cubes visit rarely in a large crop."""
     inputs, dose, labels = case["inputs"], case["dose"], case["labels"]
     shape = inputs.shape[1:]
+    centre = None
+    if target_fraction and rng.random() < target_fraction:
+        inside = np.flatnonzero(labels & TARGET_BITS)
+        if inside.size:
+            centre = np.unravel_index(int(inside[rng.integers(inside.size)]), shape)
     src, dst = [], []
-    for n in shape:
+    for axis, n in enumerate(shape):
         if n >= patch:
-            a = int(rng.integers(0, n - patch + 1))
+            if centre is None:
+                a = int(rng.integers(0, n - patch + 1))
+            else:
+                a = int(np.clip(centre[axis] - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0, n - patch))
             src.append(slice(a, a + patch))
             dst.append(slice(0, patch))
         else:
@@ -242,15 +257,18 @@ def swap_lr_channels(n: int) -> list[int]:
 class PatchDataset(torch.utils.data.Dataset):
     """`patches_per_patient` random patches of every training patient per epoch."""
 
-    def __init__(self, cases: list[dict], patch: int, per_patient: int, flip: bool, seed: int):
+    def __init__(self, cases: list[dict], patch: int, per_patient: int, flip: bool, seed: int,
+                 target_fraction: float = 0.0):
         self.cases, self.patch, self.per_patient, self.flip = cases, patch, per_patient, flip
+        self.target_fraction = target_fraction
         self.transform = PatchDraws(seed)  # the trainer's per-epoch reseeding hook
 
     def __len__(self) -> int:
         return len(self.cases) * self.per_patient
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return draw_patch(self.cases[i % len(self.cases)], self.patch, self.transform.rng(i), self.flip)
+        return draw_patch(self.cases[i % len(self.cases)], self.patch, self.transform.rng(i), self.flip,
+                          self.target_fraction)
 
 
 # ---------------------------------------------------------------- losses
@@ -377,7 +395,8 @@ class DoseRefineTask(Task):
         paths = self.split_paths(self.data.train, self.data.max_train_patients, "train")
         cases = self._cases(paths, "train inputs", progress)
         self.train_patients = len(cases)
-        return PatchDataset(cases, self.data.patch, self.data.patches_per_patient, self.data.flip, seed + rank)
+        return PatchDataset(cases, self.data.patch, self.data.patches_per_patient, self.data.flip, seed + rank,
+                            self.data.target_fraction)
 
     def val_data(self, progress: bool = True) -> list[tuple[dict, Patient]]:
         paths = self.split_paths(self.data.val, self.data.max_val_patients, "val")

@@ -1,0 +1,117 @@
+"""Paired CT and MR patients for image synthesis, read from NIfTI folders.
+
+Two layouts are read, patient by patient: rtgen's registered pairs (`rtgen register` writes
+`<patient>/{ct,mr}.nii.gz`), the sarcoma data as distributed (`ct.nii.gz`, `mr_t1.nii.gz`) and
+SynthRAD (`<site>/<patient>/{ct,mr,mask}.nii.gz`, `mask` being the body). A split folder may hold
+patients directly or one level of site folders (SynthRAD's `brain/`, `pelvis/`).
+
+Synthesis is trained and scored voxel by voxel, so CT and MR must share one grid: a pair on two
+grids (raw clinical pairs) is refused with a pointer to `rtgen register`, never silently resampled.
+The MR is optional when predicting: it is never a model input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtgen.core.errors import DataError
+from rtgen.data.validate import check_real
+
+CT_NAMES = ("ct.nii.gz", "ct.nii")
+MR_NAMES = ("mr.nii.gz", "mr_t1.nii.gz", "mr.nii", "mr_t1.nii")
+BODY_NAMES = ("mask.nii.gz", "body.nii.gz", "mask.nii")
+
+
+@dataclass
+class ImagePair:
+    """One patient: CT in HU and, when present, the MR and a body mask, all on the CT's grid."""
+
+    id: str
+    ct: np.ndarray  # float32 (x, y, z), HU
+    spacing: tuple[float, float, float]  # mm
+    affine: np.ndarray  # 4 x 4, voxel -> world (written back with predictions)
+    mr: np.ndarray | None = None  # float32, scanner units
+    body: np.ndarray | None = None  # bool
+
+
+def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def is_pair_dir(folder: Path) -> bool:
+    return folder.is_dir() and _first(folder, CT_NAMES) is not None
+
+
+def find_pairs(root: str | Path) -> list[Path]:
+    """Patient folders of a split (or the folder itself if it is one patient), site folders expanded."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "folder not found" if not root.exists() else "is not a folder")
+    if is_pair_dir(root):
+        return [root]
+    found: list[Path] = []
+    for entry in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_pair_dir(entry):
+            found.append(entry)
+        else:
+            found += sorted(p for p in entry.iterdir() if is_pair_dir(p))
+    if not found:
+        raise DataError(root, "holds no CT/MR patients (expected <patient>/ct.nii.gz with mr.nii.gz or mr_t1.nii.gz)")
+    return found
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    import nibabel as nib
+
+    from rtgen.data.sources.nifti import _quiet_nibabel
+
+    try:
+        with _quiet_nibabel():
+            img = nib.load(str(path))
+            arr = np.asarray(img.dataobj)
+            zooms = img.header.get_zooms()
+            affine = np.asarray(img.affine, np.float64)
+    except Exception as e:  # nibabel, gzip and zlib raise many types for corrupt or truncated files
+        raise DataError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    if arr.ndim != 3:
+        raise DataError(path, f"has shape {arr.shape}; a 3D volume is expected")
+    check_real(path, arr, "image")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise DataError(path, "holds NaN or infinite values")
+    spacing = tuple(float(str(np.float32(z))) for z in zooms[:3])
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise DataError(path, f"voxel spacing {spacing} mm in the header must be three positive numbers")
+    return arr, spacing, affine  # type: ignore[return-value]
+
+
+def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True) -> ImagePair:
+    """One patient folder. `need_mr`: a missing MR is an error (training, scoring); `with_mr=False`
+    does not even read it (prediction: the MR is never a model input)."""
+    folder = Path(folder)
+    ct_path = _first(folder, CT_NAMES)
+    if ct_path is None:
+        raise DataError(folder, "no ct.nii.gz in this patient folder")
+    ct, spacing, affine = _read(ct_path)
+    if np.nanmax(ct) > 10_000 or np.nanmin(ct) < -5_000:
+        raise DataError(ct_path, f"values {np.nanmin(ct):.0f} to {np.nanmax(ct):.0f} are not Hounsfield units")
+    pair = ImagePair(folder.name, ct, spacing, affine)
+    mr_path = _first(folder, MR_NAMES) if with_mr or need_mr else None
+    if mr_path is None and need_mr:
+        raise DataError(folder, "no MR (mr.nii.gz or mr_t1.nii.gz) to learn from or score against")
+    if mr_path is not None:
+        mr, mr_spacing, mr_affine = _read(mr_path)
+        if mr.shape != ct.shape or not np.allclose(mr_affine, affine, atol=1e-3):
+            raise DataError(mr_path, f"is on another grid than {ct_path.name} ({mr.shape} vs {ct.shape}): register "
+                                     "the pair first (rtgen register)")
+        pair.mr = mr
+    body_path = _first(folder, BODY_NAMES)
+    if body_path is not None:
+        body, _, _ = _read(body_path)
+        if body.shape != ct.shape:
+            raise DataError(body_path, f"has shape {body.shape}, the CT {ct.shape}")
+        pair.body = body > 0.5
+    return pair

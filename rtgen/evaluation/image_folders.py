@@ -1,0 +1,100 @@
+"""Score a folder of synthetic MR volumes against the MR of registered reference pairs.
+
+`OUT/<patient>.nii.gz` (what `rtgen predict` writes for an image model) is compared with the MR of
+`REF/<patient>/` on the MR's grid, as issue #13 defines the scores: each volume normalised to 0-255
+by its own 0.5 and 99.5 percentiles, SSIM the mean 2D SSIM over axial slices, PSNR from the volume
+MSE, and the same inside the body mask (`rtgen.evaluation.image`). A missing or bad prediction is
+reported for its patient and the others are scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rtgen.core.atomic import atomic_write_text, staged_dir
+from rtgen.core.errors import DataError, OutputError, RtgenError
+from rtgen.data.sources.image_pairs import find_pairs, load_pair
+from rtgen.data.transforms.slices import body_mask_mr
+from rtgen.imaging.scores import image_scores
+
+METRICS = ("ssim", "psnr", "mse", "ssim_body", "psnr_body", "mse_body")
+
+
+@dataclass
+class ImageEvaluation:
+    per_patient: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        rows = list(self.per_patient.values())
+        s = {"n_patients": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in METRICS}}
+        if self.failures:
+            s["failed_patients"] = self.failures
+        return s
+
+
+def has_mr_references(ref_dir: str | Path) -> bool:
+    """Whether `ref_dir` holds CT/MR pairs (then `rtgen evaluate` scores images, not doses)."""
+    try:
+        pairs = find_pairs(ref_dir)
+    except RtgenError:
+        return False
+    from rtgen.data.sources.image_pairs import MR_NAMES
+
+    return any((p / n).is_file() for p in pairs for n in MR_NAMES)
+
+
+def score_image(pred: np.ndarray, mr: np.ndarray, body: np.ndarray | None = None) -> dict[str, float]:
+    return image_scores(pred, mr, body if body is not None else body_mask_mr(mr))
+
+
+def evaluate_image_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path | None = None,
+                           progress: bool = True,
+                           on_failure: Callable[[str, RtgenError], None] | None = None) -> ImageEvaluation:
+    from rtgen.data.sources.image_pairs import _read
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(pred_dir, "prediction folder not found" if not pred_dir.exists() else "is not a folder")
+    result = ImageEvaluation()
+
+    def failed(pid: str, e: RtgenError) -> None:
+        if on_failure is None or isinstance(e, OutputError):
+            raise e
+        result.failures[pid] = str(e)
+        on_failure(pid, e)
+
+    for folder in tqdm(find_pairs(ref_dir), desc="evaluating", unit="patient", disable=not progress):
+        pid = folder.name
+        try:
+            path = next((pred_dir / f"{pid}{ext}" for ext in (".nii.gz", ".nii") if (pred_dir / f"{pid}{ext}").is_file()),
+                        None)
+            if path is None:
+                raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.nii.gz)")
+            ref = load_pair(folder)
+            pred, _, _ = _read(path)
+            if pred.shape != ref.mr.shape:
+                raise DataError(path, f"has shape {pred.shape}; the reference MR of {pid} has {ref.mr.shape}")
+            result.per_patient[pid] = score_image(pred, ref.mr, ref.body)
+        except RtgenError as e:
+            failed(pid, e)
+    if not result.per_patient:
+        raise DataError(pred_dir, f"no patient could be evaluated ({len(result.failures)} failed)")
+    if out_dir is not None:
+        with staged_dir(out_dir) as stage:
+            atomic_write_text(stage / "metrics.json", json.dumps(result.summary(), indent=2) + "\n")
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["patient", *METRICS])
+            for pid, r in result.per_patient.items():
+                w.writerow([pid, *(f"{r[k]:.6g}" for k in METRICS)])
+            atomic_write_text(stage / "per_patient.csv", buf.getvalue())
+    return result

@@ -1,0 +1,55 @@
+"""Frozen image autoencoders behind one interface, for latent diffusion of grey slices.
+
+A codec maps (B, 1, H, W) grey slices in [0, 1] to latents (B, C, H/f, W/f) and back. Samplers and
+diffusion networks see only latents; which autoencoder made them is a config choice
+(`latent.vae` of `image_synthesis`): the pretrained TAEF2 shipped in rtgen (an RGB model: the
+grey slice is replicated to 3 channels, the decoded channels averaged), or a MONAI
+`AutoencoderKL` trained on the user's own slices (`autoencoder_kl`, task `image_autoencoder`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Codec(nn.Module):
+    channels: int = 0
+    factor: int = 8
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TAEF2Codec(Codec):
+    channels, factor = 32, 8
+
+    def __init__(self, folder=None):
+        super().__init__()
+        from rtgen.models.taef2 import load_taef2
+
+        self.model = load_taef2(folder)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x.expand(-1, 3, -1, -1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z).mean(1, keepdim=True).clamp(0, 1)
+
+
+class AutoencoderKLCodec(Codec):
+    """A trained `autoencoder_kl` (rtgen.models.autoencoder_kl): its posterior mean as the latent."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.channels, self.factor = model.latent_channels, model.factor
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_mean(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z).clamp(0, 1)

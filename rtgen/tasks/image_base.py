@@ -1,0 +1,163 @@
+"""What every CT-to-MR task shares: paired slices in, a synthetic MR volume out, scored as images.
+
+A task here turns registered CT/MR pairs (`rtgen.data.sources.image_pairs`) into 2D axial slices
+(`rtgen.data.transforms.slices`: CT windowed, MR percentile-normalised, one in-plane spacing,
+centred on size x size) and predicts MR slices in [0, 1] from CT slices. Subclasses say how
+(`predict_slices`): a latent diffusion sampler (`image_synthesis`) or one forward pass
+(`image_regression`).
+
+Scoring follows issue #13 and the DiffMa paper, on the patient's own grid: the predicted slices are
+put back (`slices_to_volume`), then prediction and reference MR are each normalised to 0-255 by
+their 0.5 and 99.5 percentiles, SSIM is the mean 2D SSIM over slices and PSNR comes from the
+volume MSE (`rtgen.imaging`); the same inside the body mask (the reference's own body
+mask, or SynthRAD's `mask.nii.gz`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from rtgen.core.errors import RtgenError
+from rtgen.data.sources.image_pairs import ImagePair, find_pairs, load_pair
+from rtgen.data.transforms.slices import (SliceSpec, body_mask_mr, mask_to_slices, slices_to_volume,
+                                          volume_to_slices)
+from rtgen.imaging.scores import image_scores
+from rtgen.tasks.base import Task
+
+
+@dataclass
+class ImageDataConfig:
+    train: str = ""  # split folder of registered pairs (<patient>/ct.nii.gz + mr.nii.gz)
+    val: str = ""
+    max_train_patients: Annotated[int, Field(ge=1)] | None = None
+    max_val_patients: Annotated[int, Field(ge=1)] | None = None
+    size: Annotated[int, Field(ge=16, le=1024, multiple_of=16)] = 128  # slice side in pixels (the paper: 224)
+    spacing_mm: Annotated[float, Field(gt=0.05, le=20)] = 1.25  # common in-plane spacing
+    ct_window: tuple[float, float] = (-1000.0, 1500.0)  # HU mapped to [0, 1]
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)  # per-scan MR normalisation
+    flip: bool = True  # random in-plane flips of a training pair
+    cache: str = ""  # folder for encoded slices (latent tasks); "" recomputes each run
+
+    @property
+    def spec(self) -> SliceSpec:
+        return SliceSpec(size=int(self.size), spacing_mm=float(self.spacing_mm),
+                         ct_window=tuple(float(v) for v in self.ct_window),
+                         mr_percentiles=tuple(float(v) for v in self.mr_percentiles))
+
+
+@dataclass
+class PairSlices:
+    """One patient as slices: CT and (if known) MR in [0, 1], the body mask, and what puts slices back."""
+
+    id: str
+    ct: np.ndarray  # (N, S, S) float32
+    mr: np.ndarray | None
+    body: np.ndarray  # (N, S, S) bool
+    pair: ImagePair = field(repr=False)
+
+
+def pair_slices(pair: ImagePair, spec: SliceSpec) -> PairSlices:
+    ct = volume_to_slices(pair.ct, pair.spacing, spec, "ct")
+    mr = volume_to_slices(pair.mr, pair.spacing, spec, "mr") if pair.mr is not None else None
+    body = pair.body if pair.body is not None else (body_mask_mr(pair.mr) if pair.mr is not None else None)
+    return PairSlices(pair.id, ct, mr, mask_to_slices(body, pair.spacing, spec) if body is not None
+                      else np.ones_like(ct, bool), pair)
+
+
+def score_volume(pred01: np.ndarray, pair: ImagePair) -> dict[str, float]:
+    """Issue #13's image scores of a synthetic MR (any scale) against the pair's MR, on its grid."""
+    if pair.mr is None:
+        raise RtgenError(f"{pair.id}: no reference MR to score against")
+    return image_scores(pred01, pair.mr, pair.body if pair.body is not None else body_mask_mr(pair.mr))
+
+
+class ImageTask(Task):
+    """Shared data handling, validation and prediction of the CT-to-MR tasks."""
+
+    output_kind: ClassVar[str] = "image"  # `rtgen predict` writes <patient>.nii.gz images, not doses
+    selection_metric = "ssim"
+    higher_is_better = True
+    metric_units = ""  # several metrics with their own units (SSIM %, PSNR dB): none printed
+    item_name = "slices"
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ("data",)
+    data: ImageDataConfig
+
+    # ---- data
+    def load_split(self, folder: str, limit: int | None, what: str, progress: bool) -> list[PairSlices]:
+        if not folder:
+            raise RtgenError(f"{self.source}: data.{what} is not set (a folder of registered CT/MR pairs)")
+        paths = find_pairs(folder)[:limit] if limit else find_pairs(folder)
+        spec = self.data.spec
+        return [pair_slices(load_pair(p), spec)
+                for p in tqdm(paths, desc=f"{what} slices", unit="patient", disable=not progress)]
+
+    def val_data(self, progress: bool = True) -> list[PairSlices]:
+        return self.load_split(self.data.val, self.data.max_val_patients, "val", progress)
+
+    def data_summary(self, train_set, val_data) -> dict:
+        return {"train_slices": len(train_set), "val_patients": len(val_data),
+                "val_slices": int(sum(len(p.ct) for p in val_data))}
+
+    # ---- prediction
+    def predict_slices(self, model, ct: np.ndarray, device, batch_size: int, sampling=None,
+                       autocast=None) -> np.ndarray:
+        """(N, S, S) CT slices in [0, 1] -> (N, S, S) MR slices in [0, 1]."""
+        raise NotImplementedError
+
+    def predict_pair(self, model, pair: ImagePair, device=None, batch_size: int = 32, sampling=None,
+                     autocast=None) -> np.ndarray:
+        """A synthetic MR in [0, 1] on the pair's CT grid (x, y, z), float32."""
+        device = device or next(model.parameters()).device
+        ct = volume_to_slices(pair.ct, pair.spacing, self.data.spec, "ct")
+        mr = self.predict_slices(model, ct, device, batch_size, sampling, autocast)
+        return slices_to_volume(mr, pair.ct.shape, pair.spacing, self.data.spec)
+
+    def validate(self, model, data: list[PairSlices], device, batch_size: int, autocast=None) -> tuple[dict, Any]:
+        """Mean image scores over the validation patients, and one (reference, prediction) for figures."""
+        rows, example = [], None
+        for ps in data:
+            pred = self.predict_slices(model, ps.ct, device, batch_size, None, autocast)
+            vol = slices_to_volume(pred, ps.pair.ct.shape, ps.pair.spacing, self.data.spec)
+            rows.append(score_volume(vol, ps.pair))
+            if example is None:
+                example = (ps, pred)
+        metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        return metrics, example
+
+    def model_card_data(self) -> list[str]:
+        d = self.data
+        return [f"- Slices: {d.size} x {d.size} px at {d.spacing_mm} mm in-plane; CT window {tuple(d.ct_window)} HU "
+                f"-> [0, 1]; MR by its {tuple(d.mr_percentiles)} percentiles -> [0, 1]."]
+
+    def model_card(self, summary: dict) -> str:
+        t, v = summary["training"], summary.get("validation", {})
+        return "\n".join([
+            f"# {summary['model']['name']}: CT -> MR synthesis ({self.name})", "",
+            *self.model_card_data(),
+            f"- Trained on {t.get('train_slices', '?')} slices, {t['epochs_run']} epochs, "
+            f"{t['seconds'] / 60:.1f} min on {t['hardware']}.",
+            f"- Validation ({t.get('val_patients', '?')} patients, scored on each MR's grid after 0.5/99.5 percentile "
+            f"normalisation to 0-255): SSIM {v.get('ssim', float('nan')):.1f} %, PSNR {v.get('psnr', float('nan')):.2f} dB, "
+            f"MSE {v.get('mse', float('nan')):.1f}; in the body SSIM {v.get('ssim_body', float('nan')):.1f} %, "
+            f"PSNR {v.get('psnr_body', float('nan')):.2f} dB.", "",
+        ])
+
+
+def flip_pair(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random in-plane flips applied to every array (..., H, W)."""
+    out = list(arrays)
+    for axis in (-1, -2):
+        if rng.random() < 0.5:
+            out = [np.flip(a, axis) for a in out]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def as_batches(x: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
+            for i in range(0, len(x), batch_size)]

@@ -1,0 +1,87 @@
+"""CT -> MR by direct regression in image space: one forward pass per slice, no diffusion.
+
+The baselines of the DiffMa table that are not diffusion models: a plain UNet (`unet` with
+`task: image_regression`) and a HU-to-intensity lookup table (`hu_lookup`). Both learn MR slices in
+[0, 1] from CT slices in [0, 1] with an L1 loss inside the body mask (outside it the MR is air
+and noise, and the scores that matter are inside), and predict with one forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+
+from rtgen.core.registry import register_task
+from rtgen.tasks.image_base import ImageDataConfig, ImageTask, as_batches, flip_pair
+
+
+@dataclass
+class RegressionLossConfig:
+    kind: Literal["l1", "l2"] = "l1"
+    in_body: bool = True  # the loss only inside the body mask
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SlicePairs(torch.utils.data.Dataset):
+    def __init__(self, ct: np.ndarray, mr: np.ndarray, body: np.ndarray, flip: bool, seed: int):
+        self.ct, self.mr, self.body, self.flip = ct, mr, body, flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.ct)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        arrays = [self.ct[i][None], self.mr[i][None], self.body[i][None].astype(np.float32)]
+        if self.flip:
+            arrays = flip_pair(self.rng, *arrays)
+        return dict(zip(("ct", "mr", "body"), (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)))
+
+
+@register_task("image_regression")
+class ImageRegressionTask(ImageTask):
+    """CT slice -> MR slice regression, scored by SSIM/PSNR on each patient's grid."""
+
+    sections: ClassVar[dict[str, type]] = {"data": ImageDataConfig, "loss": RegressionLossConfig}
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ("data",)
+    stochastic: ClassVar[bool] = False
+    loss_cfg: RegressionLossConfig
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.loss  # the section was set as an attribute; `loss` is the method the trainer calls
+        self.loss_cfg = self.settings["loss"]
+
+    def implied_architecture(self) -> dict:
+        return {"in_channels": 1}
+
+    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> SlicePairs:
+        pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
+        return SlicePairs(np.concatenate([p.ct for p in pairs]), np.concatenate([p.mr for p in pairs]),
+                          np.concatenate([p.body for p in pairs]), self.data.flip, seed + rank)
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        err = model(batch["ct"]).float() - batch["mr"]
+        err = err.abs() if self.loss_cfg.kind == "l1" else err.pow(2)
+        if not self.loss_cfg.in_body:
+            return err.mean()
+        m = batch["body"]
+        return (err * m).sum() / m.sum().clamp(min=1.0)
+
+    @torch.no_grad()
+    def predict_slices(self, model, ct: np.ndarray, device, batch_size: int, sampling=None,
+                       autocast=None) -> np.ndarray:
+        import contextlib
+
+        was = model.training
+        model.eval()
+        out = []
+        with autocast or contextlib.nullcontext():
+            for x in as_batches(ct, batch_size, device):
+                out.append(model(x[:, None]).float()[:, 0].clamp(0, 1).cpu().numpy())
+        model.train(was)
+        return np.concatenate(out)

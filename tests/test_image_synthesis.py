@@ -1,0 +1,114 @@
+"""CT -> MR synthesis end to end on synthetic registered pairs: train, predict, evaluate (the CLI),
+the lookup baseline learning a known mapping, and the pairs that must be refused."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rtgen.cli import app
+from rtgen.core.errors import DataError
+from rtgen.data.sources.image_pairs import find_pairs, load_pair
+
+runner = CliRunner()
+SPACING = (2.5, 2.5, 3.0)
+
+
+def phantom(seed: int, shape=(40, 36, 5)) -> tuple[np.ndarray, np.ndarray]:
+    """A limb: soft tissue ellipse (40 HU) with a bone disc (900 HU) in air; its 'MR' maps tissue to
+    400 and bone to 60 (cortical bone is dark on T1), air to 5, plus noise."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    cx, cy = shape[0] / 2 + rng.uniform(-2, 2), shape[1] / 2 + rng.uniform(-2, 2)
+    body = ((x - cx) / 15) ** 2 + ((y - cy) / 12) ** 2 < 1
+    bone = ((x - cx - 3) / 4) ** 2 + ((y - cy) / 4) ** 2 < 1
+    ct = np.where(body, 40.0, -1000.0) + np.where(bone, 860.0, 0.0)
+    mr = np.where(body, 400.0, 5.0) - np.where(bone, 340.0, 0.0)
+    ct = np.repeat(ct[..., None], shape[2], 2) + rng.normal(0, 5, shape)
+    mr = np.repeat(mr[..., None], shape[2], 2) + rng.normal(0, 5, shape)
+    return ct.astype(np.float32), mr.astype(np.float32)
+
+
+def write_pair(folder, seed: int, mr_affine=None) -> None:
+    folder.mkdir(parents=True)
+    ct, mr = phantom(seed)
+    affine = np.diag([*SPACING, 1.0])
+    nib.save(nib.Nifti1Image(ct, affine), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(mr, affine if mr_affine is None else mr_affine), str(folder / "mr.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    for i in range(3):
+        write_pair(root / "train" / f"P{i}", i)
+    write_pair(root / "val" / "P9", 9)
+    return root
+
+
+def _train(config: str, root, run, *overrides) -> None:
+    result = runner.invoke(app, ["train", config, f"data.train={root / 'train'}", f"data.val={root / 'val'}",
+                                 "data.size=48", "data.spacing_mm=2.5", "--out", str(run), *overrides])
+    assert result.exit_code == 0, result.output
+
+
+def test_diffma_trains_predicts_on_the_ct_grid_and_is_scored(pairs, tmp_path):
+    run = tmp_path / "run"
+    _train("configs/diffma_cpu.yaml", pairs, run, "model.hidden_size=32", "model.depth=2", "model.d_state=4", "train.epochs=1", "train.batch_size=4",
+           "diffusion.embedder_pretrain_steps=3", "diffusion.val_steps=2", f"data.cache={tmp_path / 'cache'}")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["task"] == "image_synthesis" and cfg["latent"]["scale"] > 0  # measured, kept for prediction
+    assert list((tmp_path / "cache").glob("latents-train-*.npz"))
+    # prediction reads only the CT: a broken MR beside it must not matter
+    (pairs / "val" / "P9").joinpath("mr.nii.gz").rename(pairs / "val_mr_backup.nii.gz")
+    (pairs / "val" / "P9" / "mr.nii.gz").write_bytes(b"not a nifti")
+    try:
+        out = tmp_path / "pred"
+        result = runner.invoke(app, ["predict", "--model", str(run), "--patients", str(pairs / "val"), "--out", str(out),
+                                     "--steps", "2", "--sampler", "ode"])
+        assert result.exit_code == 0, result.output
+    finally:
+        (pairs / "val" / "P9" / "mr.nii.gz").unlink()
+        (pairs / "val_mr_backup.nii.gz").rename(pairs / "val" / "P9" / "mr.nii.gz")
+    img = nib.load(str(out / "P9.nii.gz"))
+    ct = nib.load(str(pairs / "val" / "P9" / "ct.nii.gz"))
+    assert img.shape == ct.shape and np.allclose(img.affine, ct.affine)
+    vol = np.asarray(img.dataobj)
+    assert np.isfinite(vol).all() and 0 <= vol.min() and vol.max() <= 1
+    scored = runner.invoke(app, ["evaluate", "--pred", str(out), "--ref", str(pairs / "val"), "--out", str(tmp_path / "m")])
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["n_patients"] == 1 and np.isfinite(metrics["ssim"]) and np.isfinite(metrics["psnr_body"])
+
+
+def test_the_lookup_table_learns_the_hu_to_intensity_mapping(pairs, tmp_path):
+    run = tmp_path / "lut"
+    _train("configs/diffma_lookup_baseline.yaml", pairs, run, "train.epochs=30", "train.batch_size=5", "train.lr=0.05",
+           "data.flip=false")
+    val = json.loads((run / "config.json").read_text())["validation"]
+    assert val["psnr_body"] > 20 and val["ssim_body"] > 60  # MR is a function of HU in the phantom
+    from rtgen.inference import load_predictor
+
+    lut = load_predictor(run, "cpu").model
+    soft, bone = lut(torch.tensor([[[[1040 / 2500]]]])).item(), lut(torch.tensor([[[[1900 / 2500]]]])).item()
+    assert soft > bone + 0.3  # bright tissue, dark cortical bone, as the phantom's MR
+
+
+def test_a_pair_on_two_grids_is_refused_with_a_pointer_to_register(tmp_path):
+    write_pair(tmp_path / "X", 0, mr_affine=np.diag([2.0, 2.0, 3.0, 1.0]))
+    with pytest.raises(DataError, match="rtgen register"):
+        load_pair(tmp_path / "X")
+
+
+def test_site_folders_are_found_and_a_folder_without_pairs_is_an_error(tmp_path):
+    write_pair(tmp_path / "pelvis" / "1PA001", 0)
+    write_pair(tmp_path / "brain" / "1BA001", 1)
+    assert [p.name for p in find_pairs(tmp_path)] == ["1BA001", "1PA001"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no CT/MR patients"):
+        find_pairs(tmp_path / "empty")
