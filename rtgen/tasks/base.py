@@ -48,8 +48,8 @@ class Task:
         self.model_entry = MODELS.get(model_name, source)
         self.settings = {name: validate_section(cls, settings.get(name), name, source)
                          for name, cls in self.sections.items()}
-        for name, value in self.settings.items():
-            setattr(self, name, value)
+        for name, value in self.settings.items():  # a section named like a method (`loss`) is `<name>_cfg`
+            setattr(self, f"{name}_cfg" if callable(getattr(type(self), name, None)) else name, value)
         values = {k: v for k, v in arch.items() if k not in ("name",)}
         values.update(self.implied_architecture())
         self.architecture = self.model_entry.make_config(source, **values)

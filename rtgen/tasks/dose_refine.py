@@ -327,8 +327,6 @@ class DoseRefineTask(Task):
                  base_config: dict | None = None):
         self._base_config = base_config  # from a checkpoint; else read from base.run when first needed
         super().__init__(model_name, arch, settings, source)
-        del self.loss  # Task.__init__ set the section as an attribute; `loss` is the method the trainer calls
-        self.loss_cfg = self.settings["loss"]
         if self.data.patch % self.architecture.divisor:
             raise ConfigError(source, f"data.patch ({self.data.patch}) must be a multiple of "
                                       f"{self.architecture.divisor} for {len(self.architecture.channels)} levels")

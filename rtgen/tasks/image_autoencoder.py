@@ -72,14 +72,6 @@ class ImageAutoencoderTask(ImageTask):
     stochastic: ClassVar[bool] = False
     loss_cfg: AutoencoderLossConfig
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        del self.loss  # the section was set as an attribute; `loss` is the method the trainer calls
-        self.loss_cfg = self.settings["loss"]
-
-    def implied_architecture(self) -> dict:
-        return {"in_channels": 1}
-
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> Slices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
         mr = [p.mr for p in pairs if p.mr is not None]

@@ -88,6 +88,9 @@ class ImageTask(Task):
     checkpoint_sections: ClassVar[tuple[str, ...]] = ("data",)
     data: ImageDataConfig
 
+    def implied_architecture(self) -> dict:
+        return {"in_channels": 1}  # one grey slice; latent tasks override it with the codec's channels
+
     # ---- data
     def load_split(self, folder: str, limit: int | None, what: str, progress: bool) -> list[PairSlices]:
         if not folder:

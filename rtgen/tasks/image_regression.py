@@ -51,14 +51,6 @@ class ImageRegressionTask(ImageTask):
     stochastic: ClassVar[bool] = False
     loss_cfg: RegressionLossConfig
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        del self.loss  # the section was set as an attribute; `loss` is the method the trainer calls
-        self.loss_cfg = self.settings["loss"]
-
-    def implied_architecture(self) -> dict:
-        return {"in_channels": 1}
-
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> SlicePairs:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
         return SlicePairs(np.concatenate([p.ct for p in pairs]), np.concatenate([p.mr for p in pairs]),
