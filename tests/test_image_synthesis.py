@@ -110,5 +110,5 @@ def test_site_folders_are_found_and_a_folder_without_pairs_is_an_error(tmp_path)
     write_pair(tmp_path / "brain" / "1BA001", 1)
     assert [p.name for p in find_pairs(tmp_path)] == ["1BA001", "1PA001"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no CT/MR patients"):
+    with pytest.raises(DataError, match="holds no patient folders"):
         find_pairs(tmp_path / "empty")

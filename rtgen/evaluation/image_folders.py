@@ -3,7 +3,7 @@
 `OUT/<patient>.nii.gz` (what `rtgen predict` writes for an image model) is compared with the MR of
 `REF/<patient>/` on the MR's grid, as issue #13 defines the scores: each volume normalised to 0-255
 by its own 0.5 and 99.5 percentiles, SSIM the mean 2D SSIM over axial slices, PSNR from the volume
-MSE, and the same inside the body mask (`rtgen.evaluation.image`). A missing or bad prediction is
+MSE, and the same inside the body mask (`rtgen.imaging`, through the validation's `score_volume`). A missing or bad prediction is
 reported for its patient and the others are scored.
 """
 
@@ -21,9 +21,8 @@ from tqdm.auto import tqdm
 
 from rtgen.core.atomic import atomic_write_text, staged_dir
 from rtgen.core.errors import DataError, OutputError, RtgenError
-from rtgen.data.sources.image_pairs import find_pairs, load_pair
-from rtgen.data.transforms.slices import body_mask_mr
-from rtgen.imaging.scores import image_scores
+from rtgen.data.sources.image_pairs import MR_NAMES, find_pairs, load_pair, read_volume
+from rtgen.tasks.image_base import score_volume
 
 METRICS = ("ssim", "psnr", "mse", "ssim_body", "psnr_body", "mse_body")
 
@@ -47,20 +46,12 @@ def has_mr_references(ref_dir: str | Path) -> bool:
         pairs = find_pairs(ref_dir)
     except RtgenError:
         return False
-    from rtgen.data.sources.image_pairs import MR_NAMES
-
     return any((p / n).is_file() for p in pairs for n in MR_NAMES)
-
-
-def score_image(pred: np.ndarray, mr: np.ndarray, body: np.ndarray | None = None) -> dict[str, float]:
-    return image_scores(pred, mr, body if body is not None else body_mask_mr(mr))
 
 
 def evaluate_image_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path | None = None,
                            progress: bool = True,
                            on_failure: Callable[[str, RtgenError], None] | None = None) -> ImageEvaluation:
-    from rtgen.data.sources.image_pairs import _read
-
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(pred_dir, "prediction folder not found" if not pred_dir.exists() else "is not a folder")
@@ -80,10 +71,10 @@ def evaluate_image_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: s
             if path is None:
                 raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.nii.gz)")
             ref = load_pair(folder)
-            pred, _, _ = _read(path)
+            pred, _, _ = read_volume(path)
             if pred.shape != ref.mr.shape:
                 raise DataError(path, f"has shape {pred.shape}; the reference MR of {pid} has {ref.mr.shape}")
-            result.per_patient[pid] = score_image(pred, ref.mr, ref.body)
+            result.per_patient[pid] = score_volume(pred, ref)  # as validation scores
         except RtgenError as e:
             failed(pid, e)
     if not result.per_patient:

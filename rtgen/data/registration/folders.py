@@ -20,13 +20,9 @@ from rtgen.core.atomic import staged_dir
 from rtgen.core.errors import DataError
 from rtgen.data.registration import masks as M
 from rtgen.data.registration.pair import RegistrationResult, resample_onto
+from rtgen.data.sources import image_pairs
+from rtgen.data.sources.image_pairs import CT_NAMES, CT_TUMOUR_NAMES, MR_NAMES, MR_TUMOUR_NAMES
 
-CT_NAMES = ("ct.nii.gz", "ct.nii")
-MR_NAMES = ("mr_t1.nii.gz", "mr.nii.gz", "mr_t1.nii", "mr.nii")
-CT_TUMOUR = "ct_mask.nii.gz"
-MR_TUMOUR = ("mr_t1_mask.nii.gz", "mr_mask.nii.gz")
-BODY = "mask.nii.gz"
-MAX_DEPTH = 3  # DATA_DIR/split/site/patient at most
 
 
 @dataclass(frozen=True)
@@ -57,39 +53,22 @@ class PairFiles:
 
     @property
     def ct_tumour(self) -> Path | None:
-        return self._first((CT_TUMOUR,))
+        return self._first(CT_TUMOUR_NAMES)
 
     @property
     def mr_tumour(self) -> Path | None:
-        return self._first(MR_TUMOUR)
+        return self._first(MR_TUMOUR_NAMES)
 
     @property
     def body(self) -> Path | None:
-        return self._first((BODY,))
-
-
-def _is_patient(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in CT_NAMES + MR_NAMES)
+        return self._first(image_pairs.BODY_NAMES[:1])  # SynthRAD's mask.nii.gz
 
 
 def find_pairs(root: str | Path) -> list[PairFiles]:
-    """Patient folders under `root` (or `root` itself): any folder holding a CT or an MR file. A folder
-    with only one of them is still returned, so that the batch reports it instead of skipping it."""
+    """Patient folders under `root` (`rtgen.data.sources.image_pairs.find_pairs`), with their path
+    under it (kept in the output)."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "not found or not a folder; expected a folder of patient folders")
-    if _is_patient(root):
-        return [PairFiles(root, Path(root.name))]
-    found, frontier = [], [root]
-    for _ in range(MAX_DEPTH):
-        nxt = []
-        for folder in frontier:
-            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                (found if _is_patient(sub) else nxt).append(sub)
-        frontier = nxt
-    if not found:
-        raise DataError(root, "holds no patient folders (folders with ct.nii.gz and mr_t1.nii.gz or mr.nii.gz)")
-    return sorted((PairFiles(f, f.relative_to(root)) for f in found), key=lambda p: str(p.rel))
+    return [PairFiles(f, Path(root.name) if f == root else f.relative_to(root)) for f in image_pairs.find_pairs(root)]
 
 
 def read_image(path: Path, mask: bool = False) -> sitk.Image:

@@ -21,8 +21,11 @@ from rtgen.core.errors import DataError
 from rtgen.data.validate import check_real
 
 CT_NAMES = ("ct.nii.gz", "ct.nii")
-MR_NAMES = ("mr.nii.gz", "mr_t1.nii.gz", "mr.nii", "mr_t1.nii")
+MR_NAMES = ("mr_t1.nii.gz", "mr.nii.gz", "mr_t1.nii", "mr.nii")
 BODY_NAMES = ("mask.nii.gz", "body.nii.gz", "mask.nii")
+CT_TUMOUR_NAMES = ("ct_mask.nii.gz",)
+MR_TUMOUR_NAMES = ("mr_t1_mask.nii.gz", "mr_mask.nii.gz")
+MAX_DEPTH = 3  # DATA/split/site/patient at most
 
 
 @dataclass
@@ -41,29 +44,33 @@ def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
     return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
-def is_pair_dir(folder: Path) -> bool:
-    return folder.is_dir() and _first(folder, CT_NAMES) is not None
+def is_patient_dir(folder: Path) -> bool:
+    """A folder holding a CT or an MR file: a patient, even if half of its pair is missing (a batch
+    then reports it instead of skipping it)."""
+    return folder.is_dir() and any((folder / n).is_file() for n in CT_NAMES + MR_NAMES)
 
 
 def find_pairs(root: str | Path) -> list[Path]:
-    """Patient folders of a split (or the folder itself if it is one patient), site folders expanded."""
+    """Patient folders under `root` (or `root` itself if it is one), through split and site folders
+    (SynthRAD's `brain/`, `pelvis/`), sorted by their path under `root`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "folder not found" if not root.exists() else "is not a folder")
-    if is_pair_dir(root):
+    if is_patient_dir(root):
         return [root]
-    found: list[Path] = []
-    for entry in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if is_pair_dir(entry):
-            found.append(entry)
-        else:
-            found += sorted(p for p in entry.iterdir() if is_pair_dir(p))
+    found, frontier = [], [root]
+    for _ in range(MAX_DEPTH):
+        deeper = []
+        for folder in frontier:
+            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                (found if is_patient_dir(sub) else deeper).append(sub)
+        frontier = deeper
     if not found:
-        raise DataError(root, "holds no CT/MR patients (expected <patient>/ct.nii.gz with mr.nii.gz or mr_t1.nii.gz)")
-    return found
+        raise DataError(root, "holds no patient folders (CT/MR patients: <patient>/ct.nii.gz with mr_t1.nii.gz or mr.nii.gz)")
+    return sorted(found, key=lambda p: str(p.relative_to(root)))
 
 
-def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     import nibabel as nib
 
     from rtgen.data.sources.nifti import _quiet_nibabel
@@ -95,7 +102,7 @@ def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True) ->
     ct_path = _first(folder, CT_NAMES)
     if ct_path is None:
         raise DataError(folder, "no ct.nii.gz in this patient folder")
-    ct, spacing, affine = _read(ct_path)
+    ct, spacing, affine = read_volume(ct_path)
     if np.nanmax(ct) > 10_000 or np.nanmin(ct) < -5_000:
         raise DataError(ct_path, f"values {np.nanmin(ct):.0f} to {np.nanmax(ct):.0f} are not Hounsfield units")
     pair = ImagePair(folder.name, ct, spacing, affine)
@@ -103,14 +110,14 @@ def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True) ->
     if mr_path is None and need_mr:
         raise DataError(folder, "no MR (mr.nii.gz or mr_t1.nii.gz) to learn from or score against")
     if mr_path is not None:
-        mr, mr_spacing, mr_affine = _read(mr_path)
+        mr, mr_spacing, mr_affine = read_volume(mr_path)
         if mr.shape != ct.shape or not np.allclose(mr_affine, affine, atol=1e-3):
             raise DataError(mr_path, f"is on another grid than {ct_path.name} ({mr.shape} vs {ct.shape}): register "
                                      "the pair first (rtgen register)")
         pair.mr = mr
     body_path = _first(folder, BODY_NAMES)
     if body_path is not None:
-        body, _, _ = _read(body_path)
+        body, _, _ = read_volume(body_path)
         if body.shape != ct.shape:
             raise DataError(body_path, f"has shape {body.shape}, the CT {ct.shape}")
         pair.body = body > 0.5
