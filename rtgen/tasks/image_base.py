@@ -60,6 +60,7 @@ class PairSlices:
     mr: np.ndarray | None
     body: np.ndarray  # (N, S, S) bool
     pair: ImagePair = field(repr=False)
+    ct_latent: np.ndarray | None = field(default=None, repr=False)  # latent tasks: the encoded CT, made once
 
 
 def pair_slices(pair: ImagePair, spec: SliceSpec) -> PairSlices:
@@ -113,6 +114,10 @@ class ImageTask(Task):
         """(N, S, S) CT slices in [0, 1] -> (N, S, S) MR slices in [0, 1]."""
         raise NotImplementedError
 
+    def predict_case(self, model, ps: PairSlices, device, batch_size: int, autocast=None) -> np.ndarray:
+        """Validation's prediction of a prepared patient: a task may reuse what it prepared once."""
+        return self.predict_slices(model, ps.ct, device, batch_size, None, autocast)
+
     def predict_pair(self, model, pair: ImagePair, device=None, batch_size: int = 32, sampling=None,
                      autocast=None) -> np.ndarray:
         """A synthetic MR in [0, 1] on the pair's CT grid (x, y, z), float32."""
@@ -125,7 +130,7 @@ class ImageTask(Task):
         """Mean image scores over the validation patients, and one (reference, prediction) for figures."""
         rows, example = [], None
         for ps in data:
-            pred = self.predict_slices(model, ps.ct, device, batch_size, None, autocast)
+            pred = self.predict_case(model, ps, device, batch_size, autocast)
             vol = slices_to_volume(pred, ps.pair.ct.shape, ps.pair.spacing, self.data.spec)
             rows.append(score_volume(vol, ps.pair))
             if example is None:

@@ -35,18 +35,18 @@ from rtgen.tasks.image_base import ImageDataConfig, ImageTask, PairSlices, as_ba
 VAE_DIR = "vae"  # where a run folder keeps its trained autoencoder
 
 
-def _autoencoder_shape(run: str, source: str) -> tuple[int, int]:
-    """(latent channels, downsampling factor) of a trained image_autoencoder run."""
+def _autoencoder_run(run: str, source: str) -> tuple[Path, Path, dict]:
+    """(weights, config.json path, config) of a trained image_autoencoder run, or one clear error."""
     from rtgen.core.checkpoint import read_config, resolve_checkpoint
 
     if not run:
-        raise ConfigError(source, "latent.vae is autoencoder_kl but latent.vae_run is not set")
-    _, config = resolve_checkpoint(run)
-    arch = read_config(config).get("model", {}).get("architecture", {})
-    try:
-        return int(arch["latent_channels"]), 2 ** (len(arch["channels"]) - 1)
-    except (KeyError, TypeError):
-        raise ConfigError(source, f"latent.vae_run: {run} is not an autoencoder_kl run") from None
+        raise ConfigError(source, "latent.vae is autoencoder_kl but latent.vae_run (a trained image_autoencoder "
+                                  "run folder) is not set")
+    weights, config_path = resolve_checkpoint(run)
+    config = read_config(config_path)
+    if config.get("task") != "image_autoencoder":
+        raise ConfigError(source, f"latent.vae_run: {run} is a {config.get('task')!r} run, not an image_autoencoder one")
+    return weights, config_path, config
 
 
 @dataclass
@@ -118,7 +118,8 @@ class ImageSynthesisTask(ImageTask):
         if latent.vae == "taef2":
             channels, factor = 32, 8
         else:  # read from the trained autoencoder's config, without loading its weights
-            channels, factor = _autoencoder_shape(latent.vae_run, self.source)
+            arch = _autoencoder_run(latent.vae_run, self.source)[2]["model"]["architecture"]
+            channels, factor = int(arch["latent_channels"]), 2 ** (len(arch["channels"]) - 1)
         return {"in_channels": channels, "ct_channels": channels, "latent_size": self.settings["data"].size // factor}
 
     # ---- the autoencoder
@@ -135,17 +136,8 @@ class ImageSynthesisTask(ImageTask):
         from rtgen.models.codecs import AutoencoderKLCodec
         from rtgen.tasks import task_from_checkpoint
 
-        from rtgen.core.checkpoint import read_config, resolve_checkpoint
-
-        if not self.latent.vae_run:
-            raise ConfigError(self.source, "latent.vae is autoencoder_kl but latent.vae_run (a trained "
-                                           "image_autoencoder run folder) is not set")
-        weights, config = resolve_checkpoint(self.latent.vae_run)
-        task = task_from_checkpoint(read_config(config), str(config))
-        if task.name != "image_autoencoder":
-            raise ConfigError(self.source, f"latent.vae_run: {self.latent.vae_run} is a {task.name} run, not an "
-                                           "image_autoencoder one")
-        return AutoencoderKLCodec(task.load_model(weights))
+        weights, config_path, config = _autoencoder_run(self.latent.vae_run, self.source)
+        return AutoencoderKLCodec(task_from_checkpoint(config, str(config_path)).load_model(weights))
 
     @torch.no_grad()
     def encode(self, slices01: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -168,9 +160,7 @@ class ImageSynthesisTask(ImageTask):
         """Raw (MR, CT) latents of all slices of `pairs`, read from or written to `data.cache`."""
         vae_id = self.latent.vae
         if self.latent.vae == "autoencoder_kl":  # a retrained autoencoder must not reuse old latents
-            from rtgen.core.checkpoint import resolve_checkpoint
-
-            vae_id = hashlib.sha1(resolve_checkpoint(self.latent.vae_run)[0].read_bytes()).hexdigest()
+            vae_id = hashlib.sha1(_autoencoder_run(self.latent.vae_run, self.source)[0].read_bytes()).hexdigest()
         key = hashlib.sha1(json.dumps([vae_id, asdict(self.data.spec), [
             (p.id, p.ct.shape, float(p.ct.sum()), float(p.mr.sum())) for p in pairs]], default=str).encode()).hexdigest()[:16]
         path = Path(self.data.cache) / f"latents-{what}-{key}.npz" if self.data.cache else None
@@ -231,9 +221,7 @@ class ImageSynthesisTask(ImageTask):
             return
         import shutil
 
-        from rtgen.core.checkpoint import resolve_checkpoint
-
-        weights, config = resolve_checkpoint(self.latent.vae_run)
+        weights, config, _ = _autoencoder_run(self.latent.vae_run, self.source)
         for src in (weights, config):
             with atomic_path(Path(run_dir) / VAE_DIR / src.name) as tmp:
                 shutil.copyfile(src, tmp)
@@ -247,16 +235,31 @@ class ImageSynthesisTask(ImageTask):
         return super().from_checkpoint({**config, "latent": latent}, source)
 
     # ---- prediction
-    @torch.no_grad()
+    def val_data(self, progress: bool = True) -> list[PairSlices]:
+        """The validation patients with their CT encoded once (not again every epoch)."""
+        data = super().val_data(progress)
+        for ps in data:
+            ps.ct_latent = self._scaled(self.encode(ps.ct))
+        return data
+
+    def predict_case(self, model, ps: PairSlices, device, batch_size: int, autocast=None) -> np.ndarray:
+        return self.sample_mr(model, ps.ct_latent, device, batch_size, None, autocast)
+
     def predict_slices(self, model, ct: np.ndarray, device, batch_size: int, sampling=None,
                        autocast=None) -> np.ndarray:
         """CT slices in [0, 1] -> sampled MR slices in [0, 1] (deterministic for a seed)."""
+        return self.sample_mr(model, self._scaled(self.encode(ct, batch_size)), device, batch_size, sampling, autocast)
+
+    @torch.no_grad()
+    def sample_mr(self, model, ct_latent: np.ndarray, device, batch_size: int, sampling=None,
+                  autocast=None) -> np.ndarray:
+        """Scaled CT latents -> sampled MR slices in [0, 1]."""
         import contextlib
 
         sampler = sampling.sampler if sampling is not None else self.diffusion.val_sampler
         steps = sampling.steps if sampling is not None else self.diffusion.val_steps
         seed = sampling.seed if sampling is not None else self.diffusion.seed
-        cond_all = torch.from_numpy(self._scaled(self.encode(ct, batch_size)))
+        cond_all = torch.from_numpy(ct_latent)
         gen = torch.Generator().manual_seed(seed)
         was = model.training
         model.eval()
