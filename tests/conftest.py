@@ -35,3 +35,15 @@ def patient_copy(tmp_path) -> Path:
     dest = tmp_path / "pt_204"
     shutil.copytree(EXAMPLES / "pt_204", dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads and lose much when the cores are shared: a module
+    uses it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

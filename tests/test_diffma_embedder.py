@@ -9,13 +9,7 @@ import torch
 from rtgen.models.diffma_embedder import VisionEmbedder, cross_info_nce
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids contention with whatever else runs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _embedder(soft_mask: bool = True) -> VisionEmbedder:

@@ -8,13 +8,7 @@ from rtgen.models.diffma import SCANS, SIZES, DiffMa, DiffMaConfig, ScanMixer, z
 from rtgen.ssm.orders import spiral
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids contention with whatever else runs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**kw) -> DiffMa:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -18,42 +17,13 @@ from rtgen.core.errors import ConfigError
 from rtgen.core.registry import MODELS, build_model
 from rtgen.models.codecs import AutoencoderKLCodec
 from rtgen.tasks import task_from_checkpoint
+from ctmr_phantom import write_pair
 
 runner = CliRunner()
-SPACING = (2.5, 2.5, 3.0)
 TINY = ["model.channels=[8,16,16,16]", "model.norm_num_groups=8", "model.latent_channels=4"]
 
 
-def phantom(seed: int, shape=(40, 36, 5)) -> tuple[np.ndarray, np.ndarray]:
-    """A limb: soft tissue ellipse (40 HU) with a bone disc (900 HU) in air; its 'MR' maps tissue to
-    400 and bone to 60 (cortical bone is dark on T1), air to 5, plus noise."""
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    cx, cy = shape[0] / 2 + rng.uniform(-2, 2), shape[1] / 2 + rng.uniform(-2, 2)
-    body = ((x - cx) / 15) ** 2 + ((y - cy) / 12) ** 2 < 1
-    bone = ((x - cx - 3) / 4) ** 2 + ((y - cy) / 4) ** 2 < 1
-    ct = np.where(body, 40.0, -1000.0) + np.where(bone, 860.0, 0.0)
-    mr = np.where(body, 400.0, 5.0) - np.where(bone, 340.0, 0.0)
-    ct = np.repeat(ct[..., None], shape[2], 2) + rng.normal(0, 5, shape)
-    mr = np.repeat(mr[..., None], shape[2], 2) + rng.normal(0, 5, shape)
-    return ct.astype(np.float32), mr.astype(np.float32)
-
-
-def write_pair(folder, seed: int) -> None:
-    folder.mkdir(parents=True)
-    ct, mr = phantom(seed)
-    affine = np.diag([*SPACING, 1.0])
-    nib.save(nib.Nifti1Image(ct, affine), str(folder / "ct.nii.gz"))
-    nib.save(nib.Nifti1Image(mr, affine), str(folder / "mr.nii.gz"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks here gain nothing from threads, and lose much when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
