@@ -28,7 +28,7 @@ from rtgen.core.errors import RtgenError
 from rtgen.core.registry import register_task
 from rtgen.data.transforms.slices import body_mask_ct, slices_to_volume, window_ct
 from rtgen.imaging.scores import image_scores
-from rtgen.tasks.image_base import ImageDataConfig, ImageTask, PairSlices, as_batches, flip_pair, score_volume
+from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches, score_volume
 
 
 @dataclass
@@ -37,23 +37,6 @@ class AutoencoderLossConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class Slices(torch.utils.data.Dataset):
-    """Grey slices in [0, 1], CT and MR alike, each flipped at random in-plane."""
-
-    def __init__(self, slices: np.ndarray, flip: bool, seed: int):
-        self.slices, self.flip = slices, flip
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = self.slices[i][None]
-        if self.flip:
-            (x,) = flip_pair(self.rng, x)
-        return {"x": torch.from_numpy(np.ascontiguousarray(x))}
 
 
 def kl_to_standard_normal(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -72,10 +55,11 @@ class ImageAutoencoderTask(ImageTask):
     stochastic: ClassVar[bool] = False
     loss_cfg: AutoencoderLossConfig
 
-    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> Slices:
+    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> FlippedSlices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
         mr = [p.mr for p in pairs if p.mr is not None]
-        return Slices(np.concatenate([p.ct for p in pairs] + mr), self.data.flip, seed + rank)
+        # grey slices, CT and MR alike
+        return FlippedSlices({"x": np.concatenate([p.ct for p in pairs] + mr)[:, None]}, self.data.flip, seed + rank)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         x = batch["x"]

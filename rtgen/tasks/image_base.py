@@ -157,13 +157,24 @@ class ImageTask(Task):
         ])
 
 
-def flip_pair(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
-    """The same random in-plane flips applied to every array (..., H, W)."""
-    out = list(arrays)
-    for axis in (-1, -2):
-        if rng.random() < 0.5:
-            out = [np.flip(a, axis) for a in out]
-    return [np.ascontiguousarray(a) for a in out]
+class FlippedSlices(torch.utils.data.Dataset):
+    """Training items of the image tasks: item i of every named array (N, ..., H, W), all flipped
+    in-plane by the same random draw (`flip`); boolean masks come out as float32."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], flip: bool, seed: int):
+        self.arrays, self.flip = arrays, flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        items = {k: a[i] for k, a in self.arrays.items()}
+        for axis in (-1, -2):
+            if self.flip and self.rng.random() < 0.5:
+                items = {k: np.flip(a, axis) for k, a in items.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32 if a.dtype == bool else a.dtype))
+                for k, a in items.items()}
 
 
 def as_batches(x: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:

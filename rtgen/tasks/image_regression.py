@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rtgen.core.registry import register_task
-from rtgen.tasks.image_base import ImageDataConfig, ImageTask, as_batches, flip_pair
+from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, as_batches
 
 
 @dataclass
@@ -27,21 +27,6 @@ class RegressionLossConfig:
         return asdict(self)
 
 
-class SlicePairs(torch.utils.data.Dataset):
-    def __init__(self, ct: np.ndarray, mr: np.ndarray, body: np.ndarray, flip: bool, seed: int):
-        self.ct, self.mr, self.body, self.flip = ct, mr, body, flip
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.ct)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        arrays = [self.ct[i][None], self.mr[i][None], self.body[i][None].astype(np.float32)]
-        if self.flip:
-            arrays = flip_pair(self.rng, *arrays)
-        return dict(zip(("ct", "mr", "body"), (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)))
-
-
 @register_task("image_regression")
 class ImageRegressionTask(ImageTask):
     """CT slice -> MR slice regression, scored by SSIM/PSNR on each patient's grid."""
@@ -51,10 +36,10 @@ class ImageRegressionTask(ImageTask):
     stochastic: ClassVar[bool] = False
     loss_cfg: RegressionLossConfig
 
-    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> SlicePairs:
+    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> FlippedSlices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
-        return SlicePairs(np.concatenate([p.ct for p in pairs]), np.concatenate([p.mr for p in pairs]),
-                          np.concatenate([p.body for p in pairs]), self.data.flip, seed + rank)
+        arrays = {k: np.concatenate([getattr(p, k) for p in pairs])[:, None] for k in ("ct", "mr", "body")}
+        return FlippedSlices(arrays, self.data.flip, seed + rank)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         err = model(batch["ct"]).float() - batch["mr"]

@@ -29,7 +29,7 @@ from rtgen.core.atomic import atomic_path
 from rtgen.core.errors import ConfigError
 from rtgen.core.registry import register_task
 from rtgen.diffusion import NoiseSchedule, diffusion_loss, sample
-from rtgen.tasks.image_base import ImageDataConfig, ImageTask, PairSlices, as_batches, flip_pair
+from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches
 
 
 VAE_DIR = "vae"  # where a run folder keeps its trained autoencoder
@@ -78,23 +78,6 @@ class SynthDiffusionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class LatentPairs(torch.utils.data.Dataset):
-    """Scaled (MR, CT) latent pairs of every training slice; random in-plane flips of both."""
-
-    def __init__(self, mr: np.ndarray, ct: np.ndarray, flip: bool, seed: int):
-        self.mr, self.ct, self.flip = mr, ct, flip
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.mr)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        mr, ct = self.mr[i], self.ct[i]
-        if self.flip:
-            mr, ct = flip_pair(self.rng, mr, ct)
-        return {"x0": torch.from_numpy(np.ascontiguousarray(mr)), "ct": torch.from_numpy(np.ascontiguousarray(ct))}
 
 
 @register_task("image_synthesis")
@@ -178,13 +161,14 @@ class ImageSynthesisTask(ImageTask):
     def _scaled(self, z: np.ndarray) -> np.ndarray:
         return ((z - self.latent.shift) * self.latent.scale).astype(np.float32)
 
-    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> LatentPairs:
+    def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> FlippedSlices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
         mr, ct = self._encoded(pairs, "train", progress)
         if self.latent.shift is None or self.latent.scale is None:  # measured once, then kept in config.json
             self.latent.shift = float(mr.mean())
             self.latent.scale = float(1.0 / max(mr.std(), 1e-6))
-        return LatentPairs(self._scaled(mr), self._scaled(ct), self.data.flip, seed + rank)
+        # scaled (MR, CT) latent pairs of every training slice
+        return FlippedSlices({"x0": self._scaled(mr), "ct": self._scaled(ct)}, self.data.flip, seed + rank)
 
     # ---- training
     def prepare_model(self, model, train_set, device, pretrain: bool, progress: bool = True) -> None:
@@ -198,7 +182,7 @@ class ImageSynthesisTask(ImageTask):
 
             opt = torch.optim.AdamW(embedder.parameters(), lr=self.diffusion.embedder_lr, weight_decay=0.0)
             gen = torch.Generator().manual_seed(self.diffusion.seed)
-            ct = torch.from_numpy(train_set.ct)
+            ct = torch.from_numpy(train_set.arrays["ct"])
             batch = min(64, len(ct))
             embedder.train()
             for _ in tqdm(range(steps), desc="embedder (InfoNCE)", unit="step", disable=not progress, leave=False):
