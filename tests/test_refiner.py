@@ -107,6 +107,19 @@ def test_patches_are_padded_and_flips_swap_the_parotids():
     assert seen == {True, False}
 
 
+def test_target_fraction_centres_patches_on_a_ptv():
+    """A small PTV in a corner of a large crop: uniform 16^3 cubes seldom hold it, target-centred ones
+    always do."""
+    names = input_names(False)
+    shape = (64, 64, 64)
+    labels = np.zeros(shape, np.uint16)
+    labels[2:6, 2:6, 2:6] = 1 << STRUCTURES.index("PTV70")
+    case = {"inputs": np.zeros((len(names), *shape), np.float16), "dose": np.zeros(shape, np.float16), "labels": labels}
+    hits = {f: sum(bool(draw_patch(case, 16, np.random.default_rng(s), False, f)["labels"].any()) for s in range(40))
+            for f in (0.0, 1.0)}
+    assert hits[1.0] == 40 and hits[0.0] < 10
+
+
 def test_config_errors_name_the_base_run(tmp_path, examples_dir):
     raw = {"model": {"name": "dose_refiner_3d"}, "data": {"train": str(examples_dir)}}
     with pytest.raises(ConfigError, match="base.run is not set"):

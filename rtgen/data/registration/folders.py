@@ -35,21 +35,20 @@ class PairFiles:
     def _first(self, names: tuple[str, ...]) -> Path | None:
         return next((self.folder / n for n in names if (self.folder / n).is_file()), None)
 
-    @property
-    def ct(self) -> Path:
-        path = self._first(CT_NAMES)
+    def _required(self, names: tuple[str, ...]) -> Path:
+        path = self._first(names)
         if path is None:
-            raise DataError(self.folder / CT_NAMES[0], "file not found: a patient folder needs ct.nii.gz and "
-                                                      "mr_t1.nii.gz (or mr.nii.gz)")
+            raise DataError(self.folder / names[0], "file not found: a patient folder needs ct.nii.gz and "
+                                                    "mr_t1.nii.gz (or mr.nii.gz)")
         return path
 
     @property
+    def ct(self) -> Path:
+        return self._required(CT_NAMES)
+
+    @property
     def mr(self) -> Path:
-        path = self._first(MR_NAMES)
-        if path is None:
-            raise DataError(self.folder / MR_NAMES[0], "file not found: a patient folder needs ct.nii.gz and "
-                                                      "mr_t1.nii.gz (or mr.nii.gz)")
-        return path
+        return self._required(MR_NAMES)
 
     @property
     def ct_tumour(self) -> Path | None:
