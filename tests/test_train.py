@@ -207,3 +207,16 @@ def test_every_shipped_config_loads_and_builds_its_network(path):
         alike = load_config(path.parent / "mamba_unet_v2_cpu.yaml")
         assert cfg.train == dataclasses.replace(alike.train, out=cfg.train.out)
         assert cfg.features == alike.features and cfg.data == alike.data
+
+
+def test_cpu_amp_autocasts_to_bf16_only_when_asked():
+    """`train.cpu_amp` reaches the CPU through autocast_for(cpu=True); without it the CPU stays fp32."""
+    import torch
+
+    from rtgen.core.devices import autocast_for
+
+    lin, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with autocast_for(torch.device("cpu"), True, cpu=True):
+        assert lin(x).dtype == torch.bfloat16
+    with autocast_for(torch.device("cpu"), True):
+        assert lin(x).dtype == torch.float32
