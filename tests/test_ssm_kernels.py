@@ -121,7 +121,7 @@ def test_ssd_long_sequence_finite():
 @pytest.mark.parametrize(
     "setting,available,on_cuda,fused_ok,expected",
     [("auto", True, True, False, "cuda"), ("auto", True, False, False, "torch"), ("auto", False, True, False, "torch"),
-     ("torch", True, True, False, "torch"), ("cuda", True, True, False, "cuda"), ("auto", False, False, True, "torch"),
+     ("torch", True, True, False, "torch"), ("cuda", True, True, False, "cuda"), ("auto", False, False, True, "numba"),
      ("auto", True, True, True, "cuda"), ("torch", False, False, True, "torch"), ("numba", False, False, True, "numba")],
 )
 def test_dispatch_decision(setting, available, on_cuda, fused_ok, expected):
@@ -177,7 +177,7 @@ def _ref64(t, **kw):
 
 @fused_ok
 @pytest.mark.parametrize("b,d,n,L", [(2, 8, 4, 37), (1, 20, 3, 1), (1, 16, 16, 64), (2, 40, 5, fused.CHECKPOINT * 3 + 1),
-                                     (3, 33, 2, 95)])
+                                     (3, 33, 2, 95), (1, 17, 3, fused.TILE * 2 + fused.CHECKPOINT + 5)])
 @pytest.mark.parametrize("parts", ["all", "bare", "no_z", "no_D_bias"])
 def test_fused_scan_equals_reference_with_gradients(b, d, n, L, parts):
     t = scan_inputs(b, d, n, L)
@@ -202,6 +202,34 @@ def test_fused_scan_equals_reference_with_gradients(b, d, n, L, parts):
         if v is not None:
             ref = t64[k].grad
             assert torch.allclose(v.grad.double(), ref, atol=2e-4 * (1 + ref.abs().max().item()), rtol=1e-3), k
+
+
+@fused_ok
+@pytest.mark.parametrize("L", [7, fused.TILE + 3])
+def test_fused_scan_reads_strided_views_in_place(L):
+    """The layouts a Mamba block hands over: delta, z, B, C (and the incoming gradient) are transposed
+    views of (b, L, ...) tensors, z a slice of in_proj's output; results and gradients as the reference."""
+    b, d, n = 2, 24, 4
+    g = torch.Generator().manual_seed(7)
+    xz = torch.randn(b, L, 2 * d, generator=g)
+    t = dict(u=torch.randn(b, d, L, generator=g), delta=(torch.randn(b, L, d, generator=g) * 0.5).transpose(1, 2),
+             A=-torch.rand(d, n, generator=g) - 0.1, B=torch.randn(b, L, n, generator=g).transpose(1, 2),
+             C=torch.randn(b, L, n, generator=g).transpose(1, 2), D=torch.randn(d, generator=g),
+             z=xz[..., d:].transpose(1, 2), delta_bias=torch.randn(d, generator=g) * 0.1)
+    assert not t["delta"].is_contiguous() and not t["z"].is_contiguous()
+    t = {k: v.clone() if k in ("A", "D", "delta_bias", "u") else v for k, v in t.items()}
+    leaves = {k: v.detach().requires_grad_() for k, v in t.items()}
+    views = {k: (leaves[k].transpose(1, 2).contiguous().transpose(1, 2) if k in ("delta", "B", "C") else leaves[k])
+             for k in leaves}
+    y = fused.selective_scan_fused(**views, delta_softplus=True)
+    t64, y64 = _ref64(leaves, delta_softplus=True)
+    assert torch.allclose(y.double(), y64, atol=1e-4, rtol=1e-4)
+    w = torch.randn(b, L, d, generator=g).transpose(1, 2)
+    (y * w).sum().backward()
+    (y64 * w.double()).sum().backward()
+    for k, v in leaves.items():
+        ref = t64[k].grad
+        assert torch.allclose(v.grad.double(), ref, atol=2e-4 * (1 + ref.abs().max().item()), rtol=1e-3), k
 
 
 @fused_ok
@@ -238,16 +266,21 @@ def test_dispatch_runs_the_fused_kernel_when_asked_and_refuses_what_it_cannot_ta
     calls = []
     real = fused.selective_scan_fused
     monkeypatch.setattr(fused, "selective_scan_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with dispatch.use_backend("torch"):
+        y_torch = dispatch.selective_scan(**t, delta_softplus=True)
+    assert calls == []
     y_auto = dispatch.selective_scan(**t, delta_softplus=True)
-    assert calls == []  # opt-in: auto stays on the PyTorch path on the CPU
+    assert calls == [1]  # auto takes the fused kernel on the CPU
     with dispatch.use_backend("numba"):
         y_fused = dispatch.selective_scan(**t, delta_softplus=True)
-    assert calls == [1] and torch.allclose(y_auto, y_fused, atol=1e-5, rtol=1e-5)
+    assert calls == [1, 1] and torch.allclose(y_torch, y_fused, atol=1e-5, rtol=1e-5) and torch.equal(y_auto, y_fused)
     # float64 is not the kernel's: "numba" refuses with one clear error
     t64 = {k: v.double() for k, v in t.items()}
     with dispatch.use_backend("numba"), pytest.raises(RtgenError, match="fused kernel cannot run"):
         dispatch.selective_scan(**t64)
-    # no numba / failed compilation: "numba" refuses, auto is unaffected
+    # float64: auto falls back to the PyTorch path
+    assert torch.equal(dispatch.selective_scan(**t64), selective_scan_fast(**t64))
+    # no numba / failed compilation: "numba" refuses, auto falls back to the PyTorch path
     monkeypatch.setattr(fused, "available", lambda: False)
     with dispatch.use_backend("numba"), pytest.raises(RtgenError, match="fused kernel cannot run"):
         dispatch.selective_scan(**t)

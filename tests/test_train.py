@@ -84,6 +84,20 @@ def test_ema_model_tracks_batchnorm_statistics(tmp_path, tiny_config):
     assert bn and all(not torch.allclose(ema_state[k], torch.ones_like(ema_state[k])) for k in bn)
 
 
+def test_channels_last_and_cpu_amp_train_and_save_plain_weights(tmp_path, tiny_config):
+    """`train.channels_last` puts the conv weights in channels-last order for training (with bf16
+    autocast here); the checkpoint still holds contiguous weights that load into a plain model."""
+    cfg = load_config(tiny_config, ["train.epochs=1", "train.channels_last=true", "train.cpu_amp=true"])
+    t = Trainer(cfg, tmp_path / "run", progress=False)
+    t.fit()
+    convs = [m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    predictor = load_predictor(tmp_path / "run")
+    trained = {k: v.contiguous() for k, v in t.eval_model().state_dict().items()}
+    for k, v in predictor.model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+
+
 def test_config_overrides_and_errors(tiny_config):
     cfg = load_config(tiny_config, ["train.lr=0.5", "model.channels=[4,8,8,16]"])
     assert cfg.train.lr == 0.5 and cfg.task.architecture.channels == (4, 8, 8, 16)

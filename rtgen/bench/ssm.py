@@ -139,13 +139,16 @@ class PeakMemory:
 
 
 def _scan_workload(fn, width: int, L: int, device):
-    """The scan as the Mamba block of this width runs it: d_inner = EXPAND * width channels."""
+    """The scan as the Mamba block of this width runs it: d_inner = EXPAND * width channels, and the
+    block's layouts: u (the conv output) is (b, d, L) contiguous; delta, z, B and C are (b, d, L) views
+    of (b, L, d) projections (channels contiguous), as `mamba_ssm.selective_scan_fn` also receives them."""
     width = EXPAND * width
     g = torch.Generator().manual_seed(0)
+    bld = lambda n: torch.randn(1, L, n, generator=g).transpose(1, 2)  # noqa: E731
     t = dict(
-        u=torch.randn(1, width, L, generator=g), delta=torch.randn(1, width, L, generator=g),
-        A=-torch.rand(width, D_STATE, generator=g) - 0.5, B=torch.randn(1, D_STATE, L, generator=g),
-        C=torch.randn(1, D_STATE, L, generator=g), D=torch.ones(width), z=torch.randn(1, width, L, generator=g),
+        u=torch.randn(1, width, L, generator=g), delta=bld(width),
+        A=-torch.rand(width, D_STATE, generator=g) - 0.5, B=bld(D_STATE),
+        C=bld(D_STATE), D=torch.ones(width), z=bld(width),
         delta_bias=torch.zeros(width),
     )
     t = {k: v.to(device) for k, v in t.items()}
@@ -202,7 +205,7 @@ def implementations(device) -> list[tuple[str, Callable, float, str]]:
         ("selective scan, rtgen fast", lambda w, L: _scan_workload(selective_scan_fast, w, L, device), 1.0, ""),
         ("selective scan, sequential ref", lambda w, L: _scan_workload(selective_scan_ref, w, L, device), 1.0, ""),
         ("Mamba block, rtgen", lambda w, L: _module_workload(
-            _Backend(Mamba(w, d_state=D_STATE), "numba" if not fused_note else "auto"), w, L, device), 1.0, ""),
+            Mamba(w, d_state=D_STATE), w, L, device), 1.0, ""),
         ("Mamba block, rtgen torch path", lambda w, L: _module_workload(_TorchPath(Mamba(w, d_state=D_STATE)), w, L,
                                                                         device), 1.0, ""),
         ("Mamba2 block, rtgen", lambda w, L: _module_workload(Mamba2(w, d_state=D_STATE_MAMBA2, headdim=64), w, L,

