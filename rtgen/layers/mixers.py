@@ -14,7 +14,7 @@ def make_token_mixer(kind: str, dim: int, d_state: int = 32, headdim: int = 32,
                      attention_head_dim: int = 32) -> nn.Module | None:
     """A sequence mixer over (B, L, dim) tokens, or None for "none"."""
     if kind == "mamba2":
-        return Mamba2(dim, d_state=d_state, headdim=min(headdim, 2 * dim), chunk_size=64)
+        return Mamba2(dim, d_state=d_state, headdim=min(headdim, 2 * dim))
     if kind == "attention":
         return SelfAttention(dim, attention_head_dim)
     if kind == "none":
