@@ -30,7 +30,6 @@ import threading
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 try:  # numba is a dependency, but the torch path must keep working without it
     import numba
@@ -206,6 +205,19 @@ if HAVE_NUMBA:
                 orow[i] = xr[i] * yr[i]
 
     @numba.njit(**_jit)
+    def _load_inputs(u, delta, z, Bm, Cm, bias, bi, c0, cw, t0, tl, softplus, has_z, ut, pt, dt, dut, zt, Bt, Ct):
+        """A tile's inputs, as the forward and the backward both need them: u, delta + bias (pt), the
+        step dt, du = dt u, z (if gated), B and C. Lanes past the last channel stay zero."""
+        _load_tile(u, bi, c0, cw, t0, tl, ut)
+        _load_tile(delta, bi, c0, cw, t0, tl, pt)
+        _steps_tile(pt, bias, tl, softplus, dt)
+        _product_tile(dt, ut, tl, dut)
+        if has_z:
+            _load_tile(z, bi, c0, cw, t0, tl, zt)
+        _load_states(Bm, bi, t0, tl, Bt)
+        _load_states(Cm, bi, t0, tl, Ct)
+
+    @numba.njit(**_jit)
     def _output_tile(yt, ut, zt, D, tl, has_z):
         """y = (C.h + D u) * silu(z), in place over the first tl rows."""
         W = yt.shape[1]
@@ -285,7 +297,9 @@ if HAVE_NUMBA:
 
     @numba.njit(**_jit)
     def _state_step(dt, du, Bn, Cn, A, hp, hn, a, y):
-        """`_state_step_inplace` into a new state hn from hp, keeping the decays in `a` (backward)."""
+        """`_state_step_inplace` into a new state hn from hp, keeping the decays in `a` (backward). A copy
+        rather than one function with hp = hn: LLVM's runtime overlap check would then send the in-place
+        call down its scalar loop."""
         N, W = hp.shape
         for n in range(N):
             bn = Bn[n]
@@ -420,14 +434,7 @@ if HAVE_NUMBA:
             Ct = np.empty((T, N), np.float32)
             for t0 in range(0, L, T):
                 tl = min(T, L - t0)
-                _load_tile(u, bi, c0, cw, t0, tl, ut)
-                _load_tile(delta, bi, c0, cw, t0, tl, pt)
-                _steps_tile(pt, bw, tl, softplus, dt)
-                _product_tile(dt, ut, tl, dut)
-                if has_z:
-                    _load_tile(z, bi, c0, cw, t0, tl, zt)
-                _load_states(Bm, bi, t0, tl, Bt)
-                _load_states(Cm, bi, t0, tl, Ct)
+                _load_inputs(u, delta, z, Bm, Cm, bw, bi, c0, cw, t0, tl, softplus, has_z, ut, pt, dt, dut, zt, Bt, Ct)
                 _fill(yt, _ZERO)
                 for tt in range(tl):
                     if keep and tt % K == 0:
@@ -485,15 +492,8 @@ if HAVE_NUMBA:
             gb64 = np.zeros(W, np.float64)
             for t0 in range(-(-L // T) * T - T, -1, -T):
                 tl = min(T, L - t0)
-                _load_tile(u, bi, c0, cw, t0, tl, ut)
-                _load_tile(delta, bi, c0, cw, t0, tl, pt)
-                _steps_tile(pt, bw, tl, softplus, dt)
-                _product_tile(dt, ut, tl, dut)
-                if has_z:
-                    _load_tile(z, bi, c0, cw, t0, tl, zt)
+                _load_inputs(u, delta, z, Bm, Cm, bw, bi, c0, cw, t0, tl, softplus, has_z, ut, pt, dt, dut, zt, Bt, Ct)
                 _load_tile(gout, bi, c0, cw, t0, tl, got)
-                _load_states(Bm, bi, t0, tl, Bt)
-                _load_states(Cm, bi, t0, tl, Ct)
                 for s0 in range((tl - 1) // K * K, -1, -K):  # the tile's checkpoint chunks, last first
                     sl = min(K, tl - s0)
                     _get_state(ckpt, bi, (t0 + s0) // K, c0, hbuf[0])

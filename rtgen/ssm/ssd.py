@@ -14,17 +14,6 @@ import torch.nn.functional as F
 from rtgen.ssm.scan import LinearScan, up
 
 
-def segsum(x: torch.Tensor) -> torch.Tensor:
-    """Stable segment sums: out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, else -inf."""
-    T = x.size(-1)
-    x = x.unsqueeze(-1).expand(*x.shape, T)
-    strict = torch.tril(torch.ones(T, T, device=x.device, dtype=torch.bool), diagonal=-1)
-    x = x.masked_fill(~strict, 0)
-    out = torch.cumsum(x, dim=-2)
-    causal = torch.tril(torch.ones(T, T, device=x.device, dtype=torch.bool), diagonal=0)
-    return out.masked_fill(~causal, -torch.inf)
-
-
 def _prepare(x, dt, A, B, C, dt_bias, dt_softplus, per_head: bool = True):
     """float32 inputs, dt after bias and softplus; B and C repeated to every head (`per_head`) or left
     one per group of heads."""
@@ -76,7 +65,7 @@ def ssd_chunked(
         Acum = torch.cumsum(Adt, dim=-1)
         # 1. within chunks: masked, decayed C.B "attention". C.B once per group (it is shared by the
         # group's heads); the decay from differences of the in-chunk cumulative sums, as mamba_ssm's
-        # kernels do (one subtraction, where `segsum` needs a (T, T) cumulative sum).
+        # kernels do (one subtraction, where ssd_minimal's segsum takes a (T, T) cumulative sum).
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         decay = torch.exp((Acum.unsqueeze(-1) - Acum.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
         CB = torch.einsum("bclgn,bcsgn->bgcls", C, B)
