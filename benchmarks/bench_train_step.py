@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from rtgen.bench.ssm import machine_description
+from rtgen.core.devices import to_channels_last
 from rtgen.models.unet2d import DoseUNet2D, UNet2DConfig
 
 
 def make_step(model, x, y, bf16: bool, channels_last: bool):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    if channels_last:  # what train.channels_last does
+        to_channels_last(model)
         x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
