@@ -14,6 +14,7 @@ from rtgen.core.errors import RtgenError
 from rtgen.core.registry import MODELS
 from rtgen.data.transforms.voxel_features import (
     VoxelFeatureConfig,
+    feature_matrix,
     feature_names,
     feature_volumes,
     training_voxels,
@@ -67,6 +68,7 @@ def tiny_run(tmp_path_factory, examples_dir):
         "voxels": {"beams": False, "samples_per_patient": 2000},
         "data": {"train": str(examples_dir), "val": str(examples_dir), "val_samples_per_patient": 500,
                  "cache": str(root / "cache"), "feature_workers": 1},
+        "calibration": {"folds": 2, "min_cases": 2},  # 2 patients: each fold's booster predicts the other
         "train": {"seed": 0}}))
     r = runner.invoke(app, ["train", str(config), "--out", str(root / "run")])
     assert r.exit_code == 0, r.output
@@ -74,11 +76,14 @@ def tiny_run(tmp_path_factory, examples_dir):
 
 
 def test_train_writes_a_run_without_pickles(tiny_run):
-    assert sorted(p.name for p in tiny_run.iterdir()) == ["MODEL_CARD.md", "config.json", "model.txt",
-                                                          "resolved_config.yaml"]
+    assert sorted(p.name for p in tiny_run.iterdir()) == ["MODEL_CARD.md", "config.json", "model.fold0.txt",
+                                                          "model.fold1.txt", "model.txt", "resolved_config.yaml"]
     cfg = json.loads((tiny_run / "config.json").read_text())
     assert cfg["task"] == "dose_boosted" and cfg["model"]["name"] == "lightgbm_dose"
     assert cfg["training"]["train_voxels"] == 4000 and cfg["validation"]["dose_score"] > 0
+    assert {"PTV70", "SpinalCord"} <= set(cfg["dvh_calibration"]["coefficients"])
+    assert cfg["validation"]["uncalibrated_dvh_score"] > 0 and cfg["training"]["calibration_seconds"] > 0
+    assert cfg["ensemble_members"] == 2 and "fold boosters" in (tiny_run / "MODEL_CARD.md").read_text()
     assert "gradient-boosted" in (tiny_run / "MODEL_CARD.md").read_text()
 
 
@@ -86,6 +91,11 @@ def test_predict_cli_reloads_the_model_exactly(tiny_run, tmp_path, examples_dir,
     predictor = load_predictor(tiny_run, "cpu")
     dose = predictor.predict(patient)
     assert dose.shape == patient.grid and (dose[~patient.possible_dose_mask] == 0).all() and dose.min() >= 0
+    calibration = predictor.task.dvh_calibration  # predictions are the booster's, reshaped by the calibration
+    X = feature_matrix(patient, predictor.task.voxels, patient.possible_dose_mask)
+    raw = predictor.task._assemble(patient, predictor.model.predict(X))
+    np.testing.assert_array_equal(dose, calibration.apply(raw, patient.structures, patient.voxel_volume_mm3))
+    assert not np.array_equal(dose, raw)
     r = runner.invoke(app, ["predict", "--model", str(tiny_run), "--patients", str(examples_dir / "pt_204"),
                             "--out", str(tmp_path / "pred"), "--format", "nifti"])
     assert r.exit_code == 0, r.output
@@ -103,6 +113,20 @@ def test_a_checkpoint_of_another_model_is_named(tiny_run, tmp_path):
     (mixed / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RtgenError, match="belong to another model"):
         load_predictor(mixed / "model.txt", "cpu")
+
+
+def test_the_ensemble_is_the_mean_of_its_boosters_and_a_missing_one_is_named(tiny_run, tmp_path, patient):
+    predictor = load_predictor(tiny_run, "cpu")
+    model = predictor.model
+    assert len(model.members) == 2
+    X = feature_matrix(patient, predictor.task.voxels, patient.possible_dose_mask)[:500]
+    alone = [BoostedDose(model.config).load_text(m.to_text()).predict(X) for m in [model, *model.members]]
+    np.testing.assert_allclose(model.predict(X), np.mean(alone, axis=0), rtol=1e-6, atol=1e-5)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "model.fold1.txt").unlink()
+    with pytest.raises(RtgenError, match="model.fold1.txt: cannot be read"):
+        load_predictor(broken, "cpu")
 
 
 def test_boosted_model_is_registered_for_its_task():

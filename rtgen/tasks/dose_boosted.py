@@ -5,13 +5,22 @@ in OARs), describes each by the features of `rtgen.data.transforms.voxel_feature
 LightGBM model in one call (`fit`, run by `rtgen.engine.direct`), and judges it as every dose model
 is judged: whole validation volumes, OpenKBP dose and DVH scores. A prediction is the model on
 every voxel of the possible dose mask, clamped at 0 Gy, zero outside.
+
+With `calibration.folds` = k >= 2, training also fits a DVH calibration
+(`rtgen.dosimetry.calibration`): k boosters, each on the other folds of the training patients,
+predict the patients they did not see, and a ridge regression learns how each structure's DVH
+metrics err from that structure's own predicted dose. Every prediction is then reshaped inside
+its PTVs and OARs by that regression, and (`calibration.ensemble`) the k fold boosters predict
+with the main one. It costs one more pass of features over the training patients and k smaller
+fits; on OpenKBP validation it took the DVH score from 2.15 to 1.95 Gy and the dose score from
+3.15 to 3.10 Gy (README).
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, ClassVar
 
@@ -30,7 +39,8 @@ from rtgen.data.transforms.voxel_features import (
     feature_matrix,
     feature_names,
 )
-from rtgen.dosimetry import OpenKBPScores
+from rtgen.dosimetry import OpenKBPScores, dvh_metrics
+from rtgen.dosimetry.calibration import DVHCalibration, structure_statistics
 from rtgen.tasks.base import Task
 
 
@@ -43,6 +53,14 @@ class BoostedDataConfig:
     val_samples_per_patient: Annotated[int, Field(ge=100, le=2_000_000)] = 5000  # for early stopping
     cache: str = ""  # folder for per-patient training samples; "" keeps nothing between runs
     feature_workers: Annotated[int, Field(ge=1, le=256)] = 2  # processes computing features
+
+
+@dataclass
+class CalibrationConfig:
+    folds: Annotated[int, Field(ge=0, le=20)] = 3  # out-of-fold boosters that fit the DVH calibration; 0 or 1: none
+    ridge: Annotated[float, Field(ge=0, le=1e6)] = 10.0
+    min_cases: Annotated[int, Field(ge=1, le=100_000)] = 8  # structures seen in fewer training patients stay as predicted
+    ensemble: bool = True  # the fold boosters also predict: the dose is the mean of the k + 1 boosters
 
 
 def _sample(args):
@@ -60,8 +78,9 @@ def _pdm_features(args):
 class BoostedDoseTask(Task):
     """Gradient-boosted voxel regression judged by the OpenKBP scores."""
 
-    sections: ClassVar[dict[str, type]] = {"voxels": VoxelFeatureConfig, "data": BoostedDataConfig}
-    checkpoint_sections: ClassVar[tuple[str, ...]] = ("voxels",)
+    sections: ClassVar[dict[str, type]] = {"voxels": VoxelFeatureConfig, "data": BoostedDataConfig,
+                                           "calibration": CalibrationConfig}
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ("voxels", "calibration")
     selection_metric = "dose_score"
     metric_units = "Gy"
     item_name = "voxels"
@@ -70,6 +89,9 @@ class BoostedDoseTask(Task):
     stochastic: ClassVar[bool] = False
     voxels: VoxelFeatureConfig
     data: BoostedDataConfig
+    calibration: CalibrationConfig
+    dvh_calibration: DVHCalibration | None = None  # fitted by `fit`, or read from config.json
+    ensemble_members: int = 0  # fold boosters saved beside model.txt as model.fold<i>.txt
 
     def implied_architecture(self) -> dict:
         return {"n_features": len(feature_names(self.voxels))}
@@ -80,7 +102,7 @@ class BoostedDoseTask(Task):
         with ProcessPoolExecutor(self.data.feature_workers) as pool:
             parts = list(tqdm(pool.map(_sample, jobs), total=len(jobs), desc=desc, unit="patient",
                               disable=not progress))
-        return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+        return parts
 
     # ---- fitting (rtgen.engine.direct)
     def fit(self, seed: int, progress: bool = True):
@@ -91,7 +113,8 @@ class BoostedDoseTask(Task):
         train = self.split_paths(self.data.train, self.data.max_train_patients, "train")
         val = self.split_paths(self.data.val, self.data.max_val_patients, "val")
         t0 = time.perf_counter()
-        X, y = self._gather(train, self.voxels, seed, "train voxels", progress)
+        parts = self._gather(train, self.voxels, seed, "train voxels", progress)
+        X, y = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
         cases = self._whole_volumes(val, progress)
         rng = np.random.default_rng(seed + 10_000)
         picks = [rng.choice(len(Xc), min(len(Xc), self.data.val_samples_per_patient), replace=False)
@@ -102,13 +125,52 @@ class BoostedDoseTask(Task):
         model = self.build_model()
         info = model.fit(X, y, Xv, yv, feature_names(self.voxels), progress=progress)
         fit_s = time.perf_counter() - t0 - features_s
+        n_voxels = len(y)
+        del X, y
+        t1 = time.perf_counter()
+        self.dvh_calibration, self.ensemble_members = None, 0
+        if self.calibration.folds >= 2 and len(train) >= self.calibration.folds:
+            self.dvh_calibration, boosters = self._fit_calibration(train, parts, info["trees"], progress)
+            if self.calibration.ensemble:
+                model.members = boosters
+                self.ensemble_members = len(boosters)
+        calibration_s = time.perf_counter() - t1
+        del parts
         t1 = time.perf_counter()
         metrics = self._score(model, cases)
         metrics["predict_seconds_per_patient"] = round((time.perf_counter() - t1) / max(1, len(cases)), 2)
-        data = {"train_patients": len(train), "train_voxels": int(len(y)), "val_patients": len(val),
+        data = {"train_patients": len(train), "train_voxels": int(n_voxels), "val_patients": len(val),
                 "val_voxels": int(len(yv)), "trees": info["trees"], "feature_seconds": round(features_s, 1),
-                "fit_seconds": round(fit_s, 1)}
+                "fit_seconds": round(fit_s, 1), "calibration_seconds": round(calibration_s, 1)}
         return model, metrics, data
+
+    def _fit_calibration(self, train: list[Path], parts: list, trees: int, progress: bool):
+        """k-fold out-of-fold predictions of the training patients -> (the DVH calibration, the k fold
+        boosters). Each fold's booster has the main model's settings and tree count; patient i belongs
+        to fold i mod k."""
+        k = self.calibration.folds
+        fold = np.arange(len(train)) % k
+        settings = replace(self.build_model().config, n_estimators=max(1, trees), early_stopping_rounds=0)
+        rows, boosters = [], []
+        bar = tqdm(total=len(train), desc=f"DVH calibration ({k} folds)", unit="patient", disable=not progress)
+        for f in range(k):
+            seen = [parts[i] for i in range(len(train)) if fold[i] != f]
+            booster = type(self.build_model())(settings)
+            booster.fit(np.concatenate([x for x, _ in seen]), np.concatenate([y for _, y in seen]),
+                        feature_names=feature_names(self.voxels))
+            del seen
+            boosters.append(booster)
+            held = [(str(train[i]), self.voxels) for i in range(len(train)) if fold[i] == f]
+            with ProcessPoolExecutor(self.data.feature_workers) as pool:
+                for patient, X in pool.map(_pdm_features, held):
+                    if patient.dose is None:
+                        raise RtgenError(f"{patient.id}: training patient has no dose")
+                    dose = self._assemble(patient, booster.predict(X))
+                    rows.append((structure_statistics(dose, patient.structures, patient.voxel_volume_mm3),
+                                 dvh_metrics(patient.dose, patient.structures, patient.voxel_volume_mm3)))
+                    bar.update()
+        bar.close()
+        return DVHCalibration.fit(rows, self.calibration.ridge, self.calibration.min_cases), boosters
 
     def _whole_volumes(self, paths: list[Path], progress: bool) -> list[tuple[Patient, np.ndarray]]:
         jobs = [(str(p), self.voxels) for p in paths]
@@ -121,12 +183,23 @@ class BoostedDoseTask(Task):
         return cases
 
     def _score(self, model, cases) -> dict:
-        scores = OpenKBPScores()
+        """The scores of the predictions `rtgen predict` writes; with a DVH calibration, also those of
+        the boosters without it (`uncalibrated_*`)."""
+        scores, raw = OpenKBPScores(), OpenKBPScores()
         for patient, X in cases:
             dose = self._assemble(patient, model.predict(X))
-            scores.add(patient.id, patient.dose, dose, patient.possible_dose_mask, patient.structures,
-                       patient.voxel_volume_mm3)
-        return {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score}
+            args = (patient.possible_dose_mask, patient.structures, patient.voxel_volume_mm3)
+            raw.add(patient.id, patient.dose, dose, *args)
+            scores.add(patient.id, patient.dose, self._calibrate(patient, dose), *args)
+        metrics = {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score}
+        if self.dvh_calibration is not None:
+            metrics.update(uncalibrated_dose_score=raw.dose_score, uncalibrated_dvh_score=raw.dvh_score)
+        return metrics
+
+    def _calibrate(self, patient: Patient, dose: np.ndarray) -> np.ndarray:
+        if self.dvh_calibration is None:
+            return dose
+        return self.dvh_calibration.apply(dose, patient.structures, patient.voxel_volume_mm3)
 
     def validate(self, model, paths: list[Path], progress: bool = True) -> dict:
         """OpenKBP scores of whole-volume predictions for the patients at `paths`."""
@@ -143,12 +216,17 @@ class BoostedDoseTask(Task):
                         device=None, autocast=None) -> tuple[np.ndarray, None]:
         """The dose in Gy on the patient's grid (deterministic: no spread)."""
         X = feature_matrix(patient, self.voxels, patient.possible_dose_mask)
-        return self._assemble(patient, model.predict(X)), None
+        return self._calibrate(patient, self._assemble(patient, model.predict(X))), None
 
     # ---- checkpoints
     def checkpoint_config(self) -> dict:
         """Also the feature names in column order: a model is only valid with the features it learned."""
-        return {**super().checkpoint_config(), "feature_names": feature_names(self.voxels)}
+        config = {**super().checkpoint_config(), "feature_names": feature_names(self.voxels)}
+        if self.dvh_calibration is not None:
+            config["dvh_calibration"] = self.dvh_calibration.to_dict()
+        if self.ensemble_members:
+            config["ensemble_members"] = self.ensemble_members
+        return config
 
     @classmethod
     def from_checkpoint(cls, config: dict, source: str = "config.json") -> "BoostedDoseTask":
@@ -158,19 +236,36 @@ class BoostedDoseTask(Task):
             raise ConfigError(source, "this model was trained on features this version of rtgen does not compute "
                                       f"in the same order ({len(saved)} saved, {len(feature_names(task.voxels))} now); "
                                       "retrain it with `rtgen train`")
+        if config.get("dvh_calibration") is not None:
+            task.dvh_calibration = DVHCalibration.from_dict(config["dvh_calibration"], source)
+        members = config.get("ensemble_members", 0)
+        if not isinstance(members, int) or isinstance(members, bool) or not 0 <= members <= 100:
+            raise ConfigError(source, f"ensemble_members must be a whole number from 0 to 100, not {members!r}")
+        task.ensemble_members = members
         return task
+
+    @staticmethod
+    def member_file(weights: Path, i: int) -> Path:
+        return Path(weights).with_name(f"{Path(weights).stem}.fold{i}.txt")
 
     def save_model(self, model, run_dir: Path) -> Path:
         path = Path(run_dir) / self.weights_file
+        for i, member in enumerate(model.members):
+            atomic_write_text(self.member_file(path, i), member.to_text())
         atomic_write_text(path, model.to_text())
         return path
 
     def load_model(self, weights: Path):
-        try:
-            text = Path(weights).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise RtgenError(f"{weights}: cannot be read as a LightGBM text model ({e})") from None
-        return self.build_model().load_text(text, str(weights))
+        def read(path: Path):
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise RtgenError(f"{path}: cannot be read as a LightGBM text model ({e})") from None
+            return self.build_model().load_text(text, str(path))
+
+        model = read(Path(weights))
+        model.members = [read(self.member_file(weights, i)) for i in range(self.ensemble_members)]
+        return model
 
     def model_card(self, summary: dict) -> str:
         t, v = summary["training"], summary.get("validation", {})
@@ -185,15 +280,27 @@ class BoostedDoseTask(Task):
             f"- Validation: {t['val_patients']} patients (early stopping on {t['val_voxels']:,} voxels; scores on whole volumes).",
             "- OpenKBP: Babier et al., Medical Physics 48:5549-5561, 2021.", "",
             "## Model",
-            f"- LightGBM, {t['trees']} trees, {summary['model']['parameters']:,} leaves; "
+            f"- LightGBM, {t['trees']} trees"
+            + (f" in each of {1 + self.ensemble_members} boosters" if self.ensemble_members else "")
+            + f", {summary['model']['parameters']:,} leaves; "
             + ", ".join(f"{k} {v}" for k, v in summary["model"]["architecture"].items()) + ".",
             "- Saved as LightGBM's text model format (`model.txt`), never pickled.", "",
             "## Training",
             f"- Hardware: {t['hardware']}.",
-            f"- Time: {t['seconds'] / 60:.1f} min ({t['feature_seconds']:.0f} s features, {t['fit_seconds']:.0f} s fitting).",
+            f"- Time: {t['seconds'] / 60:.1f} min ({t['feature_seconds']:.0f} s features, {t['fit_seconds']:.0f} s fitting"
+            f", {t.get('calibration_seconds', 0):.0f} s DVH calibration).",
+            *([f"- DVH calibration: {self.calibration.folds}-fold out-of-fold predictions of the training patients fit a"
+               f" ridge regression (ridge {self.calibration.ridge:g}) per structure and DVH metric; predictions are"
+               " reshaped inside the PTVs and OARs it covers ("
+               + ", ".join(sorted(self.dvh_calibration.coefficients)) + ")."]
+              if self.dvh_calibration is not None else []),
+            *([f"- Ensemble: the {self.ensemble_members} fold boosters (`model.fold<i>.txt`) predict with the main one;"
+               " the dose is their mean."] if self.ensemble_members else []),
             "", "## Validation scores (OpenKBP definitions)",
             f"- Dose score: {v.get('dose_score', float('nan')):.3f} Gy; DVH score: {v.get('dvh_score', float('nan')):.3f} Gy;"
             f" prediction {v.get('predict_seconds_per_patient', float('nan')):.1f} s per patient once features are computed.",
+            *([f"- Without the DVH calibration: dose score {v['uncalibrated_dose_score']:.3f} Gy, DVH score"
+               f" {v['uncalibrated_dvh_score']:.3f} Gy."] if "uncalibrated_dvh_score" in v else []),
             "- Reproduce: `rtgen predict --model THIS_FOLDER --patients VALIDATION_SPLIT --out pred &&"
             " rtgen evaluate --pred pred --ref VALIDATION_SPLIT`.", "",
         ])

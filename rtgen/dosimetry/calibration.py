@@ -1,0 +1,171 @@
+"""DVH calibration: reshape a predicted dose inside each structure so that its DVH metrics match
+what the prediction itself says they should be.
+
+Why: a voxel regressor predicts the mean dose a voxel gets given its features. Inside a PTV that
+mean is too smooth (D1 too low, D99 too high, by 1-2 Gy on OpenKBP), and each structure's metrics
+carry errors that its own predicted dose statistics predict. On out-of-fold predictions of the
+training patients, `lightgbm_dose`'s PTV D95/D99/D1 were no better than the training median.
+So per structure and metric, a ridge regression (fitted on out-of-fold predictions, never on the
+patients it is judged on) maps the predicted dose statistics to the correction of the metric, and
+`apply` moves the dose there:
+
+- targets: a monotone piecewise-linear map of the structure's dose through its predicted D99, D95,
+  D50 and D1. A monotone map moves every percentile by the map itself, so the new D99/D95/D1 are the
+  calibrated values; dose outside the knots is shifted with the nearest end;
+- OARs: the linear map d -> m' + b (d - m) that gives the calibrated mean m' and D_0.1cc.
+
+OARs are reshaped first and targets last, in increasing prescription, so that where structures
+overlap the higher target has the last word. Pure NumPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtgen.core.errors import RtgenError
+from rtgen.core.structures import OARS, TARGETS
+from rtgen.dosimetry.dvh import dose_at_volume_cc
+
+TARGET_METRICS = ("D_99", "D_95", "D_1")
+OAR_METRICS = ("mean", "D_0.1_cc")
+TARGET_KNOTS = (("D_99", 1.0), ("D_95", 5.0), ("D_50", 50.0), ("D_1", 99.0))  # metric, percentile
+TARGET_FEATURES = ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets")
+OAR_FEATURES = ("mean", "D_0.1_cc", "D_50", "D_10", "log_cc", "in_targets")
+MIN_CASES = 8  # fewer training cases of a structure: leave it as predicted
+MAX_OAR_SLOPE = 2.0
+
+
+def _targets_union(structures: dict[str, np.ndarray]) -> np.ndarray | None:
+    union = None
+    for t in TARGETS:
+        m = structures.get(t)
+        if m is not None and m.any():
+            union = m.copy() if union is None else union | m
+    return union
+
+
+def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], voxel_volume_mm3: float) -> dict:
+    """{structure: {name: value}}: what calibration reads of a predicted dose, per present structure."""
+    stats = {}
+    n_targets = sum(1 for t in TARGETS if t in structures and structures[t].any())
+    union = _targets_union(structures)
+    for t in TARGETS:
+        m = structures.get(t)
+        if m is None or not m.any():
+            continue
+        values = dose[m]
+        row = {metric: float(np.percentile(values, p)) for metric, p in TARGET_KNOTS}
+        row["log_cc"] = float(np.log(m.sum() * voxel_volume_mm3 / 1000.0))
+        row["n_targets"] = float(n_targets)
+        stats[t] = row
+    for o in OARS:
+        m = structures.get(o)
+        if m is None or not m.any():
+            continue
+        values = dose[m]
+        stats[o] = {"mean": float(values.mean()), "D_0.1_cc": dose_at_volume_cc(values, 0.1, voxel_volume_mm3),
+                    "D_50": float(np.percentile(values, 50.0)), "D_10": float(np.percentile(values, 90.0)),
+                    "log_cc": float(np.log(m.sum() * voxel_volume_mm3 / 1000.0)),
+                    "in_targets": float((m & union).mean()) if union is not None else 0.0}
+    return stats
+
+
+def _design(structure: str, row: dict) -> np.ndarray:
+    keys = TARGET_FEATURES if structure in TARGETS else OAR_FEATURES
+    return np.array([1.0] + [row[k] for k in keys])
+
+
+def _metrics(structure: str) -> tuple[str, ...]:
+    return TARGET_METRICS if structure in TARGETS else OAR_METRICS
+
+
+@dataclass
+class DVHCalibration:
+    """Ridge coefficients {structure: {metric: [intercept, weights...]}} and the ridge used."""
+
+    ridge: float = 10.0
+    coefficients: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    cases: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, rows: list[tuple[dict, dict]], ridge: float = 10.0, min_cases: int = MIN_CASES) -> "DVHCalibration":
+        """`rows`: (structure_statistics of a prediction, reference DVH metrics {(metric, structure): Gy})
+        per training patient, from a model that did not see that patient."""
+        calibration = cls(ridge=float(ridge))
+        for structure in TARGETS + OARS:
+            for metric in _metrics(structure):
+                A, b = [], []
+                for stats, reference in rows:
+                    if structure in stats and (metric, structure) in reference:
+                        A.append(_design(structure, stats[structure]))
+                        b.append(reference[(metric, structure)] - stats[structure][metric])
+                if len(b) < min_cases:
+                    continue
+                A, b = np.array(A), np.array(b)
+                penalty = ridge * np.eye(A.shape[1])
+                penalty[0, 0] = 0.0  # the intercept (a plain bias) is not shrunk
+                coef = np.linalg.solve(A.T @ A + penalty, A.T @ b)
+                calibration.coefficients.setdefault(structure, {})[metric] = [float(c) for c in coef]
+                calibration.cases[structure] = len(b)
+        return calibration
+
+    def targets_for(self, structure: str, row: dict) -> dict[str, float]:
+        """The calibrated metrics of one structure, from its predicted statistics."""
+        coefs = self.coefficients.get(structure, {})
+        x = _design(structure, row)
+        return {metric: row[metric] + float(x @ np.asarray(c)) for metric, c in coefs.items()}
+
+    def apply(self, dose: np.ndarray, structures: dict[str, np.ndarray], voxel_volume_mm3: float) -> np.ndarray:
+        """The reshaped dose (a new array); voxels outside every calibrated structure are unchanged."""
+        out = np.array(dose, dtype=np.float32, copy=True)
+        stats = structure_statistics(out, structures, voxel_volume_mm3)
+        for o in OARS:
+            if o in stats and len(self.coefficients.get(o, {})) == len(OAR_METRICS):
+                mask = structures[o]
+                out[mask] = self._oar_map(out[mask], stats[o], self.targets_for(o, stats[o]))
+        for t in TARGETS:
+            if t in stats and len(self.coefficients.get(t, {})) == len(TARGET_METRICS):
+                mask = structures[t]
+                out[mask] = self._target_map(out[mask], stats[t], self.targets_for(t, stats[t]))
+        return out
+
+    @staticmethod
+    def _oar_map(values: np.ndarray, row: dict, target: dict) -> np.ndarray:
+        spread = row["D_0.1_cc"] - row["mean"]
+        slope = 1.0 if spread < 1e-3 else float(np.clip((target["D_0.1_cc"] - target["mean"]) / spread,
+                                                        1.0 / MAX_OAR_SLOPE, MAX_OAR_SLOPE))
+        return np.clip(target["mean"] + slope * (values - row["mean"]), 0.0, None)
+
+    @staticmethod
+    def _target_map(values: np.ndarray, row: dict, target: dict) -> np.ndarray:
+        src = np.array([row[m] for m, _ in TARGET_KNOTS])
+        if np.any(np.diff(src) <= 1e-4):  # a flat predicted PTV dose: no map is defined
+            return values
+        dst = np.maximum.accumulate(np.array([target.get(m, row[m]) for m, _ in TARGET_KNOTS]))
+        mapped = np.interp(values, src, dst)
+        mapped = np.where(values < src[0], values + (dst[0] - src[0]), mapped)
+        mapped = np.where(values > src[-1], values + (dst[-1] - src[-1]), mapped)
+        return np.clip(mapped, 0.0, None)
+
+    def to_dict(self) -> dict:
+        return {"ridge": self.ridge, "coefficients": self.coefficients, "cases": self.cases}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config.json") -> "DVHCalibration":
+        try:
+            calibration = cls(ridge=float(data["ridge"]),
+                              coefficients={s: {m: [float(c) for c in v] for m, v in per.items()}
+                                            for s, per in data["coefficients"].items()},
+                              cases={s: int(n) for s, n in data.get("cases", {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RtgenError(f"{source}: dvh_calibration is malformed ({e})") from None
+        for structure, per in calibration.coefficients.items():
+            if structure not in TARGETS + OARS:
+                raise RtgenError(f"{source}: dvh_calibration names an unknown structure {structure!r}")
+            for metric, coef in per.items():
+                if metric not in _metrics(structure) or len(coef) != 1 + len(TARGET_FEATURES if structure in TARGETS else OAR_FEATURES):
+                    raise RtgenError(f"{source}: dvh_calibration of {structure} {metric} has the wrong shape")
+        return calibration
+
