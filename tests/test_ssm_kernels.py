@@ -321,3 +321,15 @@ def test_shipped_md_dose_predicts_the_same_dose_on_the_fused_kernel():
     fused_dose = predictor.predict(patient)
     assert reference.max() > 50  # a real plan, not an empty volume
     assert np.abs(fused_dose - reference).max() < 1e-4
+
+
+def test_a_slow_first_compile_is_announced_and_a_fast_one_is_not(capsys):
+    import time
+
+    from rtgen.ssm.dispatch import announce_if_slow
+
+    assert announce_if_slow(lambda: time.sleep(0.4) or 7, 0.05, "compiling ...") == 7
+    assert capsys.readouterr().err == "compiling ...\n"
+    assert announce_if_slow(lambda: 8, 0.2, "compiling ...") == 8
+    time.sleep(0.3)  # past the deadline: the cancelled notice never comes
+    assert capsys.readouterr().err == ""

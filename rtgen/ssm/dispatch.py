@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
+import threading
 
 from rtgen.core.errors import RtgenError
 from rtgen.ssm.scan import selective_scan_fast
@@ -56,11 +58,40 @@ def kernels_available() -> bool:
         return False
 
 
+COMPILE_NOTICE_AFTER_S = 3.0
+COMPILE_NOTICE = ("rtgen: compiling the fused CPU selective-scan kernels (20-60 s on 2 cores, once: "
+                  "numba caches them) ...")
+
+
+def announce_if_slow(work, after_s: float, message: str):
+    """`work()`, with `message` on stderr if it has not returned after `after_s` seconds: a first run
+    otherwise sits silent while numba compiles."""
+    timer = threading.Timer(after_s, lambda: print(message, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        return work()
+    finally:
+        timer.cancel()
+
+
+def _fused():
+    """rtgen.ssm.fused, imported only when asked for (it sets numba's threading layer). With a cold
+    numba cache its import compiles the kernels, so a slow import says so."""
+    if "rtgen.ssm.fused" in sys.modules:
+        return sys.modules["rtgen.ssm.fused"]
+
+    def load():
+        from rtgen.ssm import fused
+
+        return fused
+
+    return announce_if_slow(load, COMPILE_NOTICE_AFTER_S, COMPILE_NOTICE)
+
+
 def fused_available() -> bool:
     """numba imports and the fused CPU kernel compiles (checked once)."""
-    from rtgen.ssm import fused  # imported only when asked for: it sets numba's threading layer
-
-    return fused.available()
+    return _fused().available()
 
 
 def choose(setting: str, available: bool, on_cuda: bool, fused_ok: bool = False) -> str:
@@ -90,8 +121,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """`mamba_ssm.selective_scan_fn` semantics on any device."""
     fused_ok = False
     if _backend in ("numba", "auto") and not u.is_cuda:
-        from rtgen.ssm import fused
-
+        fused = _fused()
         fused_ok = fused.supports(u, delta, A, B, C, D, z, delta_bias) and fused.available()
     which = choose(_backend, kernels_available() if u.is_cuda or _backend == "cuda" else False, u.is_cuda, fused_ok)
     if which == "cuda":
@@ -99,9 +129,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if which == "numba":
-        from rtgen.ssm import fused
-
-        return fused.selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        return _fused().selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
