@@ -26,11 +26,11 @@ import numpy as np
 
 from rtgen.core.errors import RtgenError
 from rtgen.core.structures import OARS, TARGETS
-from rtgen.dosimetry.dvh import dose_at_volume_cc
+from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 
 TARGET_METRICS = ("D_99", "D_95", "D_1")
 OAR_METRICS = ("mean", "D_0.1_cc")
-TARGET_KNOTS = (("D_99", 1.0), ("D_95", 5.0), ("D_50", 50.0), ("D_1", 99.0))  # metric, percentile
+TARGET_KNOTS = ("D_99", "D_95", "D_50", "D_1")  # the map's knots, in increasing dose
 TARGET_FEATURES = ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets")
 OAR_FEATURES = ("mean", "D_0.1_cc", "D_50", "D_10", "log_cc", "in_targets")
 MIN_CASES = 8  # fewer training cases of a structure: leave it as predicted
@@ -56,7 +56,7 @@ def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], vo
         if m is None or not m.any():
             continue
         values = dose[m]
-        row = {metric: float(np.percentile(values, p)) for metric, p in TARGET_KNOTS}
+        row = {metric: dose_at_volume_percent(values, float(metric[2:])) for metric in TARGET_KNOTS}
         row["log_cc"] = float(np.log(m.sum() * voxel_volume_mm3 / 1000.0))
         row["n_targets"] = float(n_targets)
         stats[t] = row
@@ -66,15 +66,18 @@ def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], vo
             continue
         values = dose[m]
         stats[o] = {"mean": float(values.mean()), "D_0.1_cc": dose_at_volume_cc(values, 0.1, voxel_volume_mm3),
-                    "D_50": float(np.percentile(values, 50.0)), "D_10": float(np.percentile(values, 90.0)),
+                    "D_50": dose_at_volume_percent(values, 50.0), "D_10": dose_at_volume_percent(values, 10.0),
                     "log_cc": float(np.log(m.sum() * voxel_volume_mm3 / 1000.0)),
                     "in_targets": float((m & union).mean()) if union is not None else 0.0}
     return stats
 
 
+def _features(structure: str) -> tuple[str, ...]:
+    return TARGET_FEATURES if structure in TARGETS else OAR_FEATURES
+
+
 def _design(structure: str, row: dict) -> np.ndarray:
-    keys = TARGET_FEATURES if structure in TARGETS else OAR_FEATURES
-    return np.array([1.0] + [row[k] for k in keys])
+    return np.array([1.0] + [row[k] for k in _features(structure)])
 
 
 def _metrics(structure: str) -> tuple[str, ...]:
@@ -140,10 +143,10 @@ class DVHCalibration:
 
     @staticmethod
     def _target_map(values: np.ndarray, row: dict, target: dict) -> np.ndarray:
-        src = np.array([row[m] for m, _ in TARGET_KNOTS])
+        src = np.array([row[m] for m in TARGET_KNOTS])
         if np.any(np.diff(src) <= 1e-4):  # a flat predicted PTV dose: no map is defined
             return values
-        dst = np.maximum.accumulate(np.array([target.get(m, row[m]) for m, _ in TARGET_KNOTS]))
+        dst = np.maximum.accumulate(np.array([target.get(m, row[m]) for m in TARGET_KNOTS]))
         mapped = np.interp(values, src, dst)
         mapped = np.where(values < src[0], values + (dst[0] - src[0]), mapped)
         mapped = np.where(values > src[-1], values + (dst[-1] - src[-1]), mapped)
@@ -165,7 +168,7 @@ class DVHCalibration:
             if structure not in TARGETS + OARS:
                 raise RtgenError(f"{source}: dvh_calibration names an unknown structure {structure!r}")
             for metric, coef in per.items():
-                if metric not in _metrics(structure) or len(coef) != 1 + len(TARGET_FEATURES if structure in TARGETS else OAR_FEATURES):
+                if metric not in _metrics(structure) or len(coef) != 1 + len(_features(structure)):
                     raise RtgenError(f"{source}: dvh_calibration of {structure} {metric} has the wrong shape")
         return calibration
 
