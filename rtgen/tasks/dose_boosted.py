@@ -150,12 +150,12 @@ class BoostedDoseTask(Task):
         to fold i mod k."""
         k = self.calibration.folds
         fold = np.arange(len(train)) % k
-        settings = replace(self.build_model().config, n_estimators=max(1, trees), early_stopping_rounds=0)
+        settings = replace(self.architecture, n_estimators=max(1, trees), early_stopping_rounds=0)
         rows, boosters = [], []
         bar = tqdm(total=len(train), desc=f"DVH calibration ({k} folds)", unit="patient", disable=not progress)
         for f in range(k):
             seen = [parts[i] for i in range(len(train)) if fold[i] != f]
-            booster = type(self.build_model())(settings)
+            booster = self.model_entry.build(settings)
             booster.fit(np.concatenate([x for x, _ in seen]), np.concatenate([y for _, y in seen]),
                         feature_names=feature_names(self.voxels))
             del seen
@@ -189,10 +189,11 @@ class BoostedDoseTask(Task):
         for patient, X in cases:
             dose = self._assemble(patient, model.predict(X))
             args = (patient.possible_dose_mask, patient.structures, patient.voxel_volume_mm3)
-            raw.add(patient.id, patient.dose, dose, *args)
             scores.add(patient.id, patient.dose, self._calibrate(patient, dose), *args)
+            if self.dvh_calibration is not None:
+                raw.add(patient.id, patient.dose, dose, *args)
         metrics = {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score}
-        if self.dvh_calibration is not None:
+        if raw.patients:
             metrics.update(uncalibrated_dose_score=raw.dose_score, uncalibrated_dvh_score=raw.dvh_score)
         return metrics
 
