@@ -18,6 +18,8 @@ def evaluate(
     ref: Path = typer.Option(..., "--ref", help="Reference split folder: patients with dose.csv, or registered CT/MR pairs (then synthetic MR images are scored: SSIM, PSNR, MSE)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
+    scorecard: bool = typer.Option(False, "--scorecard", help="Also score each prediction (and reference plan) on the clinical head-and-neck SIB scorecard, print a table per patient, and add the scorecard totals and the GDP-HMM MAE (body = possible dose mask, 5 Gy threshold) to --out."),
+    scorecard_file: Optional[Path] = typer.Option(None, "--scorecard-template", help="A scorecard JSON (Scorecard.to_dict form) to use instead of the built-in HN-SIB template; implies --scorecard."),
 ):
     """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them.
     A patient whose prediction or reference is missing or bad is reported and skipped; exit 1 if any."""
@@ -28,14 +30,25 @@ def evaluate(
     from rtgen.evaluation import evaluate_folders
     from rtgen.evaluation.image_folders import has_mr_references
 
+    card = None
+    if scorecard or scorecard_file is not None:  # read before any scoring: a bad template fails at once
+        from rtgen.dosimetry.scorecard import Scorecard
+
+        card = Scorecard.from_json(scorecard_file) if scorecard_file is not None else Scorecard.default_hn_sib()
     if has_mr_references(ref):  # CT/MR pairs: synthetic MR against the real one
+        if card is not None:
+            from rtgen.core.errors import DataError
+
+            raise DataError(ref, "--scorecard scores doses; this folder holds CT/MR image pairs")
         return _evaluate_images(pred, ref, out_dir)
     n = len(find_patients(ref))
     batch = Batch("patients", n)
     preflight = output_dir(out_dir, n * FIGURE_BYTES) if out_dir is not None else contextlib.nullcontext()
     with preflight:  # an unwritable --out fails here, before any scoring
-        result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record)
+        result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record, scorecard=card)
         print_evaluation(result)
+        if card is not None:
+            print_scorecards(result)
         if out_dir is not None:
             out.print(f"metrics.json, per_patient.csv and DVH figures written to [bold]{out_dir}[/]")
     batch.finish("evaluated")
@@ -60,7 +73,39 @@ def print_evaluation(result) -> None:
         table.add_row("uncertainty vs |error| correlation", f"{s['uncertainty_error_correlation_mean']:.3f}")
     if "gamma_pass_rate_mean" in s:
         table.add_row("gamma pass rate 3%/3mm (%)", f"{s['gamma_pass_rate_mean']:.2f}")
+    if "gdp_hmm_mae" in s:
+        table.add_row("GDP-HMM MAE (possible dose mask, either dose > 5 Gy)", f"{s['gdp_hmm_mae']:.4f}")
     out.print(table)
+
+
+def _num(x: float | None, unit: str) -> str:
+    return "absent" if x is None else f"{x:.2f} {unit}"
+
+
+def print_scorecards(result) -> None:
+    """One table per patient: each criterion's value and points for the prediction and the reference plan."""
+    for pid, sc in result.scorecard.items():
+        ref = result.scorecard_ref.get(pid)
+        table = Table(title=f"{pid}: scorecard {sc.template}", title_justify="left")
+        for col in ("structure", "metric", "predicted", "points", "reference", "points "):
+            table.add_column(col, justify="left" if col in ("structure", "metric") else "right")
+        for i, row in enumerate(sc.rows):
+            r = ref.rows[i] if ref is not None else None
+            metric = row.metric + (f" (x{row.scale:.3g} Rx)" if row.scale != 1.0 else "")
+            if row.status != "scored":
+                table.add_row(row.structure, metric, "[dim]absent[/]", f"[dim]-/{row.max_points:g}[/]", "", "")
+                continue
+            hard = " [red]![/]" if row.hard and row.violation > 0 else ""
+            table.add_row(row.structure, metric, _num(row.value, row.unit) + hard, f"{row.points:.2f}/{row.max_points:g}",
+                          _num(r.value, r.unit) if r else "", f"{r.points:.2f}/{r.max_points:g}" if r else "")
+        table.add_row("[bold]total[/]", "", f"[bold]{sc.fraction:.1%}[/]", f"[bold]{sc.total:.2f}/{sc.max_total:g}[/]",
+                      f"[bold]{ref.fraction:.1%}[/]" if ref else "",
+                      f"[bold]{ref.total:.2f}/{ref.max_total:g}[/]" if ref else "")
+        out.print(table)
+        if sc.absent:
+            out.print(f"  {pid}: not scored (structure absent): {', '.join(sc.absent)}; the maximum excludes them")
+        if any(r.hard and r.violation > 0 for r in sc.rows):
+            out.print(f"  {pid}: [red]![/] = a hard limit of the scorecard is violated")
 
 
 def _evaluate_images(pred: Path, ref: Path, out_dir: Optional[Path]) -> None:

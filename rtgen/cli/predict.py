@@ -32,6 +32,8 @@ def predict(
     steps: int = typer.Option(10, min=1, help="Diffusion models: sampling steps."),
     samples: int = typer.Option(1, min=1, help="Diffusion models: samples per patient; K > 1 also writes pt_N_std.nii.gz."),
     seed: int = typer.Option(0, help="Diffusion models: random seed (predictions are deterministic for a seed)."),
+    best_of: Optional[int] = typer.Option(None, "--best-of", min=1, help="DiffKT3D: sample N doses and keep the one with the best clinical scorecard (default: the model's own setting)."),
+    target: str = typer.Option("dose", "--target", help="DiffKT3D: the modality to generate from the others (dose, ct, ptv, oar or body); a non-dose target is written as OUT/<id>_<target>.nii.gz."),
     report: bool = typer.Option(False, "--report/--no-report", help="Also write OUT/report.html: slices, DVHs and metrics of each prediction, compared with the patient's own dose when it has one."),
 ):
     """Predict whole doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
@@ -69,14 +71,27 @@ def predict(
         if getattr(predictor.task, "output_kind", "dose") == "image":
             return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
         diffusion = predictor.task.stochastic
+        imputes = hasattr(predictor.task, "impute")
+        if (best_of is not None or target != "dose") and not imputes:
+            what = "--best-of" if best_of is not None else f"--target {target}"
+            raise RtgenError(f"{what}: {predictor.task.model_name} predicts doses only; scored candidates and other "
+                             "targets need an any-to-any model (diffkt3d)")
         if samples > 1 and not diffusion:
             raise RtgenError(f"--samples {samples}: {predictor.task.model_name} is deterministic; "
                              "several samples need a diffusion model")
-        sampling = SamplingConfig(sampler, steps, samples, seed)
+        sampling = SamplingConfig(sampler, steps, samples, seed, best_of)
         batch = Batch("patients", len(paths))
+        if target != "dose":
+            predictor.task.check_target(target)  # before any patient is read
 
         def predict_one(path: Path) -> None:
             patient = load_patient(path)
+            if target != "dose":
+                from rtgen.data.sources.nifti import write_nifti
+
+                volume = predictor.task.impute(predictor.model, patient, target, sampling, predictor.device)
+                write_nifti(out_dir / f"{patient.id}_{target}.nii.gz", volume, patient.spacing)
+                return
             dose, std = predictor.predict_with_uncertainty(patient, batch_size, tta, sampling if diffusion else None)
             write_dose(out_dir, patient.id, dose, patient.spacing, fmt.value, std,  # std: spread of K samples
                        source=path)

@@ -8,7 +8,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,9 +18,13 @@ from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import find_csv, read_dose_csv
 from rtgen.data.sources import PatientSplit
 from rtgen.dosimetry import OpenKBPScores, gamma_pass_rate, homogeneity_index
+from rtgen.dosimetry.gdp_hmm import GDP_HMM_THRESHOLD_GY, gdp_hmm_mae
 from rtgen.core.errors import DataError, OutputError, RtgenError
 from rtgen.evaluation.plots import plot_dvh
 from rtgen.core.structures import TARGETS
+
+if TYPE_CHECKING:
+    from rtgen.dosimetry.scorecard import Scorecard
 
 
 def find_prediction(pred_dir: Path, patient_id: str) -> Path | None:
@@ -63,6 +67,11 @@ class EvaluationResult:
     gamma: dict[str, float] = field(default_factory=dict)
     uncertainty_corr: dict[str, float] = field(default_factory=dict)  # Pearson r(std, |error|) in the mask
     failures: dict[str, str] = field(default_factory=dict)  # patient -> why it could not be evaluated
+    # with a scorecard (`rtgen evaluate --scorecard`): patient -> ScorecardResult of the prediction and of the
+    # reference plan, and the GDP-HMM MAE (body mask = the OpenKBP possible dose mask, 5 Gy threshold)
+    scorecard: dict = field(default_factory=dict)
+    scorecard_ref: dict = field(default_factory=dict)
+    gdp_hmm_mae: dict[str, float] = field(default_factory=dict)
 
     def hi_errors(self) -> dict[str, float]:
         out = {}
@@ -85,9 +94,32 @@ class EvaluationResult:
         if self.uncertainty_corr:
             s["uncertainty_error_correlation_mean"] = float(np.nanmean(list(self.uncertainty_corr.values())))
             s["uncertainty_error_correlation"] = self.uncertainty_corr
+        if self.gdp_hmm_mae:
+            s["gdp_hmm_mae"] = float(np.mean(list(self.gdp_hmm_mae.values())))
+            s["gdp_hmm_mae_definition"] = (f"mean |ref - pred| over the possible dose mask (as body mask) where ref or "
+                                           f"pred > {GDP_HMM_THRESHOLD_GY:g} Gy")
+        if self.scorecard:
+            s["scorecard"] = self.scorecard_summary()
         if self.failures:
             s["failed_patients"] = self.failures
         return s
+
+    def scorecard_summary(self) -> dict:
+        per = {}
+        for pid, r in self.scorecard.items():
+            ref = self.scorecard_ref.get(pid)
+            per[pid] = {"total": r.total, "max_total": r.max_total, "fraction": r.fraction,
+                        "weighted_score": r.weighted_score, "hard_violation": r.hard_violation,
+                        "absent_structures": r.absent,
+                        **({"reference_total": ref.total, "reference_fraction": ref.fraction} if ref else {}),
+                        "criteria": [row.to_dict() for row in r.rows]}
+        first = next(iter(self.scorecard.values()))
+        return {"template": first.template,
+                "total_mean": float(np.mean([r.total for r in self.scorecard.values()])),
+                "fraction_mean": float(np.mean([r.fraction for r in self.scorecard.values()])),
+                **({"reference_fraction_mean": float(np.mean([r.fraction for r in self.scorecard_ref.values()]))}
+                   if self.scorecard_ref else {}),
+                "per_patient": per}
 
 
 def homogeneity_by_target(ref, pred: np.ndarray) -> dict[str, float]:
@@ -108,12 +140,17 @@ def evaluate_folders(
     figures: bool = True,
     progress: bool = True,
     on_failure: Callable[[str, RtgenError], None] | None = None,
+    scorecard: Scorecard | None = None,
 ) -> EvaluationResult:
     """Score every reference patient's prediction; write outputs to `out_dir` atomically.
 
     Without `on_failure` the first bad patient raises. With it, a patient whose reference or
     prediction is missing or bad is passed to `on_failure(patient, error)`, listed in
-    `result.failures` and `metrics.json`, and the others are scored; if none could be, it raises."""
+    `result.failures` and `metrics.json`, and the others are scored; if none could be, it raises.
+
+    With `scorecard` (an `rtgen.dosimetry.scorecard.Scorecard`) each prediction and reference plan is
+    also scored on it, and the GDP-HMM MAE is computed with the OpenKBP possible dose mask as the
+    body mask; both go to metrics.json and per_patient.csv."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     if not pred_dir.is_dir():
         raise DataError(pred_dir, "prediction folder not found" if not pred_dir.exists() else "is not a folder")
@@ -140,7 +177,7 @@ def evaluate_folders(
     with staged_dir(out_dir) if out_dir is not None else contextlib.nullcontext() as stage:
         for i, pid, path in tqdm(todo, desc="evaluating", unit="patient", disable=not progress):
             try:
-                _evaluate_one(refs, i, pid, path, pred_dir, result, gamma, stage if figures else None)
+                _evaluate_one(refs, i, pid, path, pred_dir, result, gamma, stage if figures else None, scorecard)
             except RtgenError as e:
                 failed(pid, e)
         if not result.scores.patients:
@@ -152,15 +189,21 @@ def evaluate_folders(
 
 
 def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Path, result: EvaluationResult,
-                  gamma: bool, figure_dir: Path | None) -> None:
+                  gamma: bool, figure_dir: Path | None, scorecard: Scorecard | None = None) -> None:
     ref = refs[i]
     if ref.dose is None:
         raise DataError(refs.paths[i], "reference patient has no dose (dose.csv or dose.nii.gz)")
     pred = read_prediction(path, ref.grid)
+    if scorecard is not None:  # before any result is stored, so a failure leaves no half-scored patient
+        extra = (gdp_hmm_mae(ref.dose, pred, ref.possible_dose_mask),  # OpenKBP's possible dose mask as the body
+                 scorecard.evaluate(pred, ref.structures, ref.voxel_volume_mm3),
+                 scorecard.evaluate(ref.dose, ref.structures, ref.voxel_volume_mm3))
     result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
     result.hi[ref.id] = homogeneity_by_target(ref, pred)
     if gamma:
         result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
+    if scorecard is not None:
+        result.gdp_hmm_mae[ref.id], result.scorecard[ref.id], result.scorecard_ref[ref.id] = extra
     std_path = pred_dir / f"{ref.id}_std.nii.gz"
     if std_path.is_file():
         result.uncertainty_corr[ref.id] = uncertainty_error_correlation(
@@ -186,6 +229,9 @@ def per_patient_csv(result: EvaluationResult) -> str:
     hi_keys = [f"HI_{t}_{w}" for t in TARGETS for w in ("ref", "pred")]
     columns += [f"abs_err_{m}_{s}" for m, s in keys] + hi_keys + (["gamma_pass_rate"] if result.gamma else [])
     columns += ["uncertainty_error_correlation"] if result.uncertainty_corr else []
+    columns += ["gdp_hmm_mae"] if result.gdp_hmm_mae else []
+    columns += (["scorecard_total", "scorecard_max", "scorecard_fraction", "scorecard_total_ref", "scorecard_fraction_ref"]
+                if result.scorecard else [])
     for p in result.scores.patients:
         errs = p.dvh_errors
         row = [p.patient_id, p.dose_error, float(np.mean(list(errs.values()))) if errs else ""]
@@ -196,6 +242,12 @@ def per_patient_csv(result: EvaluationResult) -> str:
             row.append(result.gamma[p.patient_id])
         if result.uncertainty_corr:
             row.append(result.uncertainty_corr.get(p.patient_id, ""))
+        if result.gdp_hmm_mae:
+            row.append(result.gdp_hmm_mae.get(p.patient_id, ""))
+        if result.scorecard:
+            sc, ref = result.scorecard.get(p.patient_id), result.scorecard_ref.get(p.patient_id)
+            row += [sc.total, sc.max_total, sc.fraction] if sc else ["", "", ""]
+            row += [ref.total, ref.fraction] if ref else ["", ""]
         rows.append(row)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -1,4 +1,4 @@
-"""A MONAI `AutoencoderKL` for grey 2D slices: the trainable alternative to the pretrained TAEF2.
+"""A MONAI `AutoencoderKL` for grey 2D slices or 3D volumes: the trainable alternative to the pretrained TAEF2.
 
 Issue #13 asks for two latent autoencoders under DiffMa, measured against each other: TAEF2
 (pretrained on photographs, RGB) and this one, trained on the CT and MR slices themselves
@@ -7,13 +7,15 @@ default four levels give the same /8 latents as TAEF2 and the diffusion networks
 
 Frozen under diffusion (`rtgen.models.codecs.AutoencoderKLCodec`), the latent of a slice is the
 posterior mean (`encode_mean`): deterministic, so cached latents and predictions are repeatable.
+With `spatial_dims: 3` it is DiffKT3D's volume autoencoder (issue #14, task `volume_autoencoder`):
+one network shared by every modality, trained on random crops.
 Attention is off by default: on a CPU it costs more than it brings at these sizes.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -24,6 +26,7 @@ from rtgen.core.registry import register_model
 
 @dataclass
 class AutoencoderKLConfig:
+    spatial_dims: Literal[2, 3] = 2  # 2: slices (DiffMa), 3: volumes (DiffKT3D)
     in_channels: Annotated[int, Field(ge=1, le=1)] = 1  # set by the task: one grey channel (CT or MR)
     channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = (32, 64, 128, 128)  # per level; factor 2^(len-1)
     latent_channels: Annotated[int, Field(ge=1, le=256)] = 8
@@ -51,7 +54,8 @@ class AutoencoderKLConfig:
 
 
 class AutoencoderKL(nn.Module):
-    """MONAI AutoencoderKL on (B, 1, H, W) slices in [0, 1]; latents (B, latent_channels, H/f, W/f)."""
+    """MONAI AutoencoderKL on (B, 1, H, W) slices in [0, 1] or (B, 1, D, H, W) volumes; latents
+    (B, latent_channels, H/f, W/f) or (B, latent_channels, D/f, H/f, W/f)."""
 
     def __init__(self, cfg: AutoencoderKLConfig = AutoencoderKLConfig()):
         super().__init__()
@@ -63,7 +67,7 @@ class AutoencoderKL(nn.Module):
         self.factor = 2 ** (levels - 1)
         try:
             self.net = MonaiAutoencoderKL(
-                spatial_dims=2, in_channels=cfg.in_channels, out_channels=1, channels=tuple(cfg.channels),
+                spatial_dims=cfg.spatial_dims, in_channels=cfg.in_channels, out_channels=1, channels=tuple(cfg.channels),
                 num_res_blocks=cfg.num_res_blocks, latent_channels=cfg.latent_channels,
                 norm_num_groups=cfg.norm_num_groups,
                 attention_levels=tuple(cfg.attention_levels) if cfg.attention_levels is not None else (False,) * levels,
@@ -90,8 +94,10 @@ class AutoencoderKL(nn.Module):
         return self.decode(self.net.sampling(mu, sigma)), mu, sigma
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(f"autoencoder_kl expects (B, 1, H, W) with H and W multiples of {self.factor}, "
+        dims = self.config.spatial_dims
+        if x.ndim != dims + 2 or any(n % self.factor for n in x.shape[2:]):
+            kind = "(B, 1, H, W)" if dims == 2 else "(B, 1, D, H, W)"
+            raise ValueError(f"autoencoder_kl ({dims}D) expects {kind} with every side a multiple of {self.factor}, "
                              f"got {tuple(x.shape)}")
 
 

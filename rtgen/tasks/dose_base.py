@@ -45,6 +45,7 @@ class SamplingConfig:
     steps: int = 10
     samples: int = 1
     seed: int = 0
+    best_of: int | None = None  # DiffKT3D: candidates scored by the scorecard (None: the model's setting)
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""DiffKT3D end to end at toy size: volume autoencoder, stage A (Any2Any), B (dose), C (ScardNFT),
+then `rtgen predict` of a dose (best of 2) and the imputation of a non-dose modality."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from rtgen.cli import app
+from rtgen.core.checkpoint import read_config
+from rtgen.data.sources import load_patient
+from rtgen.data.sources.nifti import read_nifti
+from rtgen.data.sources.openkbp import write_dose_csv
+from rtgen.data.transforms.modalities import MODALITIES, decode_modality, patient_modalities
+from rtgen.tasks import task_from_checkpoint
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "rtgen" / "examples" / "openkbp"
+SLOTS = ["ct", "ptv", "oar", "body", "prior", "dose"]
+
+
+def run(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def write(path: Path, config: dict) -> str:
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_modalities_round_trip_their_physical_meaning():
+    patient = load_patient(EXAMPLES / "pt_204")
+    vols, crop = patient_modalities(patient, prior_gy=patient.dose, depth=64)
+    assert set(vols) == set(MODALITIES) and all(v.shape == (64, 128, 128) for v in vols.values())
+    assert all(v.min() >= -1 and v.max() <= 1 for v in vols.values())
+    assert crop.take(patient.possible_dose_mask).sum() == patient.possible_dose_mask.sum()  # the slab holds the mask
+    np.testing.assert_allclose(decode_modality("dose", vols["dose"]), crop.take(patient.dose), atol=1e-4)
+    ptv = decode_modality("ptv", vols["ptv"])
+    assert set(np.unique(ptv)) <= {0.0, 56.0, 63.0, 70.0} and (ptv[crop.take(patient.structures["PTV70"])] == 70).all()
+    labels = decode_modality("oar", vols["oar"])
+    assert (labels[crop.take(patient.structures["Brainstem"])] == 1).all()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("kt3d")
+    priors = root / "priors"
+    priors.mkdir()
+    for pid in ("pt_204", "pt_219"):  # a stand-in prior: the plan, 10 % cold
+        write_dose_csv(priors / f"{pid}.csv", load_patient(EXAMPLES / pid, load_ct=False).dose * 0.9)
+    vae = {"task": "volume_autoencoder",
+           "model": {"name": "autoencoder_kl", "channels": [4, 8, 8], "latent_channels": 2, "norm_num_groups": 4},
+           "data": {"train": str(EXAMPLES), "val": str(EXAMPLES), "depth": 32, "crop": 16, "crops_per_patient": 1,
+                    "val_all_modalities": 1},
+           "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 1, "out": str(root / "vae")}}
+    run(["train", write(root / "vae.yaml", vae)])
+    dit = {"task": "diffkt3d",
+           "model": {"name": "diffkt3d", "modalities": SLOTS, "patch": [2, 4, 4], "dim": 32, "depth": 1, "heads": 2},
+           "latent": {"vae_run": str(root / "vae")},
+           "data": {"train": str(EXAMPLES), "val": str(EXAMPLES), "prior_train": str(priors), "prior_val": str(priors),
+                    "cache": str(root / "cache")},
+           "any2any": {"stage": "any2any", "curriculum_steps": 2},
+           "sampling": {"steps": 2, "best_of": 2},
+           "nft": {"candidates": 2, "steps": 2, "lora_rank": 2},
+           "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 1, "max_steps_per_epoch": 2, "out": str(root / "a")}}
+    run(["train", write(root / "a.yaml", dit)])
+    dit["any2any"] = {"stage": "dose", "init": str(root / "a")}
+    dit["train"]["out"] = str(root / "b")
+    run(["train", write(root / "b.yaml", dit)])
+    dit["any2any"] = {"stage": "scardnft", "init": str(root / "b")}
+    dit["train"].update(out=str(root / "c"), batch_size=1, max_steps_per_epoch=1)
+    run(["train", write(root / "c.yaml", dit)])
+    return root
+
+
+def test_every_stage_trains_and_validates_on_openkbp_scores(runs):
+    for stage in ("a", "b", "c"):
+        config = read_config(runs / stage / "config.json")
+        metrics = config["validation"] if "validation" in config else {}
+        assert config["task"] == "diffkt3d" and config["latent_stats"]["dose"]
+        assert (runs / stage / "vae" / "config.json").exists()  # the run carries its autoencoder
+        if metrics:
+            assert np.isfinite(metrics["dose_score"]) and 0 <= metrics["scorecard"] <= 1
+
+
+def test_stage_c_trains_only_lora_and_modulation(runs):
+    config = read_config(runs / "c" / "config.json")
+    task = task_from_checkpoint(config)
+    model = task.load_model(runs / "c" / "model.safetensors")
+    assert any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_predict_best_of_two_writes_doses_inside_the_mask(runs, tmp_path):
+    out = tmp_path / "pred"
+    run(["predict", "--model", str(runs / "c"), "--patients", str(EXAMPLES / "pt_219"), "--out", str(out),
+         "--steps", "2", "--best-of", "2", "--format", "nifti"])  # the prior: the shipped lightgbm_dose
+    for pid in ("pt_219",):
+        dose, _ = read_nifti(out / f"{pid}.nii.gz")
+        mask = load_patient(EXAMPLES / pid, load_ct=False).possible_dose_mask
+        assert dose.shape == mask.shape and dose.min() >= 0 and (dose[~mask] == 0).all()
+
+
+def test_imputes_a_non_dose_modality(runs, tmp_path):
+    out = tmp_path / "oar"
+    run(["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES / "pt_204"), "--out", str(out),
+         "--steps", "2", "--target", "oar"])
+    labels, _ = read_nifti(out / "pt_204_oar.nii.gz")
+    assert labels.shape == (128, 128, 128) and set(np.unique(labels)) <= set(range(8))
+
+
+def test_bad_target_and_best_of_on_a_dose_only_model_are_refused(runs, tmp_path):
+    result = CliRunner().invoke(app, ["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES),
+                                      "--out", str(tmp_path / "x"), "--target", "prior"])
+    assert result.exit_code != 0 and "--target prior" in result.output
