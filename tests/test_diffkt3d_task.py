@@ -56,24 +56,24 @@ def runs(tmp_path_factory):
     vae = {"task": "volume_autoencoder",
            "model": {"name": "autoencoder_kl", "channels": [4, 8, 8], "latent_channels": 2, "norm_num_groups": 4},
            "data": {"train": str(EXAMPLES), "val": str(EXAMPLES), "depth": 32, "crop": 16, "crops_per_patient": 1,
-                    "val_all_modalities": 1},
+                    "val_all_modalities": 1, "max_val_patients": 1},
            "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 1, "out": str(root / "vae")}}
     run(["train", write(root / "vae.yaml", vae)])
     dit = {"task": "diffkt3d",
            "model": {"name": "diffkt3d", "modalities": SLOTS, "patch": [2, 4, 4], "dim": 32, "depth": 1, "heads": 2},
            "latent": {"vae_run": str(root / "vae")},
            "data": {"train": str(EXAMPLES), "val": str(EXAMPLES), "prior_train": str(priors), "prior_val": str(priors),
-                    "cache": str(root / "cache")},
+                    "cache": str(root / "cache"), "max_val_patients": 1},
            "any2any": {"stage": "any2any", "curriculum_steps": 2},
            "sampling": {"steps": 2, "best_of": 2},
            "nft": {"candidates": 2, "steps": 2, "lora_rank": 2},
            "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 1, "max_steps_per_epoch": 2, "out": str(root / "a")}}
     run(["train", write(root / "a.yaml", dit)])
-    dit["any2any"] = {"stage": "dose", "init": str(root / "a")}
-    dit["train"]["out"] = str(root / "b")
+    dit["any2any"] = {"stage": "dose"}
+    dit["train"].update(out=str(root / "b"), init=str(root / "a"))
     run(["train", write(root / "b.yaml", dit)])
-    dit["any2any"] = {"stage": "scardnft", "init": str(root / "b")}
-    dit["train"].update(out=str(root / "c"), batch_size=1, max_steps_per_epoch=1)
+    dit["any2any"] = {"stage": "scardnft"}
+    dit["train"].update(out=str(root / "c"), init=str(root / "b"), batch_size=1, max_steps_per_epoch=1)
     run(["train", write(root / "c.yaml", dit)])
     return root
 
@@ -117,3 +117,31 @@ def test_bad_target_and_best_of_on_a_dose_only_model_are_refused(runs, tmp_path)
     result = CliRunner().invoke(app, ["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES),
                                       "--out", str(tmp_path / "x"), "--target", "prior"])
     assert result.exit_code != 0 and "--target prior" in result.output
+
+
+def test_runs_of_other_tasks_are_refused_before_training(runs, tmp_path):
+    config = yaml.safe_load((runs / "b.yaml").read_text())
+    config["train"].update(out=str(tmp_path / "x"), init=str(runs / "vae"))  # an autoencoder, not a diffkt3d run
+    result = CliRunner().invoke(app, ["train", write(tmp_path / "x.yaml", config)])
+    assert result.exit_code != 0 and "is a volume_autoencoder run of autoencoder_kl, not a diffkt3d run" in result.output
+    assert not (tmp_path / "x").exists()
+    config["train"]["init"] = ""
+    config["latent"] = {"vae_run": str(runs / "a")}  # a DiT, not an autoencoder
+    result = CliRunner().invoke(app, ["train", write(tmp_path / "y.yaml", config)])
+    assert result.exit_code != 0 and "is a diffkt3d run, not a volume_autoencoder one" in result.output
+
+
+def test_any2any_curriculum_goes_from_all_conditions_to_subsets_and_stage_b_always_targets_dose():
+    from rtgen.tasks.diffkt3d import DiffKT3DTask
+
+    arch = {"modalities": SLOTS, "dim": 32, "depth": 1, "heads": 2}
+    task = DiffKT3DTask("diffkt3d", arch, {"any2any": {"stage": "any2any", "curriculum_steps": 100,
+                                                       "targets": ["ct", "oar", "dose"]}})
+    first = [task._draw_slots(6) for _ in range(50)]
+    assert all(len(slots) == 6 for slots, _ in first)  # step 0: every other slot is a condition
+    assert {SLOTS[slots[pos]] for slots, pos in first} == {"ct", "oar", "dose"}  # targets drawn among the allowed
+    task._steps = 100
+    later = [task._draw_slots(6) for _ in range(200)]
+    assert min(len(slots) for slots, _ in later) == 2 and max(len(slots) for slots, _ in later) == 6
+    dose = DiffKT3DTask("diffkt3d", arch, {"any2any": {"stage": "dose"}})
+    assert all(SLOTS[s[p]] == "dose" and len(s) == 6 for s, p in (dose._draw_slots(6) for _ in range(20)))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from rtgen import __version__
 from rtgen.core.atomic import atomic_write_text
-from rtgen.core.errors import RtgenError
+from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import count_parameters
 from rtgen.core.checkpoint import check_and_load, load_state, load_weights, save_state, save_weights, write_config
 from rtgen.engine.config import RunConfig, save_config
@@ -78,6 +78,20 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def check_init(init: str, task, source: str):
+    """The weights file of `train.init`, a run of the same task and network; another task or model is
+    refused before any data is read, naming both."""
+    from rtgen.core.checkpoint import read_config, resolve_checkpoint
+
+    weights, config_path = resolve_checkpoint(init)
+    config = read_config(config_path)
+    theirs = (config.get("task"), (config.get("model") or {}).get("name"))
+    if theirs != (task.name, task.model_name):
+        raise ConfigError(source, f"train.init {init} is a {theirs[0]} run of {theirs[1]}, not a {task.name} run "
+                                  f"of {task.model_name}")
+    return weights
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
                  hooks: list | None = None):
@@ -104,9 +118,12 @@ class Trainer:
     def setup(self) -> None:
         cfg, task = self.cfg, self.task
         seed_everything(cfg.train.seed)
+        init = check_init(cfg.train.init, task, cfg.source) if cfg.train.init and not self.resume else None
         self.train_set = task.train_dataset(cfg.train.seed, self.rank, self.progress)
         self.val_data = task.val_data(self.progress) if self.main else []
         self.model = task.build_model().to(self.device)
+        if init is not None:  # train.init: start from another run's weights
+            check_and_load(self.model, load_weights(init), init)
         if cfg.train.channels_last:
             to_channels_last(self.model)
         task.prepare_model(self.model, self.train_set, self.device, pretrain=not self.resume, progress=self.progress)

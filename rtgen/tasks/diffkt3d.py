@@ -6,7 +6,7 @@ One task, three stages chosen by `any2any.stage`, each one `rtgen train` run:
   conditions from the other slots; the number of conditions follows a curriculum, all of them at
   first, down to `min_conditions` after `curriculum_steps` optimiser steps (the paper's "simple
   curriculum on the number of observed modalities");
-- `dose` (stage B): the target is always the dose, every other slot a condition; `any2any.init`
+- `dose` (stage B): the target is always the dose, every other slot a condition; `train.init`
   names the stage-A run whose weights it starts from;
 - `scardnft` (stage C): the network gets LoRA adapters on its attention and FFN layers (base
   frozen but the modulation networks, paper B.5); each step samples `nft.candidates` doses per
@@ -97,7 +97,6 @@ class Any2AnyConfig:
     targets: tuple[str, ...] = ("ct", "ptv", "oar", "body", "dose")  # slots stage A may generate
     min_conditions: Annotated[int, Field(ge=1)] = 1
     curriculum_steps: Annotated[int, Field(ge=0)] = 1000  # steps until min_conditions is reachable
-    init: str = ""  # run folder whose weights this stage starts from (stage B: A's; stage C: B's)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "targets": list(self.targets)}
@@ -155,10 +154,10 @@ class NFTConfig:
 # ---------------------------------------------------------------- helpers
 def load_run(run: str | Path, what: str, source: str) -> tuple[Task, torch.nn.Module, dict]:
     """(task, network, config.json) of a run folder (or hub:<name>), for a frozen part."""
-    if isinstance(run, str) and run.startswith("hub:"):
-        from rtgen.hub import shipped_model_dir
+    if isinstance(run, str) and run.startswith("hub:"):  # a model folder shipped inside the package
+        from importlib import resources
 
-        run = shipped_model_dir(run[4:])
+        run = Path(str(resources.files("rtgen"))) / "hub" / run[4:]
     if not run:
         raise ConfigError(source, f"{what} is not set (a run folder)")
     weights, config_path = resolve_checkpoint(run)
@@ -209,7 +208,12 @@ class DiffKT3DTask(Task):
 
     # ---- the frozen autoencoder
     def implied_architecture(self) -> dict:
-        return {"latent_channels": self.vae_config()["model"]["architecture"]["latent_channels"]} if self._vae_source() else {}
+        """Latent channels from the autoencoder run (when it is here: a checkpoint loaded elsewhere
+        records them in its architecture and brings its own copy of the autoencoder)."""
+        source = self._vae_source()
+        if source is None or not source.exists():
+            return {}
+        return {"latent_channels": self.vae_config()["model"]["architecture"]["latent_channels"]}
 
     def _vae_source(self) -> Path | None:
         run = getattr(self, "_vae_run_dir", None) or self.latent.vae_run
@@ -219,7 +223,12 @@ class DiffKT3DTask(Task):
         path = self._vae_source()
         if path is None:
             raise ConfigError(self.source, "latent.vae_run is not set (a volume_autoencoder run folder)")
-        return read_config(resolve_checkpoint(path)[1])
+        config_path = resolve_checkpoint(path)[1]
+        config = read_config(config_path)
+        if config.get("task") != "volume_autoencoder":
+            raise ConfigError(self.source, f"latent.vae_run {path} is a {config.get('task')} run, not a "
+                                           "volume_autoencoder one (configs/diffkt3d_vae.yaml trains it)")
+        return config
 
     @property
     def vae(self):
@@ -288,9 +297,12 @@ class DiffKT3DTask(Task):
         """A patient's raw latents, crop, structures and cropped dose, from the cache or computed."""
         root = Path(self.data.cache) / self.vae_key()
         cache = root / f"{Path(path).name.split('.')[0]}.npz"
+        prior_source = str(Path(prior_folder).resolve()) if prior_folder else self.prior.model
         if cache.exists():
             with np.load(cache) as z:
-                return {k: z[k] for k in z.files}
+                case = {k: z[k] for k in z.files}
+            if str(case.get("prior_source", "")) == prior_source or "prior" not in self.modalities:
+                return case
         patient = load_patient(path)
         prior = self.read_prior(prior_folder, patient.id) if "prior" in self.modalities else None
         if "prior" in self.modalities and prior is None:
@@ -300,7 +312,8 @@ class DiffKT3DTask(Task):
         case = {**{f"z_{k}": v.astype(np.float16) for k, v in latents.items()},
                 "crop": np.array([crop.start, crop.depth]), "id": np.array(patient.id),
                 "spacing": np.array(patient.spacing), "grid": np.array(patient.grid),
-                "bits": crop.take(structure_bits(patient)), "mask": crop.take(patient.possible_dose_mask)}
+                "bits": crop.take(structure_bits(patient)), "mask": crop.take(patient.possible_dose_mask),
+                "prior_source": np.array(prior_source)}
         if patient.dose is not None:
             case["dose"] = crop.take(patient.dose).astype(np.float16)
         root.mkdir(parents=True, exist_ok=True)
@@ -343,17 +356,6 @@ class DiffKT3DTask(Task):
 
     # ---- model
     def prepare_model(self, model, train_set, device, pretrain: bool, progress: bool = True) -> None:
-        if self.any2any.init and pretrain:
-            from rtgen.core.checkpoint import check_and_load, load_weights
-
-            weights, config_path = resolve_checkpoint(self.any2any.init)
-            init_cfg = read_config(config_path)
-            if init_cfg.get("task") != self.name:
-                raise ConfigError(self.source, f"any2any.init {self.any2any.init} is a {init_cfg.get('task')} run, "
-                                               f"not a {self.name} one")
-            check_and_load(model, load_weights(weights), weights)
-            if init_cfg.get("latent_stats"):
-                self.latent_stats = init_cfg["latent_stats"]
         if self.any2any.stage == "scardnft":
             from rtgen.layers.lora import add_lora, freeze_base
 
@@ -498,10 +500,14 @@ class DiffKT3DTask(Task):
         full_mask = crop.put(case["mask"].astype(np.float32), tuple(case["grid"]))
         return crop.put(unit_to_dose(vol), tuple(case["grid"])) * full_mask
 
-    def predict_case(self, patient: Patient, device="cpu") -> dict:
-        prior = self.prior_dose(patient) if "prior" in self.modalities else None
+    def predict_case(self, patient: Patient, device="cpu", target: str = "dose") -> dict:
+        """A new patient's condition latents for generating `target` (its dose too when it has one and
+        the target is another slot). A non-dose target goes without the dose prior: stage A trains on
+        subsets of conditions, and it spares running the dose model."""
+        with_prior = target == "dose"
+        prior = self.prior_dose(patient) if with_prior and "prior" in self.modalities else None
         vols, crop = patient_modalities(patient, prior, depth=self.depth)
-        latents = self.encode(vols, [m for m in self.modalities if m in vols and m != "dose"], device)
+        latents = self.encode(vols, [m for m in self.modalities if m in vols and m != target], device)
         return {**{f"z_{k}": v for k, v in latents.items()}, "crop": np.array([crop.start, crop.depth]),
                 "grid": np.array(patient.grid), "spacing": np.array(patient.spacing),
                 "bits": crop.take(structure_bits(patient)), "mask": crop.take(patient.possible_dose_mask)}
@@ -522,8 +528,7 @@ class DiffKT3DTask(Task):
     def impute(self, model, patient: Patient, target: str, sampling=None, device="cpu") -> np.ndarray:
         """Generate one missing modality from the others, on the patient's grid in its physical units."""
         self.check_target(target)
-        case = self.predict_case(patient, device)
-        case.pop(f"z_{target}", None)
+        case = self.predict_case(patient, device, target)
         vol, _ = self.generate(model, case, target, self.sampling_from(sampling), device)
         crop = Crop(int(case["crop"][0]), int(case["crop"][1]))
         fill = {"ct": -1.0, "dose": -1.0}.get(target, -1.0)
