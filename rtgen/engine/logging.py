@@ -56,7 +56,7 @@ class ConsoleLog(Hook):
             return
         task = trainer.task
         rate = row.get(f"{task.item_name}_per_s", 0.0)
-        metrics = ", ".join(f"val {k.removeprefix('val_').replace('_', ' ')} {v:.3f}{' ' + task.metric_units if task.metric_units else ''}"
+        metrics = ", ".join(f"val {k.removeprefix('val_').replace('_', ' ')} {v:.3f}{' ' + task.metric_unit(k) if task.metric_unit(k) else ''}"
                             for k, v in row.items() if k.startswith("val_"))
         tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, {rate:.1f} {task.item_name}/s, {metrics}"
                    + ("  (best)" if row["best"] else ""))

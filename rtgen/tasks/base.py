@@ -99,6 +99,10 @@ class Task:
         """Files besides the weights that prediction from the run folder needs (e.g. a base model the
         network refines); the trainer calls it with every best checkpoint, before config.json."""
 
+    def metric_unit(self, name: str) -> str:
+        """The unit a validation metric is printed with (`metric_units` for all, unless a task says otherwise)."""
+        return self.metric_units
+
     def loader_options(self) -> dict:
         return {}
 

@@ -206,6 +206,9 @@ class DiffKT3DTask(Task):
         self._old_model = None
         self._generator = torch.Generator().manual_seed(0)
 
+    def metric_unit(self, name: str) -> str:
+        return "" if name.removeprefix("val_") == "scorecard" else "Gy"
+
     # ---- the frozen autoencoder
     def implied_architecture(self) -> dict:
         """Latent channels from the autoencoder run (when it is here: a checkpoint loaded elsewhere

@@ -128,6 +128,10 @@ class VolumeAutoencoderTask(Task):
     def implied_architecture(self) -> dict:
         return {"spatial_dims": 3, "in_channels": 1}
 
+    def metric_unit(self, name: str) -> str:
+        name = name.removeprefix("val_")
+        return "HU" if name == "ct_mae_hu" else "" if name.endswith("agreement") else "Gy"
+
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> CubeDataset:
         paths = self.split_paths(self.data.train, self.data.max_train_patients, "train")
         return CubeDataset(load_modalities(paths, self.data.depth, progress, "train modalities", False), self.data, seed + rank)
