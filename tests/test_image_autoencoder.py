@@ -68,7 +68,7 @@ def test_the_factor_follows_the_levels_and_bad_combinations_are_config_errors():
     assert model.factor == 2 and model.encode_mean(torch.rand(1, 1, 16, 16)).shape == (1, 3, 8, 8)
     with pytest.raises(ConfigError, match="norm_num_groups 16 must divide"):
         build_model("autoencoder_kl", channels=(24, 32))
-    with pytest.raises(ValueError, match="multiples of 8"):
+    with pytest.raises(ValueError, match="every side a multiple of 8"):
         build_model("autoencoder_kl").encode_mean(torch.rand(1, 1, 20, 20))
     assert MODELS.get("autoencoder_kl").task == "image_autoencoder"
 
