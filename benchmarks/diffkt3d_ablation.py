@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rtgen.core.checkpoint import read_config, resolve_checkpoint
-from rtgen.data.transforms.modalities import Crop
-from rtgen.dosimetry import OpenKBPScores
-from rtgen.dosimetry.gdp_hmm import gdp_hmm_mae
 from rtgen.tasks import task_from_checkpoint
-from rtgen.tasks.diffkt3d import KT3DSamplingConfig, structures_from_bits
+from rtgen.tasks.diffkt3d import KT3DSamplingConfig
 
 
 def evaluate(run: Path, val: str, prior: str, settings: list[tuple[int, int]], limit: int | None) -> list[dict]:
@@ -38,24 +33,9 @@ def evaluate(run: Path, val: str, prior: str, settings: list[tuple[int, int]], l
     cases = [task.cached_case(p, prior) for p in task.split_paths(val, limit, "val")]
     rows = []
     for steps, best_of in settings:
-        scores, cards, gdp, seconds = OpenKBPScores(), [], [], []
-        for case in cases:
-            start = time.perf_counter()
-            vol, _ = task.generate(model, case, "dose", KT3DSamplingConfig(task.sampling.method, steps, best_of, 0))
-            seconds.append(time.perf_counter() - start)
-            gy = task.case_dose(case, vol)
-            crop, grid = Crop(int(case["crop"][0]), int(case["crop"][1])), tuple(case["grid"])
-            ref = crop.put(case["dose"].astype(np.float32), grid)
-            mask = crop.put(case["mask"].astype(np.float32), grid) > 0
-            structures = {k: crop.put(v.astype(np.float32), grid) > 0 for k, v in structures_from_bits(case["bits"]).items()}
-            vv = float(np.prod(case["spacing"]))
-            scores.add(str(case["id"]), ref, gy, mask, structures, vv)
-            cards.append(task.scorecard.evaluate(gy, structures, vv).fraction)
-            gdp.append(gdp_hmm_mae(ref, gy, mask))
+        sampling = KT3DSamplingConfig(task.sampling.method, steps, best_of, 0)
         row = {"run": str(run), "stage": task.any2any.stage, "steps": steps, "best_of": best_of,
-               "patients": len(cases), "dose_score": scores.dose_score, "dvh_score": scores.dvh_score,
-               "scorecard": float(np.mean(cards)), "gdp_hmm_mae": float(np.mean(gdp)),
-               "seconds_per_patient": float(np.mean(seconds))}
+               "patients": len(cases), **task.score_cases(model, cases, sampling)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

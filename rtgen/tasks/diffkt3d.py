@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -207,7 +208,8 @@ class DiffKT3DTask(Task):
         self._generator = torch.Generator().manual_seed(0)
 
     def metric_unit(self, name: str) -> str:
-        return "" if name.removeprefix("val_") == "scorecard" else "Gy"
+        name = name.removeprefix("val_")
+        return "" if name == "scorecard" else "s" if name.startswith("seconds") else "Gy"
 
     # ---- the frozen autoencoder
     def implied_architecture(self) -> dict:
@@ -548,13 +550,20 @@ class DiffKT3DTask(Task):
 
     # ---- validation
     def validate(self, model, data, device, batch_size: int, autocast=None) -> tuple[dict, Any]:
-        scores, gdp, cards, example = OpenKBPScores(), [], [], None
+        """One sample per patient (no best-of: the selection metric follows the network alone)."""
         sampling = KT3DSamplingConfig(self.sampling.method, self.sampling.steps, 1, self.sampling.seed)
-        for case in data:
+        return self.score_cases(model, data, sampling, device), None
+
+    def score_cases(self, model, cases: list[dict], sampling: KT3DSamplingConfig, device="cpu") -> dict:
+        """OpenKBP dose and DVH scores, GDP-HMM MAE, mean scorecard fraction and seconds a patient
+        (sampling, decoding, best-of selection) of the doses generated for cached cases."""
+        scores, gdp, cards, seconds = OpenKBPScores(), [], [], []
+        for case in cases:
+            start = time.perf_counter()
             vol, _ = self.generate(model, case, "dose", sampling, device)
+            seconds.append(time.perf_counter() - start)
             gy = self.case_dose(case, vol)
-            crop = Crop(int(case["crop"][0]), int(case["crop"][1]))
-            grid = tuple(case["grid"])
+            crop, grid = Crop(int(case["crop"][0]), int(case["crop"][1])), tuple(case["grid"])
             ref = crop.put(case["dose"].astype(np.float32), grid)
             mask = crop.put(case["mask"].astype(np.float32), grid) > 0
             structures = {k: crop.put(v.astype(np.float32), grid) > 0
@@ -563,9 +572,8 @@ class DiffKT3DTask(Task):
             scores.add(str(case["id"]), ref, gy, mask, structures, vv)
             gdp.append(gdp_hmm_mae(ref, gy, mask))
             cards.append(self.scorecard.evaluate(gy, structures, vv).fraction)
-            example = example or (str(case["id"]), gy)
         return {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score, "gdp_hmm_mae": float(np.mean(gdp)),
-                "scorecard": float(np.mean(cards))}, None
+                "scorecard": float(np.mean(cards)), "seconds_per_patient": float(np.mean(seconds))}
 
     # ---- checkpoints
     def checkpoint_config(self) -> dict:
