@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 GRID_SHAPE = (128, 128, 128)
 """OpenKBP volumes are 128^3; the last axis is axial (slice thickness in voxel_dimensions[2]).
 Other sources may hold any grid: code past the OpenKBP reader takes the grid from the record."""
@@ -27,3 +29,18 @@ PRESCRIPTION_GY = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
 
 def is_target(name: str) -> bool:
     return name in PRESCRIPTION_GY
+
+
+def pack_structures(structures: dict, shape) -> np.ndarray:
+    """Structure masks -> one uint16 volume, bit k set where STRUCTURES[k] covers the voxel (overlaps kept)."""
+    bits = np.zeros(shape, np.uint16)
+    for k, name in enumerate(STRUCTURES):
+        if name in structures:
+            bits[structures[name]] |= np.uint16(1 << k)
+    return bits
+
+
+def unpack_structures(bits: np.ndarray) -> dict:
+    """The inverse of `pack_structures`: the masks of the structures present."""
+    out = {name: (bits >> k) & 1 == 1 for k, name in enumerate(STRUCTURES)}
+    return {k: v for k, v in out.items() if v.any()}

@@ -52,7 +52,7 @@ from rtgen.core.atomic import atomic_path
 from rtgen.core.checkpoint import read_config, resolve_checkpoint
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import register_task
-from rtgen.core.structures import STRUCTURES
+from rtgen.core.structures import pack_structures, unpack_structures
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
 from rtgen.data.sources.openkbp import read_dose_csv
@@ -165,19 +165,6 @@ def load_run(run: str | Path, what: str, source: str) -> tuple[Task, torch.nn.Mo
     config = read_config(config_path)
     task = task_from_checkpoint(config, str(config_path))
     return task, task.load_model(weights), config
-
-
-def structure_bits(patient: Patient) -> np.ndarray:
-    bits = np.zeros(patient.grid, np.uint16)
-    for k, name in enumerate(STRUCTURES):
-        if name in patient.structures:
-            bits |= (patient.structures[name].astype(np.uint16) << k)
-    return bits
-
-
-def structures_from_bits(bits: np.ndarray) -> dict[str, np.ndarray]:
-    out = {name: (bits >> k) & 1 == 1 for k, name in enumerate(STRUCTURES)}
-    return {k: v for k, v in out.items() if v.any()}
 
 
 # ---------------------------------------------------------------- the task
@@ -317,7 +304,7 @@ class DiffKT3DTask(Task):
         case = {**{f"z_{k}": v.astype(np.float16) for k, v in latents.items()},
                 "crop": np.array([crop.start, crop.depth]), "id": np.array(patient.id),
                 "spacing": np.array(patient.spacing), "grid": np.array(patient.grid),
-                "bits": crop.take(structure_bits(patient)), "mask": crop.take(patient.possible_dose_mask),
+                "bits": crop.take(pack_structures(patient.structures, patient.grid)), "mask": crop.take(patient.possible_dose_mask),
                 "prior_source": np.array(prior_source)}
         if patient.dose is not None:
             case["dose"] = crop.take(patient.dose).astype(np.float16)
@@ -466,7 +453,7 @@ class DiffKT3DTask(Task):
         mask = case["mask"].astype(bool)
         dose = np.clip(dose_crop, 0, None) * mask
         vv = float(np.prod(case["spacing"]))
-        return float(reward(dose, structures_from_bits(case["bits"]), vv, scorecard=self.scorecard,
+        return float(reward(dose, unpack_structures(case["bits"]), vv, scorecard=self.scorecard,
                             reference=reference, body_mask=mask,
                             mae_weight=self.nft.mae_weight if reference is not None else 0.0,
                             hard_penalty=self.nft.hard_penalty))
@@ -515,7 +502,7 @@ class DiffKT3DTask(Task):
         latents = self.encode(vols, [m for m in self.modalities if m in vols and m != target], device)
         return {**{f"z_{k}": v for k, v in latents.items()}, "crop": np.array([crop.start, crop.depth]),
                 "grid": np.array(patient.grid), "spacing": np.array(patient.spacing),
-                "bits": crop.take(structure_bits(patient)), "mask": crop.take(patient.possible_dose_mask)}
+                "bits": crop.take(pack_structures(patient.structures, patient.grid)), "mask": crop.take(patient.possible_dose_mask)}
 
     def predict_patient(self, model, patient: Patient, batch_size: int = 1, tta: bool = False, sampling=None,
                         device=None, autocast=None):
@@ -567,7 +554,7 @@ class DiffKT3DTask(Task):
             ref = crop.put(case["dose"].astype(np.float32), grid)
             mask = crop.put(case["mask"].astype(np.float32), grid) > 0
             structures = {k: crop.put(v.astype(np.float32), grid) > 0
-                          for k, v in structures_from_bits(case["bits"]).items()}
+                          for k, v in unpack_structures(case["bits"]).items()}
             vv = float(np.prod(case["spacing"]))
             scores.add(str(case["id"]), ref, gy, mask, structures, vv)
             gdp.append(gdp_hmm_mae(ref, gy, mask))

@@ -51,7 +51,7 @@ from rtgen.core.atomic import atomic_path
 from rtgen.core.checkpoint import check_and_load, load_weights, read_config
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import register_task
-from rtgen.core.structures import OARS, TARGETS
+from rtgen.core.structures import OARS, STRUCTURES, TARGETS, pack_structures  # bit k of a label volume: STRUCTURES[k]
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
 from rtgen.data.transforms.voxel_features import feature_names, feature_volumes
@@ -62,7 +62,6 @@ from rtgen.tasks.dose_boosted import BoostedDoseTask
 DOSE_SCALE_GY = 80.0  # doses enter and leave the network as Gy / 80
 RX_SCALE_GY = 70.0
 BASE_FILE = "base_model.txt"  # the base booster, copied into the refiner's run folder
-STRUCTURES = (*TARGETS, *OARS)  # bit k of the label volume is STRUCTURES[k] (for the DVH loss)
 CACHE_VERSION = 1  # bump when what a cached case holds changes
 LR_AXIS = 1  # patient array axis that runs left-right on OpenKBP grids (parotid centroids differ along it)
 
@@ -138,10 +137,7 @@ def prepare_case(patient: Patient, booster, voxels, beams: bool, margin: int) ->
              patient.possible_dose_mask.astype(np.float32), *(volumes[f"{o}_mask"] for o in OARS)]
     if beams:
         chans.append(np.nan_to_num(volumes["beam_dose_proxy"]))
-    labels = np.zeros(patient.grid, np.uint16)
-    for k, name in enumerate(STRUCTURES):
-        if name in patient.structures:
-            labels[patient.structures[name]] |= np.uint16(1 << k)
+    labels = pack_structures(patient.structures, patient.grid)
     case = {"inputs": np.stack([c[box] for c in chans]).astype(np.float16), "labels": labels[box],
             "origin": np.array([s.start for s in box], np.int64), "grid": np.array(patient.grid, np.int64)}
     if patient.dose is not None:
