@@ -57,8 +57,8 @@ from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
 from rtgen.data.sources.openkbp import read_dose_csv
 from rtgen.data.transforms.modalities import Crop, decode_modality, patient_modalities, unit_to_dose
-from rtgen.diffusion.flow import FLOW_SAMPLERS, FlowSchedule, sample_flow
-from rtgen.diffusion.nft import nft_loss, optimality_from_rewards
+from rtgen.diffusion.flow import FLOW_SAMPLERS, FlowSchedule, flow_loss, sample_flow
+from rtgen.diffusion.nft import optimality_from_rewards, scardnft_objective
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.dosimetry.gdp_hmm import gdp_hmm_mae
 from rtgen.dosimetry.scorecard import Scorecard, reward
@@ -212,7 +212,10 @@ class DiffKT3DTask(Task):
         return Path(run) if run else None
 
     def vae_config(self) -> dict:
+        """The autoencoder run's config.json (read once per source, not once per patient)."""
         path = self._vae_source()
+        if getattr(self, "_vae_config", (None,))[0] == path:
+            return self._vae_config[1]
         if path is None:
             raise ConfigError(self.source, "latent.vae_run is not set (a volume_autoencoder run folder)")
         config_path = resolve_checkpoint(path)[1]
@@ -220,6 +223,7 @@ class DiffKT3DTask(Task):
         if config.get("task") != "volume_autoencoder":
             raise ConfigError(self.source, f"latent.vae_run {path} is a {config.get('task')} run, not a "
                                            "volume_autoencoder one (configs/diffkt3d_vae.yaml trains it)")
+        self._vae_config = (path, config)
         return config
 
     @property
@@ -230,8 +234,12 @@ class DiffKT3DTask(Task):
         return self._vae
 
     def vae_key(self) -> str:
-        weights, _ = resolve_checkpoint(self._vae_source())
-        return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        """The latent cache's sub-folder: a hash of the autoencoder's weights (hashed once per source)."""
+        path = self._vae_source()
+        if getattr(self, "_vae_key", (None,))[0] != path:
+            weights, _ = resolve_checkpoint(path)
+            self._vae_key = (path, hashlib.sha256(weights.read_bytes()).hexdigest()[:12])
+        return self._vae_key[1]
 
     @property
     def depth(self) -> int:
@@ -335,6 +343,7 @@ class DiffKT3DTask(Task):
                 z = np.stack([c[f"z_{m}"].astype(np.float32) for c in cases])
                 axes = (0, 2, 3, 4)
                 self.latent_stats[m] = [z.mean(axes).tolist(), np.maximum(z.std(axes), 1e-3).tolist()]
+        self._train_cases = cases  # stage C scores its candidates against these patients' plans and structures
         return LatentCases(cases, self)
 
     def val_data(self, progress: bool = True) -> list[dict]:
@@ -394,21 +403,14 @@ class DiffKT3DTask(Task):
         x = batch["latents"]  # (B, S, C, d, h, w) in model modality order
         slots, pos = self._draw_slots(x.shape[1])
         self._steps += 1
-        inp = x[:, slots]
-        x0 = inp[:, pos]
-        schedule = self.flow.schedule()
-        t = schedule.sample_t(x.shape[0], self._generator, x.device, x.dtype)
-        eps = torch.randn(x0.shape, generator=self._generator, dtype=x0.dtype).to(x.device)
-        inp = inp.clone()
-        inp[:, pos] = schedule.add_noise(x0, eps, t)
-        roles = torch.zeros(x.shape[0], len(slots), dtype=torch.bool, device=x.device)
-        roles[:, pos] = True
-        v = model(inp, torch.tensor(slots, device=x.device), roles, t)[:, pos]
-        return (v.float() - (eps - x0).float()).pow(2).mean()
+        target = slots[pos]
+        conds = [s for s in slots if s != target]
+        return flow_loss(self.velocity(model, x[:, conds], conds, target), x[:, target], self.flow.schedule(),
+                         generator=self._generator)
 
     def nft_loss(self, model, batch: dict) -> torch.Tensor:
         """One ScardNFT step (eq. 11-13) on the batch's patients: candidates from the frozen starting
-        policy, scorecard rewards, optimality per patient, then L_flow on the plan + lam L_nft."""
+        policy, scorecard rewards, optimality per patient, then L_flow on the plans + lam L_nft."""
         cases = [self._train_cases[int(i)] for i in batch["index"]]
         dose_id = self.modalities.index("dose")
         cond_ids = [i for i in range(len(self.modalities)) if i != dose_id]
@@ -417,36 +419,21 @@ class DiffKT3DTask(Task):
         for j, case in enumerate(cases):
             conds = self.case_latents(case, [self.modalities[i] for i in cond_ids])[None]
             fn = self.velocity(self._old_model, conds, cond_ids, dose_id)
-            shape = (n, *conds.shape[2:])
             with torch.no_grad():
-                z = sample_flow(fn, shape, schedule, self.nft.steps, "euler", generator=self._generator)
-            doses = self.decode(z, "dose")
+                z = sample_flow(fn, (n, *conds.shape[2:]), schedule, self.nft.steps, "euler", generator=self._generator)
             ref = case["dose"].astype(np.float32)
-            for d in doses:
-                rewards.append(self.case_reward(case, decode_modality("dose", d), ref))
+            rewards += [self.case_reward(case, decode_modality("dose", d), ref) for d in self.decode(z, "dose")]
             samples.append(z)
             groups += [j] * n
             conds_all.append(conds.expand(n, *conds.shape[1:]))
         r = optimality_from_rewards(torch.tensor(rewards, dtype=torch.float32), torch.tensor(groups))
-        x0 = torch.cat(samples)
         conds = torch.cat(conds_all)
-        fn_new = self.velocity(model, conds, cond_ids, dose_id)
-        fn_old = self.velocity(self._old_model, conds, cond_ids, dose_id)
-        t = schedule.sample_t(x0.shape[0], self._generator)
-        eps = torch.randn(x0.shape, generator=self._generator)
-        x_t = schedule.add_noise(x0, eps, t)
-        with torch.no_grad():
-            v_old = fn_old(x_t, t)
-        l_nft = nft_loss(fn_new(x_t, t), v_old, schedule.velocity_target(x0, eps), r, self.nft.beta)
-        # L_flow on the plans themselves keeps the policy anchored to the data (eq. 13)
-        x = batch["latents"]
-        plan = x[:, dose_id]
-        fn_plan = self.velocity(model, x[:, cond_ids], cond_ids, dose_id)
-        tp = schedule.sample_t(plan.shape[0], self._generator)
-        ep = torch.randn(plan.shape, generator=self._generator)
-        l_flow = (fn_plan(schedule.add_noise(plan, ep, tp), tp) - (ep - plan)).pow(2).mean()
-        self.last_rewards = rewards
-        return l_flow + self.nft.lam * l_nft
+        x = batch["latents"]  # the plans: L_flow keeps the policy anchored to the data (eq. 13)
+        total, _ = scardnft_objective(
+            self.velocity(model, conds, cond_ids, dose_id), self.velocity(self._old_model, conds, cond_ids, dose_id),
+            torch.cat(samples), r, schedule, self.nft.beta, self.nft.lam, reference=x[:, dose_id],
+            reference_velocity_fn=self.velocity(model, x[:, cond_ids], cond_ids, dose_id), generator=self._generator)
+        return total
 
     def case_reward(self, case: dict, dose_crop: np.ndarray, reference: np.ndarray | None) -> float:
         """The scorecard reward of a cropped dose (anchored to the plan when `reference` is given)."""
@@ -621,7 +608,6 @@ class LatentCases(torch.utils.data.Dataset):
     def __init__(self, cases: list[dict], task: DiffKT3DTask):
         self.cases = cases
         self.latents = [task.case_latents(c, task.modalities) for c in cases]
-        task._train_cases = cases
 
     def __len__(self) -> int:
         return len(self.cases)
