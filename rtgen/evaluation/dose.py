@@ -108,11 +108,8 @@ class EvaluationResult:
         per = {}
         for pid, r in self.scorecard.items():
             ref = self.scorecard_ref.get(pid)
-            per[pid] = {"total": r.total, "max_total": r.max_total, "fraction": r.fraction,
-                        "weighted_score": r.weighted_score, "hard_violation": r.hard_violation,
-                        "absent_structures": r.absent,
-                        **({"reference_total": ref.total, "reference_fraction": ref.fraction} if ref else {}),
-                        "criteria": [row.to_dict() for row in r.rows]}
+            row = {k: v for k, v in r.to_dict().items() if k != "template"}  # the template is named once, below
+            per[pid] = {**row, **({"reference_total": ref.total, "reference_fraction": ref.fraction} if ref else {})}
         first = next(iter(self.scorecard.values()))
         return {"template": first.template,
                 "total_mean": float(np.mean([r.total for r in self.scorecard.values()])),
