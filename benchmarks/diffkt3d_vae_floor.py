@@ -4,8 +4,12 @@ Runs the `volume_autoencoder` task's own validation (encode with the posterior m
 patient's whole cropped volume) on every patient of the split: OpenKBP dose and DVH scores of
 decode(encode(dose)), and on the first --all-modalities patients the CT MAE (HU, in the body) and
 the voxel agreement of the prescription map, OAR labels and body mask after the round trip.
+With --prior DIR (pt_N.csv dose priors of the split) it also scores the floor of the dose DiffKT3D
+writes when the model has a prior slot: prior + D(E(dose)) - D(E(prior)) (`latent.dose_from_prior`),
+and the prior alone.
 
     python benchmarks/diffkt3d_vae_floor.py runs/diffkt3d_vae data/openkbp/validation-pats --out floor.json
+    python benchmarks/diffkt3d_vae_floor.py runs/diffkt3d_vae VAL --prior PRIORS --all-modalities 0
 """
 
 from __future__ import annotations
@@ -15,10 +19,32 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rtgen.core.checkpoint import read_config, resolve_checkpoint
+from rtgen.data.sources.openkbp import read_dose_csv
+from rtgen.data.transforms.modalities import decode_modality, dose_to_unit
+from rtgen.dosimetry import OpenKBPScores
 from rtgen.tasks import task_from_checkpoint
+from rtgen.tasks.volume_autoencoder import reconstruct
+
+
+def prior_floor(model, data: list[dict], priors: Path) -> dict:
+    """Dose and DVH scores of the prior alone and of prior + D(E(dose)) - D(E(prior))."""
+    alone, relative = OpenKBPScores(), OpenKBPScores()
+    for case in tqdm(data, desc="prior-relative floor", leave=False):
+        patient, crop = case["patient"], case["crop"]
+        prior = read_dose_csv(priors / f"{patient.id}.csv")
+        base = reconstruct(model, crop.take(dose_to_unit(prior)), "cpu")
+        rec = reconstruct(model, case["volumes"]["dose"].astype(np.float32), "cpu")
+        gy = crop.put(crop.take(prior) + decode_modality("dose", rec) - decode_modality("dose", base), patient.grid)
+        mask, args = patient.possible_dose_mask, (patient.structures, patient.voxel_volume_mm3)
+        alone.add(patient.id, patient.dose, prior * mask, mask, *args)
+        relative.add(patient.id, patient.dose, np.clip(gy, 0, None) * mask, mask, *args)
+    return {"prior_dose_score": alone.dose_score, "prior_dvh_score": alone.dvh_score,
+            "prior_relative_dose_score": relative.dose_score, "prior_relative_dvh_score": relative.dvh_score}
 
 
 def main() -> None:
@@ -27,6 +53,7 @@ def main() -> None:
     ap.add_argument("split")
     ap.add_argument("--all-modalities", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prior", type=Path, default=None, help="pt_N.csv dose priors of the split")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -39,6 +66,8 @@ def main() -> None:
     start = time.perf_counter()
     data = task.val_data(progress=True)
     metrics, _ = task.validate(model, data, torch.device("cpu"), 1)
+    if args.prior:
+        metrics.update(prior_floor(model, data, args.prior))
     row = {"run": str(args.run), "patients": len(data), **metrics, "seconds": time.perf_counter() - start,
            "epochs": config.get("training", {}).get("epochs_run")}
     print(json.dumps(row, indent=1))

@@ -105,6 +105,21 @@ def test_predict_best_of_two_writes_doses_inside_the_mask(runs, tmp_path):
         assert dose.shape == mask.shape and dose.min() >= 0 and (dose[~mask] == 0).all()
 
 
+def test_a_dose_latent_equal_to_the_priors_gives_back_the_prior_at_full_resolution(runs):
+    """latent.dose_from_prior: a dose is prior + D(z) - D(z_prior), so the autoencoder's blur cancels."""
+    config = read_config(runs / "b" / "config.json")
+    task = task_from_checkpoint(config)
+    case = task.cached_case(EXAMPLES / "pt_204", str(runs / "priors"))
+    prior = case["prior"].astype(np.float32)
+    z = task.case_latents(case, ["prior"])  # standardised as a prior: re-standardise as a dose
+    z = task.standardise(task.unstandardise(z, "prior"), "dose")
+    np.testing.assert_allclose(task.dose_volumes(case, z)[0], np.clip(prior, -1, 1), atol=1e-5)
+    blurred = task.decode(z, "dose")[0]  # the plain decode loses the prior's detail
+    assert np.abs(blurred - prior).mean() > 10 * np.abs(task.dose_volumes(case, z)[0] - prior).mean() + 1e-4
+    task.latent.dose_from_prior = False
+    np.testing.assert_allclose(task.dose_volumes(case, z)[0], blurred, atol=1e-6)
+
+
 def test_imputes_a_non_dose_modality(runs, tmp_path):
     out = tmp_path / "oar"
     run(["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES / "pt_204"), "--out", str(out),

@@ -123,6 +123,24 @@ def test_condition_time_and_soft_mask_change_the_prediction():
     assert torch.allclose(model(x[:1], t[0], ct[:1]), ref[:1], atol=1e-6)  # a scalar t is broadcast
 
 
+def test_ct_input_gives_each_token_its_own_ct_patch_from_the_first_layer():
+    """ct_input: with the blocks' gates still closed, the CT reaches the output only through the input
+    embedding, so changing one CT patch changes that patch of the prediction and no other."""
+    x, t, ct = _inputs()
+    for ct_input in (False, True):
+        model = _tiny(ct_input=ct_input)
+        with torch.no_grad():
+            model.final.linear.weight.normal_(0, 0.1)
+        model.eval()
+        ref, moved = ct.clone(), ct.clone()
+        moved[:, :, 0:2, 0:2] += 1.0  # the first 2 x 2 patch
+        delta = (model(x, t, moved) - model(x, t, ref)).abs()
+        if not ct_input:
+            assert delta.max() == 0  # gates closed: the CT has no path yet
+        else:
+            assert delta[:, :, 0:2, 0:2].min() > 0 and delta[:, :, 2:, :].max() == 0 and delta[:, :, :, 2:].max() == 0
+
+
 def test_long_skips_fusion_and_bad_sizes():
     assert len(_tiny(depth=5).skips) == 2 and len(_tiny(depth=4).skips) == 2
     cbam, plain = _tiny(fusion="cbam"), _tiny(fusion="sum")

@@ -147,6 +147,17 @@ def test_train_writes_a_complete_run(tmp_path, tiny_config):
     assert yaml.safe_load((run / "resolved_config.yaml").read_text())["train"]["epochs"] == 1
 
 
+def test_val_every_validates_every_nth_epoch_and_after_the_last(tmp_path, tiny_config):
+    cfg = load_config(tiny_config, ["train.epochs=3", "train.val_every=2"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.fit()
+    validated = [h["epoch"] for h in trainer.history if "val_dose_score" in h]
+    assert validated == [2, 3] and [h["epoch"] for h in trainer.history] == [1, 2, 3]
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert len(rows) == 4 and "val_dose_score" in rows[0]  # one header, one row per epoch, empty val cells on epoch 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["validation"]["epoch"] in (2, 3)
+
+
 def test_resume_continues_as_if_uninterrupted(tmp_path, tiny_config):
     straight = Trainer(load_config(tiny_config), tmp_path / "a", progress=False)
     straight.fit()

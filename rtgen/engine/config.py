@@ -36,7 +36,8 @@ class TrainConfig:
     cpu_amp: bool = False  # bfloat16 autocast on the CPU too (training and validation): faster where the CPU has bf16 units
     channels_last: bool = False  # conv weights and activations in channels-last order (2D or 3D): faster oneDNN convs on CPU
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None  # e.g. 0.999; None disables
-    patience: Annotated[int, Field(ge=1)] = 10  # early stopping: epochs without a better selection metric
+    patience: Annotated[int, Field(ge=1)] = 10  # early stopping: validations without a better selection metric
+    val_every: Annotated[int, Field(ge=1)] = 1  # validate every N epochs (and after the last)
     seed: Annotated[int, Field(ge=0)] = 0
     device: str = "auto"
     max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None

@@ -16,7 +16,8 @@ class CSVLog(Hook):
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+        columns = list(dict.fromkeys(k for r in trainer.history for k in r))  # epochs without validation lack val_*
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(trainer.history)
         atomic_write_text(trainer.run_dir / "log.csv", buf.getvalue())

@@ -282,19 +282,25 @@ class Trainer:
             t0 = time.perf_counter()
             stats = self.train_epoch()
             self.epoch += 1
+            # validate every `val_every` epochs and after the last one: short epochs (a big batch on a
+            # GPU) would otherwise spend most of their time sampling validation images
+            validating = self.epoch % cfg.val_every == 0 or self.epoch >= last_epoch
             if self.main:
-                val, artefacts = self.validate()
-                improved = self._improved(val[metric])
-                if improved:
-                    self.best, self.stale = val[metric], 0
-                else:
-                    self.stale += 1
+                val, artefacts, improved = {}, None, False
+                if validating:
+                    val, artefacts = self.validate()
+                    improved = self._improved(val[metric])
+                    if improved:
+                        self.best, self.stale = val[metric], 0
+                    else:
+                        self.stale += 1
                 self.elapsed += time.perf_counter() - t0
                 row = {"epoch": self.epoch, "step": self.step, **stats, **{f"val_{k}": v for k, v in val.items()},
                        "lr": self.sched.get_last_lr()[0], "best": improved, "elapsed_s": self.elapsed}
                 self.history.append(row)
-                for hook in self.hooks:
-                    hook.on_validation_end(self, val, artefacts)
+                if validating:
+                    for hook in self.hooks:
+                        hook.on_validation_end(self, val, artefacts)
                 if improved:
                     self._save_best({**val, "epoch": self.epoch})
                 self._save_last()

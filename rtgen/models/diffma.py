@@ -79,6 +79,9 @@ class DiffMaConfig:
     d_state: Positive = 16  # N in the paper's eq. 10
     expand: Annotated[int, Field(ge=1, le=4)] = 1  # Mamba inner width = expand * D
     attention_head_dim: Positive = 64  # the "attention" baseline
+    # not in the paper: the CT latent also concatenated to the noisy MR latent before patchify (the
+    # usual conditional-LDM input), so every token sees its CT patch from the first layer on
+    ct_input: bool = False
 
     def __post_init__(self):
         if self.latent_size % self.patch_size:
@@ -243,7 +246,7 @@ class DiffMa(nn.Module):
         D, p = cfg.hidden_size, cfg.patch_size
         self.grid = (cfg.latent_size // p, cfg.latent_size // p)
         self.embedder = VisionEmbedder(cfg.ct_channels, D, p, self.grid, cfg.soft_mask)
-        self.x_embed = nn.Conv2d(cfg.in_channels, D, p, stride=p)
+        self.x_embed = nn.Conv2d(cfg.in_channels + (cfg.ct_channels if cfg.ct_input else 0), D, p, stride=p)
         self.register_buffer("pos_embed", sincos_2d(D, self.grid).unsqueeze(0), persistent=False)
         self.t_embed = nn.Sequential(nn.Linear(FREQ_DIM, D), nn.SiLU(), nn.Linear(D, D))
         self.y_embed = nn.Linear(D, D)  # pooled CT embedding -> global condition
@@ -285,6 +288,8 @@ class DiffMa(nn.Module):
             raise ValueError(f"DiffMa was built for {n} x {n} latents, got {h} x {w}")
         t = t.reshape(1).expand(B) if t.dim() == 0 else t
         c = self.t_embed(timestep_embedding(t, FREQ_DIM).to(x.dtype)) + self.y_embed(cond.pooled)
+        if self.cfg.ct_input:
+            x = torch.cat([x, cond.latent.to(x.dtype)], 1)
         tokens = self.x_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         n_out, saved = len(self.skips), []
         for i, block in enumerate(self.blocks):

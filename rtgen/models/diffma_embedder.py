@@ -27,11 +27,13 @@ import torch.nn.functional as F
 
 
 class VisionCondition(NamedTuple):
-    """What the embedder gives the DiffMa blocks: `tokens` m*e (B, L, D), `pooled` (B, D), `mask` m (B, L)."""
+    """What the embedder gives the DiffMa blocks: `tokens` m*e (B, L, D), `pooled` (B, D), `mask` m (B, L),
+    and the CT latent itself (B, C, h, w) for a network that also takes it at its input."""
 
     tokens: torch.Tensor
     pooled: torch.Tensor
     mask: torch.Tensor
+    latent: torch.Tensor | None = None
 
 
 class TokenChannelAttention(nn.Module):
@@ -69,9 +71,9 @@ class VisionEmbedder(nn.Module):
         e = self.embed_tokens(ct)
         if self.attention is None:
             m = torch.ones(e.shape[:2], dtype=e.dtype, device=e.device)
-            return VisionCondition(e, e.mean(1), m)
+            return VisionCondition(e, e.mean(1), m, ct)
         m = self.attention(e)
-        return VisionCondition(e * m.unsqueeze(-1), e.mean(1), m)
+        return VisionCondition(e * m.unsqueeze(-1), e.mean(1), m, ct)
 
     def freeze(self) -> VisionEmbedder:
         """Fix the pre-trained embedder for diffusion training (paper: its parameters stay fixed)."""
