@@ -120,6 +120,23 @@ def test_a_dose_latent_equal_to_the_priors_gives_back_the_prior_at_full_resoluti
     np.testing.assert_allclose(task.dose_volumes(case, z)[0], blurred, atol=1e-6)
 
 
+def test_predicting_x0_an_untrained_network_generates_the_prior(runs):
+    """flow.prediction "sample" with the prior slot: x0 = the prior's latent + the network's output,
+    which is 0 at initialisation, so sampling lands on the prior and the decoded dose is the prior."""
+    import dataclasses
+
+    from rtgen.tasks.diffkt3d import KT3DSamplingConfig
+
+    task = task_from_checkpoint(read_config(runs / "b" / "config.json"))
+    task.flow = dataclasses.replace(task.flow, prediction="sample")
+    case = task.cached_case(EXAMPLES / "pt_204", str(runs / "priors"))
+    vol, _ = task.generate(task.build_model(), case, "dose", KT3DSamplingConfig("euler", 3, 1, 0))
+    np.testing.assert_allclose(vol, np.clip(case["prior"].astype(np.float32), -1, 1), atol=1e-4)
+    task.flow = dataclasses.replace(task.flow, prediction="velocity")  # the paper's v: noise, not the prior
+    vol, _ = task.generate(task.build_model(), case, "dose", KT3DSamplingConfig("euler", 3, 1, 0))
+    assert np.abs(vol - case["prior"].astype(np.float32)).mean() > 1e-2
+
+
 def test_imputes_a_non_dose_modality(runs, tmp_path):
     out = tmp_path / "oar"
     run(["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES / "pt_204"), "--out", str(out),

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from rtgen.diffusion.samplers import Trajectory
 
 FLOW_SAMPLERS = ("euler", "heun", "dpmpp")
+FLOW_PREDICTIONS = ("velocity", "sample")  # what a network predicts: v = eps - x0, or x0 itself
 T_SAMPLINGS = ("uniform", "logit_normal")
 
 
@@ -123,11 +124,29 @@ def flow_matching_loss(pred_v: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor
 
 def flow_loss(velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
               schedule: FlowSchedule = FlowSchedule(), weight: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """One flow-matching training loss: draw t and eps (on the CPU, from `generator`), noise x0, regress v."""
+              generator: torch.Generator | None = None, prediction: str = "velocity") -> torch.Tensor:
+    """One flow-matching training loss: draw t and eps (on the CPU, from `generator`), noise x0, regress v
+    (or, for a network predicting "sample", regress x0 with the same draws: a loss equally weighted
+    over t, where the velocity error of an x0 error grows as 1/t)."""
     t = schedule.sample_t(x0.shape[0], generator, x0.device, x0.dtype)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    return flow_matching_loss(velocity_fn(schedule.add_noise(x0, eps, t), t), x0, eps, weight)
+    pred = velocity_fn(schedule.add_noise(x0, eps, t), t)
+    if prediction == "sample":  # the v-loss machinery with eps = 0 compares pred with x0 itself
+        return flow_matching_loss(-pred, x0, torch.zeros_like(x0), weight)
+    return flow_matching_loss(pred, x0, eps, weight)
+
+
+def as_velocity(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prediction: str = "velocity"):
+    """The velocity field of a network that predicts `prediction`: itself for "velocity", and
+    v = (x_t - x0_hat) / t for "sample" (samplers never ask at t = 0; t is floored at 1e-4)."""
+    if prediction not in FLOW_PREDICTIONS:
+        raise ValueError(f"prediction must be one of {FLOW_PREDICTIONS}, got {prediction!r}")
+    if prediction == "velocity":
+        return fn
+
+    def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (x_t - fn(x_t, t)) / _bcast(t.clamp_min(1e-4), x_t)
+    return velocity
 
 
 def _dpmpp_scheduler(schedule: FlowSchedule):
@@ -219,9 +238,11 @@ def gaussian_velocity(mu: float, sigma: float) -> Callable[[torch.Tensor, torch.
 
 
 __all__ = [
+    "FLOW_PREDICTIONS",
     "FLOW_SAMPLERS",
     "T_SAMPLINGS",
     "FlowSchedule",
+    "as_velocity",
     "flow_loss",
     "flow_matching_loss",
     "gaussian_velocity",

@@ -57,7 +57,7 @@ from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
 from rtgen.data.sources.openkbp import read_dose_csv
 from rtgen.data.transforms.modalities import Crop, decode_modality, patient_modalities, unit_to_dose
-from rtgen.diffusion.flow import FLOW_SAMPLERS, FlowSchedule, flow_loss, sample_flow
+from rtgen.diffusion.flow import FLOW_SAMPLERS, FlowSchedule, as_velocity, flow_loss, sample_flow
 from rtgen.diffusion.nft import optimality_from_rewards, scardnft_objective
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.dosimetry.gdp_hmm import gdp_hmm_mae
@@ -87,8 +87,10 @@ class KT3DDataConfig:
 @dataclass
 class LatentConfig:
     vae_run: str = ""  # run folder of a `volume_autoencoder` training (frozen here)
-    # a generated dose is read as prior + D(z) - D(z_prior), not D(z): the decoder's blur, the same on
-    # two doses, cancels (see `dose_volumes`); used where the model has a `prior` slot
+    # where the model has a `prior` slot, the dose is generated as a change to the prior: a generated
+    # dose is read as prior + D(z) - D(z_prior), not D(z), so the decoder's blur, the same on two
+    # doses, cancels (`dose_volumes`); and with flow.prediction "sample" the network's x0 is the
+    # prior's latent plus its output, so an untrained network gives back the prior (`predictor`)
     dose_from_prior: bool = True
 
     def to_dict(self) -> dict:
@@ -110,6 +112,7 @@ class Any2AnyConfig:
 class FlowConfig:
     shift: Annotated[float, Field(gt=0)] = 3.0  # Wan/SD3 flow shift of training and sampling times
     t_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    prediction: Literal["velocity", "sample"] = "velocity"  # the paper's v, or x0 (see LatentConfig)
 
     def schedule(self) -> FlowSchedule:
         return FlowSchedule(shift=self.shift, t_sampling=self.t_sampling)
@@ -388,11 +391,17 @@ class DiffKT3DTask(Task):
         slots = sorted(conds + [target])
         return slots, slots.index(target)
 
-    def velocity(self, model, conds: torch.Tensor, cond_ids: list[int], target_id: int):
-        """velocity_fn(x_t, t) of the target slot given fixed condition latents (n, S-1, C, ...)."""
+    def predictor(self, model, conds: torch.Tensor, cond_ids: list[int], target_id: int):
+        """fn(x_t, t) -> the network's prediction (flow.prediction) for the target slot given fixed
+        condition latents (n, S-1, C, ...). Predicting x0 of the dose with the prior among the
+        conditions, the prediction is the prior's latent (as a dose latent) plus the network's output."""
         ids = sorted(cond_ids + [target_id])
         pos = ids.index(target_id)
         ids_t = torch.tensor(ids)
+        prior_id, base_slot = (self.modalities.index("prior") if "prior" in self.modalities else None), None
+        if (self.flow.prediction == "sample" and self.latent.dose_from_prior and prior_id in cond_ids
+                and self.modalities[target_id] == "dose"):
+            base_slot = cond_ids.index(prior_id)
 
         def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = x_t.shape[0]
@@ -400,8 +409,15 @@ class DiffKT3DTask(Task):
             inp = torch.cat([c[:, :pos], x_t[:, None], c[:, pos:]], 1)
             roles = torch.zeros(n, len(ids), dtype=torch.bool, device=x_t.device)
             roles[:, pos] = True
-            return model(inp, ids_t.to(x_t.device), roles, t)[:, pos]
+            out = model(inp, ids_t.to(x_t.device), roles, t)[:, pos]
+            if base_slot is not None:
+                out = out + self.standardise(self.unstandardise(c[:, base_slot].float(), "prior"), "dose").to(out.dtype)
+            return out
         return fn
+
+    def velocity(self, model, conds: torch.Tensor, cond_ids: list[int], target_id: int):
+        """velocity_fn(x_t, t) of the target slot given fixed condition latents (n, S-1, C, ...)."""
+        return as_velocity(self.predictor(model, conds, cond_ids, target_id), self.flow.prediction)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         if self.any2any.stage == "scardnft":
@@ -411,8 +427,8 @@ class DiffKT3DTask(Task):
         self._steps += 1
         target = slots[pos]
         conds = [s for s in slots if s != target]
-        return flow_loss(self.velocity(model, x[:, conds], conds, target), x[:, target], self.flow.schedule(),
-                         generator=self._generator)
+        return flow_loss(self.predictor(model, x[:, conds], conds, target), x[:, target], self.flow.schedule(),
+                         generator=self._generator, prediction=self.flow.prediction)
 
     def nft_loss(self, model, batch: dict) -> torch.Tensor:
         """One ScardNFT step (eq. 11-13) on the batch's patients: candidates from the frozen starting
