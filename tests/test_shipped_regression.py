@@ -47,3 +47,25 @@ def test_shipped_default_dose_model_predicts_as_when_it_was_shipped():
     for index, gy in {646955: 4.19766, 828335: 12.62465, 940605: 51.34431, 1023662: 37.17415, 1091633: 9.97481,
                       1172045: 21.95616, 1253558: 14.18707, 1467180: 2.66581}.items():
         assert dose[index] == pytest.approx(gy, abs=1e-3), index
+
+
+def test_shipped_diffkt3d_predicts_a_dose_near_its_prior_and_the_plan():
+    """The shipped DiffKT3D writes its dose as a change to the shipped lightgbm prior (prior + D(z) -
+    D(z_prior)). On pt_204, with 2 Euler steps and the best of 2: a dose inside the possible dose
+    mask, within 1.5 Gy of the prior on average inside it, and a dose score against the plan within
+    25 % of the prior's."""
+    from rtgen.dosimetry import OpenKBPScores
+
+    patient = read_patient(example_patients_dir() / "pt_204")
+    mask = patient.possible_dose_mask
+    prior = load_predictor(shipped_model_dir("dose"), "cpu").predict(patient)
+    dose = load_predictor(shipped_model_dir("diffkt3d"), "cpu").predict(
+        patient, sampling=SamplingConfig("euler", 2, 1, 0, best_of=2))
+    assert dose.shape == mask.shape and dose.min() >= 0 and (dose[~mask] == 0).all()
+    assert np.abs(dose - prior)[mask].mean() < 1.5
+    scores = {}
+    for name, d in (("prior", prior), ("diffkt3d", dose)):
+        s = OpenKBPScores()
+        s.add(patient.id, patient.dose, d * mask, mask, patient.structures, patient.voxel_volume_mm3)
+        scores[name] = s.dose_score
+    assert scores["diffkt3d"] < 1.25 * scores["prior"], scores

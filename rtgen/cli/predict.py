@@ -23,7 +23,7 @@ class PredFormat(str, Enum):
 def predict(
     patients: Path = typer.Option(..., "--patients", help="A split folder of patients, or one patient: an OpenKBP CSV or NIfTI folder, an .npz, or a DICOM export (CT series + RTSTRUCT)."),
     out_dir: Path = typer.Option(..., "--out", help="Where pt_N.csv (pt_N.nii.gz, or <id>_RTDOSE.dcm) predictions go."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Run directory or model.safetensors (config.json beside it). Default: the shipped default dose model."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Run directory, model.safetensors (config.json beside it) or hub:NAME (a model shipped in rtgen). Default: the shipped default dose model."),
     fmt: PredFormat = typer.Option(PredFormat.csv, "--format", help="csv (OpenKBP submission), nifti, or dicom (an RTDOSE on the patient's CT frame of reference; DICOM patients only)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower)."),
@@ -67,6 +67,8 @@ def predict(
         if model is None:
             model = shipped_model_dir(default_model("dose"))
             out.print(f"model: the shipped default, {model.name}")
+        elif str(model).startswith("hub:"):  # a model shipped inside rtgen, e.g. hub:diffkt3d_openkbp
+            model = shipped_model_dir(str(model)[len("hub:"):])
         predictor = load_predictor(model, device)
         if getattr(predictor.task, "output_kind", "dose") == "image":
             return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))

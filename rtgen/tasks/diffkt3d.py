@@ -629,8 +629,12 @@ class DiffKT3DTask(Task):
         return "\n".join([
             f"# {summary['model']['name']}: DiffKT3D stage {self.any2any.stage} ({self.name})", "",
             f"- Slots: {', '.join(self.modalities)}; latents of the frozen volume autoencoder copied in `{VAE_DIR}/`.",
-            f"- Flow matching (v = eps - x0, shift {self.flow.shift}); sampling {self.sampling.method}, "
+            f"- Flow matching (x_t = (1 - t) x0 + t eps, shift {self.flow.shift}), the network predicting "
+            f"{'x0' if self.flow.prediction == 'sample' else 'v = eps - x0'}; sampling {self.sampling.method}, "
             f"{self.sampling.steps} steps, best of {self.sampling.best_of} by scorecard.",
+            *([f"- The dose is generated as a change to the prior ({self.prior.model}): prior + D(z) - D(z_prior)"
+               + (", with x0 = the prior's latent + the network's output" if self.flow.prediction == "sample" else "")
+               + "."] if self.latent.dose_from_prior and "prior" in self.modalities else []),
             f"- Trained on {t.get('train_patients', '?')} patients, {t['epochs_run']} epochs, "
             f"{t['seconds'] / 60:.1f} min on {t['hardware']}.",
             f"- Validation ({t.get('val_patients', '?')} patients, 1 sample): dose score "
