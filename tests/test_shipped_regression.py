@@ -56,11 +56,19 @@ def test_shipped_diffkt3d_predicts_a_dose_near_its_prior_and_the_plan():
     25 % of the prior's."""
     from rtgen.dosimetry import OpenKBPScores
 
+    from rtgen.data.transforms.modalities import Crop, unit_to_dose
+    from rtgen.tasks.diffkt3d import KT3DSamplingConfig
+
     patient = read_patient(example_patients_dir() / "pt_204")
     mask = patient.possible_dose_mask
-    prior = load_predictor(shipped_model_dir("dose"), "cpu").predict(patient)
-    dose = load_predictor(shipped_model_dir("diffkt3d"), "cpu").predict(
-        patient, sampling=SamplingConfig("euler", 2, 1, 0, best_of=2))
+    predictor = load_predictor(shipped_model_dir("diffkt3d"), "cpu")
+    task = predictor.task
+    case = task.predict_case(patient)  # runs the shipped lightgbm prior once, as `rtgen predict` does
+    vol, rewards = task.generate(predictor.model, case, "dose", KT3DSamplingConfig("euler", 2, 2, 0))
+    assert len(rewards) == 2  # two candidates, the one with the better scorecard kept
+    dose = task.case_dose(case, vol)
+    crop = Crop(int(case["crop"][0]), int(case["crop"][1]))
+    prior = crop.put(unit_to_dose(case["prior"]), patient.grid) * mask
     assert dose.shape == mask.shape and dose.min() >= 0 and (dose[~mask] == 0).all()
     assert np.abs(dose - prior)[mask].mean() < 1.5
     scores = {}
