@@ -398,10 +398,10 @@ class DiffKT3DTask(Task):
         ids = sorted(cond_ids + [target_id])
         pos = ids.index(target_id)
         ids_t = torch.tensor(ids)
-        prior_id, base_slot = (self.modalities.index("prior") if "prior" in self.modalities else None), None
+        prior_id, base = (self.modalities.index("prior") if "prior" in self.modalities else None), None
         if (self.flow.prediction == "sample" and self.latent.dose_from_prior and prior_id in cond_ids
-                and self.modalities[target_id] == "dose"):
-            base_slot = cond_ids.index(prior_id)
+                and self.modalities[target_id] == "dose"):  # the conditions are fixed: re-standardise once
+            base = self.standardise(self.unstandardise(conds[:, cond_ids.index(prior_id)].float(), "prior"), "dose")
 
         def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = x_t.shape[0]
@@ -410,9 +410,7 @@ class DiffKT3DTask(Task):
             roles = torch.zeros(n, len(ids), dtype=torch.bool, device=x_t.device)
             roles[:, pos] = True
             out = model(inp, ids_t.to(x_t.device), roles, t)[:, pos]
-            if base_slot is not None:
-                out = out + self.standardise(self.unstandardise(c[:, base_slot].float(), "prior"), "dose").to(out.dtype)
-            return out
+            return out if base is None else out + base.to(out.dtype)
         return fn
 
     def velocity(self, model, conds: torch.Tensor, cond_ids: list[int], target_id: int):
