@@ -121,3 +121,14 @@ def test_real_process_prints_one_clear_error(tmp_path, examples_dir):
     assert "pt_204.csv, line 2: non-numeric value 'abc'" in proc.stderr.replace("\n", "")
     assert "1 of 2 patients evaluated" in proc.stdout  # pt_219 is still scored
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_patients"] == 1
+
+
+def test_predict_model_hub_names_a_shipped_model(tmp_path, examples_dir):
+    """`--model hub:NAME` loads a model shipped in rtgen; an unknown name lists the shipped ones."""
+    r = runner.invoke(app, ["predict", "--model", "hub:no_such_model", "--patients", str(examples_dir / "pt_204"),
+                            "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "no shipped model 'no_such_model'" in r.output and "diffkt3d_openkbp" in r.output
+    r = runner.invoke(app, ["predict", "--model", "hub:lightgbm_dose_openkbp", "--patients",
+                            str(examples_dir / "pt_204"), "--out", str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "pred" / "pt_204.csv").is_file()
