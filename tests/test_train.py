@@ -108,6 +108,7 @@ def test_config_overrides_and_errors(tiny_config):
         load_config(tiny_config, ["model.name=resnet"])
     with pytest.raises(RtgenError, match="not of the form"):
         load_config(tiny_config, ["epochs"])
+    assert not load_config(tiny_config, ["train.init="]).train.init  # an empty override: train from scratch
 
 
 def test_training_state_round_trip_without_pickle(tmp_path):

@@ -43,7 +43,9 @@ class TrainConfig:
     max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
     val_batch_size: Annotated[int, Field(ge=1)] = 32
     out: str = "runs/run"
-    init: str = ""  # a run folder (or weights file) of the same task and model to start from: fine-tuning, a next stage
+    # a run folder (or weights file) of the same task and model to start from: fine-tuning, a next
+    # stage; empty or null (`train.init=` on the command line) starts from scratch
+    init: str | None = ""
 
     def __post_init__(self):
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
