@@ -1,6 +1,7 @@
 """DiffKT3D end to end at toy size: volume autoencoder, stage A (Any2Any), B (dose), C (ScardNFT),
 then `rtgen predict` of a dose (best of 2) and the imputation of a non-dose modality."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,12 @@ from rtgen.core.checkpoint import read_config
 from rtgen.data.sources import load_patient
 from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import write_dose_csv
-from rtgen.data.transforms.modalities import MODALITIES, decode_modality, patient_modalities
+from rtgen.data.transforms.modalities import (
+    MODALITIES,
+    decode_modality,
+    patient_modalities,
+)
+from rtgen.layers.lora import merge_lora
 from rtgen.tasks import task_from_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "rtgen" / "examples" / "openkbp"
@@ -88,11 +94,30 @@ def test_every_stage_trains_and_validates_on_openkbp_scores(runs):
             assert np.isfinite(metrics["dose_score"]) and 0 <= metrics["scorecard"] <= 1
 
 
-def test_stage_c_trains_only_lora_and_modulation(runs):
-    config = read_config(runs / "c" / "config.json")
-    task = task_from_checkpoint(config)
-    model = task.load_model(runs / "c" / "model.safetensors")
-    assert any("lora" in n for n, _ in model.named_parameters())
+def test_stage_c_saves_lora_and_predicts_with_it_merged(runs):
+    task = task_from_checkpoint(read_config(runs / "c" / "config.json"))
+    adapted = task.load_model(runs / "c" / "model.safetensors", merged=False).eval()
+    assert any("lora" in n for n, _ in adapted.named_parameters())
+    case = task.cached_case(EXAMPLES / "pt_204", str(runs / "priors"))
+    x = task.case_latents(case, task.modalities)[None].float()
+    ids, t = torch.arange(x.shape[1]), torch.tensor([0.5])
+    roles = torch.zeros(1, x.shape[1], dtype=torch.bool)
+    roles[0, -1] = True
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random weights everywhere (gates and heads start at 0), adapters included
+        for p in adapted.parameters():
+            p.normal_(0, 0.05, generator=g)
+        want = adapted(x, ids, roles, t)
+        merged = merge_lora(copy.deepcopy(adapted))
+        got = merged(x, ids, roles, t)
+        for n, p in adapted.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+        before = adapted(x, ids, roles, t)  # the base alone
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert not any("lora" in n for n, _ in task.load_model(runs / "c" / "model.safetensors").named_parameters())
+    assert (want - before).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_predict_best_of_two_writes_doses_inside_the_mask(runs, tmp_path):

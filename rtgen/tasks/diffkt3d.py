@@ -594,20 +594,21 @@ class DiffKT3DTask(Task):
         task.latent_stats = config.get("latent_stats")
         return task
 
-    def load_model(self, weights):
+    def load_model(self, weights, merged: bool = True):
         """The trained DiT; the run's own copy of the autoencoder (`vae/`) is used from now on,
-        wherever the run was trained."""
+        wherever the run was trained. A stage-C run's LoRA adapters are folded into the base weights
+        unless `merged=False` (unmerged, peft's wrappers ran prediction about 2x slower)."""
         if (Path(weights).parent / VAE_DIR).is_dir():
             self._vae_run_dir = Path(weights).parent / VAE_DIR
             self._vae = None
         if self.any2any.stage != "scardnft":
             return super().load_model(weights)
         from rtgen.core.checkpoint import check_and_load, load_weights
-        from rtgen.layers.lora import add_lora
+        from rtgen.layers.lora import add_lora, merge_lora
 
         model = add_lora(self.build_model(), rank=self.nft.lora_rank, target_modules=LORA_TARGETS)
         check_and_load(model, load_weights(weights), weights)
-        return model
+        return merge_lora(model) if merged else model  # merged: the base network's speed at prediction
 
     def write_run_files(self, run_dir) -> None:
         dst = Path(run_dir) / VAE_DIR
