@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
                     "cache": str(root / "cache"), "max_val_patients": 1},
            "any2any": {"stage": "any2any", "curriculum_steps": 2},
            "sampling": {"steps": 2, "best_of": 2},
-           "nft": {"candidates": 2, "steps": 2, "lora_rank": 2},
+           "nft": {"candidates": 2, "steps": 2, "lora_rank": 2, "explore": 0.1},
            "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 1, "max_steps_per_epoch": 2, "out": str(root / "a")}}
     run(["train", write(root / "a.yaml", dit)])
     dit["any2any"] = {"stage": "dose"}

@@ -153,6 +153,10 @@ class NFTConfig:
     lora_rank: Annotated[int, Field(ge=1, le=512)] = 16
     mae_weight: Annotated[float, Field(ge=0)] = 1.0  # reward anchor: GDP-HMM MAE / prescription
     hard_penalty: Annotated[float, Field(ge=0)] = 1.0  # reward anchor: hinge on hard constraints
+    # Exploration (not in the paper): std of Gaussian noise added to each candidate's latent (standardised
+    # units) before it is decoded and scored. A policy whose candidates barely differ gives eq. 10 nothing
+    # to rank; the noise makes them differ, and the NFT loss then pulls towards the better-scored ones.
+    explore: Annotated[float, Field(ge=0)] = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -441,6 +445,8 @@ class DiffKT3DTask(Task):
             fn = self.velocity(self._old_model, conds, cond_ids, dose_id)
             with torch.no_grad():
                 z = sample_flow(fn, (n, *conds.shape[2:]), schedule, self.nft.steps, "euler", generator=self._generator)
+                if self.nft.explore:
+                    z = z + self.nft.explore * torch.randn(z.shape, generator=self._generator).to(z)
             ref = case["dose"].astype(np.float32)
             rewards += [self.case_reward(case, decode_modality("dose", d), ref) for d in self.dose_volumes(case, z)]
             samples.append(z)
