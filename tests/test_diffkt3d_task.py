@@ -123,7 +123,7 @@ def test_stage_c_saves_lora_and_predicts_with_it_merged(runs):
 def test_predict_best_of_two_writes_doses_inside_the_mask(runs, tmp_path):
     out = tmp_path / "pred"
     run(["predict", "--model", str(runs / "c"), "--patients", str(EXAMPLES / "pt_219"), "--out", str(out),
-         "--steps", "2", "--best-of", "2", "--format", "nifti"])  # the prior: the shipped lightgbm_dose
+         "--steps", "2", "--best-of", "2", "--sampler", "heun", "--format", "nifti"])  # prior: the shipped lightgbm_dose
     for pid in ("pt_219",):
         dose, _ = read_nifti(out / f"{pid}.nii.gz")
         mask = load_patient(EXAMPLES / pid, load_ct=False).possible_dose_mask
@@ -174,6 +174,10 @@ def test_bad_target_and_best_of_on_a_dose_only_model_are_refused(runs, tmp_path)
     result = CliRunner().invoke(app, ["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES),
                                       "--out", str(tmp_path / "x"), "--target", "prior"])
     assert result.exit_code != 0 and "--target prior" in result.output
+    result = CliRunner().invoke(app, ["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES),
+                                      "--out", str(tmp_path / "y"), "--sampler", "ddpm"])
+    assert result.exit_code != 0 and "--sampler ddpm: DiffKT3D integrates a flow ODE; use one of euler" in result.output
+    assert not (tmp_path / "y").exists()  # refused before any output
 
 
 def test_runs_of_other_tasks_are_refused_before_training(runs, tmp_path):

@@ -72,4 +72,4 @@ def test_md_dose_trains_predicts_with_uncertainty_and_evaluates(tmp_path):
     assert np.array_equal(p.predict(EXAMPLES / "pt_219", sampling=s), p.predict(EXAMPLES / "pt_219", sampling=s))
     r = runner.invoke(app, ["predict", "--model", str(tmp_path / "run"), "--patients", str(EXAMPLES), "--out",
                             str(pred), "--sampler", "euler"])
-    assert r.exit_code == 1 and "--sampler must be one of" in r.output
+    assert r.exit_code == 1 and "--sampler euler: md_dose samples with one of ddpm, ddim, dpmpp, ode" in r.output

@@ -555,11 +555,15 @@ class DiffKT3DTask(Task):
         return decode_modality(target, crop.put(vol, tuple(case["grid"]), fill))
 
     def sampling_from(self, sampling) -> KT3DSamplingConfig:
-        """The run's sampling settings, overridden by a CLI SamplingConfig's steps/seed/best_of if given."""
+        """The run's sampling settings, overridden by a CLI SamplingConfig's sampler/steps/seed/best_of if
+        given (a sampler of None keeps the run's own ODE solver)."""
         if sampling is None:
             return self.sampling
         best_of = getattr(sampling, "best_of", None)
-        return KT3DSamplingConfig(method=self.sampling.method, steps=getattr(sampling, "steps", self.sampling.steps),
+        method = getattr(sampling, "sampler", None) or self.sampling.method
+        if method not in FLOW_SAMPLERS:
+            raise RtgenError(f"--sampler {method}: DiffKT3D integrates a flow ODE; use one of {', '.join(FLOW_SAMPLERS)}")
+        return KT3DSamplingConfig(method=method, steps=getattr(sampling, "steps", self.sampling.steps),
                                   best_of=best_of if best_of is not None else self.sampling.best_of,
                                   seed=getattr(sampling, "seed", self.sampling.seed))
 
