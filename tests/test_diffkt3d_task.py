@@ -15,11 +15,7 @@ from rtgen.core.checkpoint import read_config
 from rtgen.data.sources import load_patient
 from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import write_dose_csv
-from rtgen.data.transforms.modalities import (
-    MODALITIES,
-    decode_modality,
-    patient_modalities,
-)
+from rtgen.data.transforms.modalities import MODALITIES, decode_modality, patient_modalities
 from rtgen.layers.lora import merge_lora
 from rtgen.tasks import task_from_checkpoint
 
@@ -176,7 +172,7 @@ def test_bad_target_and_best_of_on_a_dose_only_model_are_refused(runs, tmp_path)
     assert result.exit_code != 0 and "--target prior" in result.output
     result = CliRunner().invoke(app, ["predict", "--model", str(runs / "b"), "--patients", str(EXAMPLES),
                                       "--out", str(tmp_path / "y"), "--sampler", "ddpm"])
-    assert result.exit_code != 0 and "--sampler ddpm: DiffKT3D integrates a flow ODE; use one of euler" in result.output
+    assert result.exit_code != 0 and "--sampler ddpm: diffkt3d samples with one of euler, heun" in result.output
     assert not (tmp_path / "y").exists()  # refused before any output
 
 

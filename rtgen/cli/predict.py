@@ -42,14 +42,11 @@ def predict(
     from rtgen.core.atomic import output_dir
     from rtgen.data.sources import load_patient, patients_in
     from rtgen.diffusion import SAMPLERS
-    from rtgen.diffusion.flow import FLOW_SAMPLERS
     from rtgen.hub import default_model, shipped_model_dir
     from rtgen.inference import load_predictor
     from rtgen.inference.writers import estimated_bytes, write_dose
     from rtgen.tasks.dose_base import SamplingConfig
 
-    if sampler is not None and sampler not in (*SAMPLERS, *FLOW_SAMPLERS):
-        raise RtgenError(f"--sampler must be one of {', '.join(dict.fromkeys((*SAMPLERS, *FLOW_SAMPLERS)))}, got {sampler!r}")
     paths = patients_in(patients)
     if fmt is PredFormat.dicom:
         from rtgen.data.sources.dicom import is_dicom_dir
@@ -71,10 +68,11 @@ def predict(
         elif str(model).startswith("hub:"):  # a model shipped inside rtgen, e.g. hub:diffkt3d_openkbp
             model = shipped_model_dir(str(model)[len("hub:"):])
         predictor = load_predictor(model, device)
-        flow = hasattr(predictor.task, "sampling_from")  # DiffKT3D: a flow ODE, its own solvers
-        if sampler is not None and not flow and sampler not in SAMPLERS:
-            raise RtgenError(f"--sampler {sampler}: {predictor.task.model_name} samples with one of {', '.join(SAMPLERS)}")
-        sampler = sampler if sampler is not None or flow else "dpmpp"
+        own = getattr(predictor.task, "samplers", None)  # DiffKT3D: its flow ODE solvers, its own default
+        allowed = own or SAMPLERS
+        if sampler is not None and sampler not in allowed:
+            raise RtgenError(f"--sampler {sampler}: {predictor.task.model_name} samples with one of {', '.join(allowed)}")
+        sampler = sampler or (None if own else "dpmpp")
         if getattr(predictor.task, "output_kind", "dose") == "image":
             return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
         diffusion = predictor.task.stochastic
@@ -87,8 +85,6 @@ def predict(
             raise RtgenError(f"--samples {samples}: {predictor.task.model_name} is deterministic; "
                              "several samples need a diffusion model")
         sampling = SamplingConfig(sampler, steps, samples, seed, best_of)
-        if flow:
-            predictor.task.sampling_from(sampling)  # a solver it lacks is refused before any patient
         batch = Batch("patients", len(paths))
         if target != "dose":
             predictor.task.check_target(target)  # before any patient is read

@@ -190,6 +190,7 @@ class DiffKT3DTask(Task):
     metric_units = "Gy"
     item_name = "patients"
     stochastic: ClassVar[bool] = True
+    samplers: ClassVar[tuple[str, ...]] = FLOW_SAMPLERS  # `rtgen predict --sampler` (default: the run's own)
 
     def __init__(self, model_name: str, arch: dict, settings: dict[str, Any], source: str = "config"):
         super().__init__(model_name, arch, settings, source)
@@ -560,10 +561,7 @@ class DiffKT3DTask(Task):
         if sampling is None:
             return self.sampling
         best_of = getattr(sampling, "best_of", None)
-        method = getattr(sampling, "sampler", None) or self.sampling.method
-        if method not in FLOW_SAMPLERS:
-            raise RtgenError(f"--sampler {method}: DiffKT3D integrates a flow ODE; use one of {', '.join(FLOW_SAMPLERS)}")
-        return KT3DSamplingConfig(method=method, steps=getattr(sampling, "steps", self.sampling.steps),
+        return KT3DSamplingConfig(method=getattr(sampling, "sampler", None) or self.sampling.method, steps=getattr(sampling, "steps", self.sampling.steps),
                                   best_of=best_of if best_of is not None else self.sampling.best_of,
                                   seed=getattr(sampling, "seed", self.sampling.seed))
 
