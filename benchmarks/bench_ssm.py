@@ -6,6 +6,10 @@ then the targets as ratios measured in the same run.
 
 import argparse
 
+from rtgen.core.runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
+
 from rtgen.bench.ssm import format_table, format_targets, machine_description, run_benchmark, save_json, targets
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ import copy
 import statistics
 import time
 
+from rtgen.core.runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # as `rtgen train` does, before PyTorch loads
+
 import torch
 import torch.nn.functional as F
 

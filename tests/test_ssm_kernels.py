@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -233,6 +234,47 @@ def test_fused_scan_reads_strided_views_in_place(L):
 
 
 @fused_ok
+def test_kernel_layout_reads_projection_slices_in_place():
+    """Where a (b, c, L) tensor lies decides what the kernels read: a slice of a wider time-major
+    projection in place (rows of the full width, from its channel offset), channel-major memory in
+    place, anything else as one time-major copy."""
+    b, L, d = 2, 9, 6
+    xz = torch.randn(b, L, 2 * d)
+    for start in (0, d):
+        a, cm, off = fused._kernel_layout(xz[..., start:start + d].transpose(1, 2))
+        assert (cm, off, a.shape) == (0, start, (b, L, 2 * d)) and np.shares_memory(a, xz.numpy())
+    cmaj = torch.randn(b, d, L)
+    a, cm, off = fused._kernel_layout(cmaj)
+    assert (cm, off) == (1, 0) and np.shares_memory(a, cmaj.numpy())
+    odd = torch.randn(L, b, d).permute(1, 2, 0)  # batch not outermost: copied
+    a, cm, off = fused._kernel_layout(odd)
+    assert (cm, off, a.shape) == (0, 0, (b, L, d)) and np.array_equal(a, odd.transpose(1, 2).numpy())
+
+
+@fused_ok
+def test_fused_exp2_and_softplus_derivative_are_accurate():
+    @fused.numba.njit
+    def run(x, out, out2):
+        for i in range(x.shape[0]):
+            out[i] = fused._exp2(x[i])
+            out2[i] = fused._one_minus_exp_neg(abs(x[i]))
+
+    x = np.linspace(-126, 127, 400001, dtype=np.float32)
+    out, out2 = np.empty_like(x), np.empty_like(x)
+    run(x, out, out2)
+    x64 = x.astype(np.float64)
+    assert (np.abs(out / np.exp2(x64) - 1)).max() < 4e-7  # a few ulp of float32
+    small = np.abs(x64) < 4  # sigmoid(v) = 1 - e^-softplus(v): relative accuracy down to tiny steps
+    ref = -np.expm1(-np.abs(x64[small]))
+    nz = ref > 0
+    assert (np.abs(out2[small][nz] / ref[nz] - 1)).max() < 1e-6
+    tiny = np.array([1e-7, 1e-5, 1e-3], np.float32)
+    out_t, out2_t = np.empty_like(tiny), np.empty_like(tiny)
+    run(tiny, out_t, out2_t)
+    assert np.allclose(out2_t, -np.expm1(-tiny.astype(np.float64)), rtol=1e-6, atol=0)
+
+
+@fused_ok
 def test_fused_scan_grouped_single_group_and_no_grad():
     t = scan_inputs(1, 16, 4, 50, groups=1)
     with torch.no_grad():
@@ -289,8 +331,6 @@ def test_dispatch_runs_the_fused_kernel_when_asked_and_refuses_what_it_cannot_ta
 
 @fused_ok
 def test_fused_exp_is_accurate():
-    import numpy as np
-
     @fused.numba.njit
     def run(x, out):
         for i in range(x.shape[0]):

@@ -3,8 +3,9 @@ Mamba implementations (mambapy, transformers' Mamba2 fallback), attention and, o
 mamba_ssm's CUDA kernels. Batch 1; forward (no grad) and forward+backward time, peak memory.
 
 Method. Every workload is warmed up (forward, then forward+backward) outside the timed region;
-times are the median of `repeats` runs (so the scaling ratios are medians of 3). Nothing touches
-the allocator inside the timed region: peak memory is measured in one extra, untimed run. Scan
+times are the median of at least `repeats` (3) runs, more for quick workloads (up to 15, while
+their total stays under a second): on a shared 2-core machine a slow second otherwise decides a
+3-run median. Nothing touches the allocator inside the timed region: peak memory is measured in one extra, untimed run. Scan
 rows use d = 2 x width channels, as the Mamba block's d_inner; Mamba2 rows use d_state 32, as the
 models. The machine's fp32 (and bf16) matmul peak and its stream-copy bandwidth are measured in
 the same run, and the scan rows report GFLOP/s and GB/s as fractions of them.
@@ -26,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from rtgen.core.runtime import describe_cpu_runtime
 from rtgen.layers.attention import SelfAttention
 from rtgen.ssm import Mamba, Mamba2, dispatch, fused, selective_scan_fast, selective_scan_ref
 
@@ -139,14 +141,15 @@ class PeakMemory:
 
 
 def _scan_workload(fn, width: int, L: int, device):
-    """The scan as the Mamba block of this width runs it: d_inner = EXPAND * width channels, and the
-    block's layouts: u (the conv output) is (b, d, L) contiguous; delta, z, B and C are (b, d, L) views
-    of (b, L, d) projections (channels contiguous), as `mamba_ssm.selective_scan_fn` also receives them."""
+    """The scan as the Mamba block of this width runs it on the CPU: d_inner = EXPAND * width
+    channels, and the block's layouts: u, delta, z, B and C are (b, d, L) views of time-major (b, L, d)
+    memory (channels contiguous): delta, z, B and C come from linear projections, and u from the
+    channels-last causal conv (`SelectiveSSM.causal_conv`)."""
     width = EXPAND * width
     g = torch.Generator().manual_seed(0)
     bld = lambda n: torch.randn(1, L, n, generator=g).transpose(1, 2)  # noqa: E731
     t = dict(
-        u=torch.randn(1, width, L, generator=g), delta=bld(width),
+        u=bld(width), delta=bld(width),
         A=-torch.rand(width, D_STATE, generator=g) - 0.5, B=bld(D_STATE),
         C=bld(D_STATE), D=torch.ones(width), z=bld(width),
         delta_bias=torch.zeros(width),
@@ -258,9 +261,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+MIN_TIMED_S = 1.0  # quick workloads repeat until this much time is measured ...
+MAX_REPEATS = 15  # ... or this many runs
+
+
 def _timed(fn, device, repeats: int) -> float:
+    """Median wall time of at least `repeats` runs (see the module's Method)."""
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < MIN_TIMED_S and len(times) < MAX_REPEATS):
         _sync(device)
         t0 = time.perf_counter()
         fn()
@@ -345,7 +353,8 @@ def machine_description(device="cpu") -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu} CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores), torch {torch.__version__}"
+    return (f"{cpu} CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores), torch {torch.__version__}; "
+            f"{describe_cpu_runtime()}")
 
 
 def _row_time(rows, name, L, width):

@@ -30,7 +30,7 @@ def bench_ssm(
         if not torch.cuda.is_available():
             raise RtgenError("--device cuda requested but no CUDA device is available")
     rows = run_benchmark(lengths, widths, device, budget, only=only, progress=lambda m: err.print(f"[dim]{m}[/]"))
-    out.print(f"machine: {machine_description(device)}\n", highlight=False)
+    print(f"machine: {machine_description(device)}\n")
     print(format_table(rows))
     print()
     print(format_targets(targets(rows)))

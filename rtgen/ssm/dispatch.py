@@ -133,6 +133,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
+def fused_causal_conv(x, weight) -> bool:
+    """Whether the Mamba block's causal conv + SiLU runs on the fused numba kernel
+    (`rtgen.ssm.fused_conv`): on the CPU under "auto" or "numba" when the kernels compile. Under
+    "cuda" or "torch", and on a GPU, it runs as a PyTorch convolution."""
+    if _backend not in ("numba", "auto") or x.is_cuda or not _fused().available():
+        return False
+    from rtgen.ssm import fused_conv
+
+    return fused_conv.supports(x, weight)
+
+
 def ssd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, initial_states=None, dt_softplus=False,
         return_final_states=False):
     """`mamba_ssm.mamba_chunk_scan_combined` semantics on any device (no fused CPU kernel: "numba" and

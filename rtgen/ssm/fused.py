@@ -9,18 +9,23 @@ time step the channels are contiguous; the kernel keeps the (n, W) state of a gr
 channels. Work units are (batch, channel group) pairs, run in parallel with `prange`.
 
 exp. The decay exp(delta A) is needed for every (t, channel, state) element. A libm call would stop
-the loop from vectorising (numba has no SVML here), so `_exp` is a Cephes-style expf written in
-plain arithmetic (range reduction by the 1.5 * 2^23 rounding trick, a degree-7 polynomial, 2^k by
-bit casts): about 1 ulp, and it vectorises. fastmath stays off, which the rounding trick needs.
+the loop from vectorising (numba has no SVML here), so the kernels compute it in plain arithmetic:
+the wrapper hands them A log2(e), and `_exp2` is Cephes' exp2f (range reduction by the 1.5 * 2^23
+rounding trick, a degree-6 polynomial, 2^k added to the exponent bits): about 2 ulp, and it
+vectorises. The gates' sigmoids use `_exp`, a Cephes-style expf. fastmath stays off, which the
+rounding trick needs.
 
-Backward. The forward stores the state every K steps (memory b * d * n * L / K). The backward walks
+Backward. The forward stores the state every K steps (memory b * d * n * L / K), the steps dt (so the
+backward needs no softplus) and, when gated, the ungated output C.h + D u, which the gradient of z needs
+(as mamba_ssm keeps it). The backward walks
 the chunks from the end: it recomputes the chunk's states and decays from the checkpoint into a
 small buffer, then runs the adjoint recurrence backwards through the chunk, forming every gradient
 on the way. Sums over channels (the gradients of B and C) are accumulated in 16 lanes and reduced
 once per chunk so the inner loop has no horizontal reduction. Sums over L (gradients of A, D) go
 through float32 per chunk into float64.
 
-Softplus (with its sigmoid derivative) and the fp32 up-cast run in PyTorch around the kernel.
+Softplus (with its sigmoid derivative) runs inside the kernels; the fp32 up-cast of bf16 or fp16
+inputs runs in PyTorch around them.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ _X_MAX = _f32(88.0)
 _P0, _P1, _P2, _P3 = _f32(1.9875691500e-4), _f32(1.3981999507e-3), _f32(8.3334519073e-3), _f32(4.1665795894e-2)
 _P4, _P5 = _f32(1.6666665459e-1), _f32(5.0000001201e-1)
 _ONE = _f32(1.0)
+_LN2 = _f32(0.693147180559945309)
+_E2_MIN, _E2_MAX = _f32(-126.0), _f32(127.0)
+_Q0, _Q1, _Q2 = _f32(1.535336188319500e-4), _f32(1.339887440266574e-3), _f32(9.618437357674640e-3)
+_Q3, _Q4, _Q5 = _f32(5.550332471162809e-2), _f32(2.402264791363012e-1), _f32(6.931472028550421e-1)
 _ZERO = _f32(0.0)
 _MAGIC_BITS = np.int32(0x4B400000)
 _BIAS = np.int32(127)
@@ -110,17 +119,37 @@ if HAVE_NUMBA:
         ki = np.int32(_f32_bits(t) - _MAGIC_BITS)
         return p * _bits_f32(np.int32(np.int32(ki + _BIAS) << np.int32(23)))
 
-    _f32_3 = types.Array(types.float32, 3, "A")  # any strides: transposed views are read in place
+    _u64 = numba.uint64
+    _f32_3 = types.Array(types.float32, 3, "C")  # (b, L, d) per-channel tensors, (b, L, n) for B and C
     _f32_1 = types.Array(types.float32, 1, "A")
-    _fwd_sig = types.void(_f32_3, _f32_3, _f32_1, types.Array(types.float32, 2, "C"), _f32_3, _f32_3, _f32_1, _f32_3,
-                          types.boolean, types.boolean, types.int64, types.int64, types.int64, _f32_3,
-                          types.Array(types.float32, 3, "C"), types.Array(types.float32, 4, "C"))
-    _bwd_sig = types.void(_f32_3, _f32_3, _f32_1, types.Array(types.float32, 2, "C"), _f32_3, _f32_3, _f32_1, _f32_3,
-                          types.boolean, types.boolean, _f32_3, types.Array(types.float32, 3, "C"), types.int64,
-                          types.int64, types.int64, types.Array(types.float32, 4, "C"), _f32_3, _f32_3, _f32_3,
-                          types.Array(types.float64, 3, "C"), types.Array(types.float64, 2, "C"),
-                          types.Array(types.float64, 2, "C"), types.Array(types.float32, 4, "C"),
-                          types.Array(types.float32, 4, "C"))
+    _f32_2c = types.Array(types.float32, 2, "C")
+    _f32_4 = types.Array(types.float32, 4, "C")
+    _f64_2, _f64_3 = types.Array(types.float64, 2, "C"), types.Array(types.float64, 3, "C")
+    _bool, _i64 = types.boolean, types.int64
+    _lay = types.Array(types.int64, 2, "C")
+    # u, delta, bias, A, B, C, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept
+    _fwd_sig = types.void(_f32_3, _f32_3, _f32_1, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _i64, _i64,
+                          _i64, _f32_3, _f32_3, _f32_4, _lay, _f32_4)
+    # u, A, B, C, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept, gu, gdelta, gz, gA, gD, gbias, gB, gC, lay
+    _bwd_sig = types.void(_f32_3, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _f32_3, _f32_3, _i64, _i64,
+                          _i64, _f32_4, _f32_4, _f32_3, _f32_3, _f32_3, _f64_3, _f64_2, _f64_2, _f32_4, _f32_4, _lay)
+
+    @numba.njit(inline="always", **_jit)
+    def _exp2(x):
+        """2^x in plain arithmetic (vectorisable), for the decays: Cephes exp2f's degree-6 polynomial on
+        [-1/2, 1/2] (about 2 ulp), with 2^k added to the exponent bits straight from the rounding
+        constant's low bits. Seven fewer operations than `_exp`: no ln 2 split, no 2^k built apart
+        (measured: the scan's recurrence steps 1.2-1.3x faster). Clamps to [-126, 127]."""
+        x = min(max(x, _E2_MIN), _E2_MAX)
+        t = x + _MAGIC  # round(x) in the low mantissa bits of t
+        r = x - (t - _MAGIC)
+        p = _Q0 * r + _Q1
+        p = p * r + _Q2
+        p = p * r + _Q3
+        p = p * r + _Q4
+        p = p * r + _Q5
+        p = p * r + _ONE
+        return _bits_f32(np.int32(_f32_bits(p) + np.int32(_f32_bits(t) << np.int32(23))))
 
     @numba.njit(inline="always", **_jit)
     def _softplus(x):
@@ -144,54 +173,70 @@ if HAVE_NUMBA:
     # touches its reference count, an atomic that two cores would then fight over.
 
     @numba.njit(**_jit)
-    def _load_tile(src, bi, c0, cw, t0, tl, dst):
-        """dst[tt, i] = src[bi, c0 + i, t0 + tt] for a (b, d, L) array of any strides; the loop order
-        follows the source's contiguous axis (time for (b, d, L) tensors, channels for transposed views)."""
-        if src.strides[2] <= src.strides[1]:  # 8 rows at a time: 1.5x faster than one (measured)
-            for i0 in range(0, cw, 8):
-                for tt in range(tl):
-                    for i in range(i0, min(cw, i0 + 8)):
-                        dst[tt, i] = src[bi, c0 + i, t0 + tt]
+    def _load_tile(src, cm, off, bi, c0, cw, t0, tl, dst):
+        """dst[tt, i] = the (t0 + tt, off + c0 + i) element of batch bi of src: time-major rows of
+        src.shape[2] >= d values (a slice of a wider projection starts at channel off), or, if cm, a
+        channel-major (b, d, L) array. Flat unsigned indices: numba adds a negative-index check to
+        every signed index, which kept this copy scalar (5.7x slower at L = 16k, d = 256)."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        W = _u64(dst.shape[1])
+        if cm:  # read along time, write down the tile's columns
+            d, L = src.shape[1], src.shape[2]
+            for i in range(cw):
+                sb = _u64((bi * d + c0 + i) * L + t0)
+                for tt in range(_u64(tl)):
+                    o[tt * W + _u64(i)] = s[sb + tt]
         else:
+            L, S = src.shape[1], src.shape[2]
             for tt in range(tl):
-                for i in range(cw):
-                    dst[tt, i] = src[bi, c0 + i, t0 + tt]
+                sb = _u64((bi * L + t0 + tt) * S + off + c0)
+                ob = _u64(tt) * W
+                for i in range(_u64(cw)):
+                    o[ob + i] = s[sb + i]
 
     @numba.njit(**_jit)
-    def _store_tile(src, dst, bi, c0, cw, t0, tl):
-        """dst[bi, c0 + i, t0 + tt] = src[tt, i] (the inverse of `_load_tile`)."""
-        if dst.strides[2] <= dst.strides[1]:
-            for i0 in range(0, cw, 8):
-                for tt in range(tl):
-                    for i in range(i0, min(cw, i0 + 8)):
-                        dst[bi, c0 + i, t0 + tt] = src[tt, i]
+    def _store_tile(src, dst, cm, bi, c0, cw, t0, tl):
+        """The inverse of `_load_tile`: src[tt, i] into dst, time-major or (if cm) channel-major."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        W = _u64(src.shape[1])
+        if cm:
+            d, L = dst.shape[1], dst.shape[2]
+            for i in range(cw):
+                ob = _u64((bi * d + c0 + i) * L + t0)
+                for tt in range(_u64(tl)):
+                    o[ob + tt] = s[tt * W + _u64(i)]
         else:
+            L, d = dst.shape[1], dst.shape[2]
             for tt in range(tl):
-                for i in range(cw):
-                    dst[bi, c0 + i, t0 + tt] = src[tt, i]
+                ob = _u64((bi * L + t0 + tt) * d + c0)
+                sb = _u64(tt) * W
+                for i in range(_u64(cw)):
+                    o[ob + i] = s[sb + i]
 
     @numba.njit(**_jit)
     def _load_states(src, bi, t0, tl, dst):
-        """dst[tt, n] = src[bi, n, t0 + tt] for B or C of shape (b, n, L), any strides."""
-        for n in range(src.shape[1]):
-            for tt in range(tl):
-                dst[tt, n] = src[bi, n, t0 + tt]
+        """dst[tt, n] = src[bi, t0 + tt, n] for B or C stored as (b, L, n), C-contiguous."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        L, N = src.shape[1], src.shape[2]
+        sb = _u64((bi * L + t0) * N)
+        for k in range(_u64(tl * N)):
+            o[k] = s[sb + k]
 
     @numba.njit(**_jit)
-    def _steps_tile(pt, bias, tl, softplus, dt):
-        """pt += bias (delta before the softplus, kept for the backward); dt = softplus(pt) or pt."""
-        W = pt.shape[1]
+    def _steps_tile(dt, bias, tl, softplus):
+        """dt = softplus(delta + bias) (or delta + bias), in place over the first tl rows."""
+        W = dt.shape[1]
         for tt in range(tl):
-            pr = pt[tt]
             dr = dt[tt]
-            for i in range(W):
-                pr[i] = pr[i] + bias[i]
             if softplus:
                 for i in range(W):
-                    dr[i] = _softplus(pr[i])
+                    dr[i] = _softplus(dr[i] + bias[i])
             else:
                 for i in range(W):
-                    dr[i] = pr[i]
+                    dr[i] = dr[i] + bias[i]
 
     @numba.njit(**_jit)
     def _product_tile(x, y, tl, out):
@@ -205,60 +250,86 @@ if HAVE_NUMBA:
                 orow[i] = xr[i] * yr[i]
 
     @numba.njit(**_jit)
-    def _load_inputs(u, delta, z, Bm, Cm, bias, bi, c0, cw, t0, tl, softplus, has_z, ut, pt, dt, dut, zt, Bt, Ct):
-        """A tile's inputs, as the forward and the backward both need them: u, delta + bias (pt), the
-        step dt, du = dt u, z (if gated), B and C. Lanes past the last channel stay zero."""
-        _load_tile(u, bi, c0, cw, t0, tl, ut)
-        _load_tile(delta, bi, c0, cw, t0, tl, pt)
-        _steps_tile(pt, bias, tl, softplus, dt)
-        _product_tile(dt, ut, tl, dut)
-        if has_z:
-            _load_tile(z, bi, c0, cw, t0, tl, zt)
-        _load_states(Bm, bi, t0, tl, Bt)
-        _load_states(Cm, bi, t0, tl, Ct)
+    def _store_plane(src, dst, k, bi, c0, cw, t0, tl):
+        """`_store_tile` into plane k of a (planes, b, L, d) array."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        B, L, d = dst.shape[1], dst.shape[2], dst.shape[3]
+        W = _u64(src.shape[1])
+        for tt in range(tl):
+            ob = _u64(((k * B + bi) * L + t0 + tt) * d + c0)
+            sb = _u64(tt) * W
+            for i in range(_u64(cw)):
+                o[ob + i] = s[sb + i]
 
     @numba.njit(**_jit)
-    def _output_tile(yt, ut, zt, D, tl, has_z):
-        """y = (C.h + D u) * silu(z), in place over the first tl rows."""
+    def _load_plane(src, k, bi, c0, cw, t0, tl, dst):
+        """`_load_tile` from plane k of a (planes, b, L, d) array."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        B, L, d = src.shape[1], src.shape[2], src.shape[3]
+        W = _u64(dst.shape[1])
+        for tt in range(tl):
+            sb = _u64(((k * B + bi) * L + t0 + tt) * d + c0)
+            ob = _u64(tt) * W
+            for i in range(_u64(cw)):
+                o[ob + i] = s[sb + i]
+
+    @numba.njit(**_jit)
+    def _output_tile(yt, ut, zt, D, tl, has_z, ypt):
+        """y = (C.h + D u) * silu(z), in place over the first tl rows, and the ungated C.h + D u into
+        ypt, which the gradient of z needs (keeping it spares the backward a C.h sum for every
+        state; keeping sigmoid(z) as well measured no faster: memory, not arithmetic, bounds this)."""
         W = yt.shape[1]
         for tt in range(tl):
             yr = yt[tt]
             ur = ut[tt]
             if has_z:
                 zr = zt[tt]
+                pr = ypt[tt]
                 for i in range(W):
                     zz = zr[i]
-                    yr[i] = (yr[i] + D[i] * ur[i]) * (zz / (_ONE + _exp(-zz)))
+                    yp = yr[i] + D[i] * ur[i]
+                    pr[i] = yp
+                    yr[i] = yp * (zz / (_ONE + _exp(-zz)))
             else:
                 for i in range(W):
                     yr[i] = yr[i] + D[i] * ur[i]
 
     @numba.njit(**_jit)
-    def _gate_grads(got, yt, ut, zt, D, s0, sl, has_z, gyt, gzt):
-        """Rows s0..s0+sl: the gradient of C.h (gy, through the gate) and of z; yt holds C.h by chunk row."""
+    def _gate_grads(got, ypt, zt, tl, has_z, gyt, gzt):
+        """The gradients of C.h + D u (gy, through the gate) and of z, from the forward's ungated
+        output ypt."""
         W = got.shape[1]
-        for tt in range(sl):
-            gor = got[s0 + tt]
-            gyr = gyt[s0 + tt]
+        for tt in range(tl):
+            gor = got[tt]
+            gyr = gyt[tt]
             if has_z:
-                zr = zt[s0 + tt]
-                ur = ut[s0 + tt]
-                yr = yt[tt]
-                gzr = gzt[s0 + tt]
+                zr = zt[tt]
+                yr = ypt[tt]
+                gzr = gzt[tt]
                 for i in range(W):
                     zz = zr[i]
                     sg = _ONE / (_ONE + _exp(-zz))
                     go = gor[i]
-                    gzr[i] = go * (yr[i] + D[i] * ur[i]) * sg * (_ONE + zz * (_ONE - sg))
+                    gzr[i] = go * yr[i] * sg * (_ONE + zz * (_ONE - sg))
                     gyr[i] = go * zz * sg
             else:
                 for i in range(W):
                     gyr[i] = gor[i]
 
+    @numba.njit(inline="always", **_jit)
+    def _one_minus_exp_neg(x):
+        """1 - e^-x for x >= 0 without cancellation near 0 (a Taylor series below 1/4): the softplus'
+        derivative sigmoid(v) from the step x = softplus(v)."""
+        small = x * (_ONE - x * _f32(0.5) * (_ONE - x * _f32(1.0 / 3.0) * (
+            _ONE - x * _f32(0.25) * (_ONE - x * _f32(0.2) * (_ONE - x * _f32(1.0 / 6.0))))))
+        return small if x < _f32(0.25) else _ONE - _exp(-x)
+
     @numba.njit(**_jit)
-    def _input_grads(gyt, gdut, gdvt, ut, dt, pt, D, tl, softplus, gut, gdt, gD, gbias):
-        """From the adjoint's per-step sums: gu = gy D + gdu dt; gdelta = (gdu u + gdv) * softplus'(pt);
-        the float64 sums over time for D and the bias."""
+    def _input_grads(gyt, gdut, gdvt, ut, dt, D, tl, softplus, gut, gdt, gD, gbias):
+        """From the adjoint's per-step sums: gu = gy D + gdu dt; gdelta = (gdu u + gdv) * softplus',
+        with softplus'(v) = 1 - e^-dt; the float64 sums over time for D and the bias."""
         W = ut.shape[1]
         for tt in range(tl):
             gyr = gyt[tt]
@@ -270,11 +341,10 @@ if HAVE_NUMBA:
             gdr = gdt[tt]
             for i in range(W):
                 gur[i] = gyr[i] * D[i] + gdur[i] * dtr[i]
-                gdr[i] = gdur[i] * ur[i] + gdvr[i]
+                gdr[i] = gdur[i] * ur[i] + gdvr[i] * _LN2  # gdv was summed against A log2(e)
             if softplus:
-                pr = pt[tt]
                 for i in range(W):
-                    gdr[i] = gdr[i] / (_ONE + _exp(-pr[i]))
+                    gdr[i] = gdr[i] * _one_minus_exp_neg(dtr[i])
             for i in range(W):
                 gD[i] += gyr[i] * ur[i]
                 gbias[i] += gdr[i]
@@ -291,34 +361,31 @@ if HAVE_NUMBA:
             hr = h[n]
             Ar = A[n]
             for i in range(W):
-                hv = _exp(dt[i] * Ar[i]) * hr[i] + du[i] * bn
+                hv = _exp2(dt[i] * Ar[i]) * hr[i] + du[i] * bn
                 hr[i] = hv
                 y[i] += hv * cn
 
     @numba.njit(**_jit)
-    def _state_step(dt, du, Bn, Cn, A, hp, hn, a, y):
-        """`_state_step_inplace` into a new state hn from hp, keeping the decays in `a` (backward). A copy
-        rather than one function with hp = hn: LLVM's runtime overlap check would then send the in-place
-        call down its scalar loop."""
+    def _state_step(dt, du, Bn, A, hp, hn, a):
+        """`_state_step_inplace` into a new state hn from hp, keeping the decays in `a`, without C.h
+        (backward). A copy rather than one function with hp = hn: LLVM's runtime overlap check would
+        then send the in-place call down its scalar loop."""
         N, W = hp.shape
         for n in range(N):
             bn = Bn[n]
-            cn = Cn[n]
             hpr = hp[n]
             hnr = hn[n]
             Ar = A[n]
             ar = a[n]
             for i in range(W):
-                ai = _exp(dt[i] * Ar[i])
-                hv = ai * hpr[i] + du[i] * bn
+                ai = _exp2(dt[i] * Ar[i])
                 ar[i] = ai
-                hnr[i] = hv
-                y[i] += hv * cn
+                hnr[i] = ai * hpr[i] + du[i] * bn
 
     @numba.njit(**{**_jit, "fastmath": {"contract", "reassoc"}})
     def _adjoint_step(gy, du, dt, Bn, Cn, hp, hn, a, A, lam, gA, gdu, gdv, gB, gC):
         """One step of the adjoint recurrence (lam: a_{t+1} times the adjoint of h_{t+1}, updated in
-        place), with every gradient it feeds: gdu, gdv (W,) summed over states, gA (N, W) summed over
+        place), with every gradient it feeds: gdu, gdv (W,) summed over states (gdv against A log2(e)), gA (N, W) summed over
         time, gB, gC (N,) summed over channels. This function alone may reassociate (it has no exp),
         so those sums over channels vectorise as plain reductions."""
         N, W = hp.shape
@@ -369,26 +436,39 @@ if HAVE_NUMBA:
 
     @numba.njit(**_jit)
     def _get_state(src, bi, k, c0, h):
-        """h = src[bi, k, :, c0:c0 + W] (checkpoints), element by element."""
+        """h = src[bi, k, :, c0:c0 + W] (checkpoints of shape (b, L / K, n, dp))."""
+        s = src.reshape(src.size)
+        o = h.reshape(h.size)
         N, W = h.shape
+        dp = src.shape[3]
         for n in range(N):
-            for i in range(W):
-                h[n, i] = src[bi, k, n, c0 + i]
+            sb = _u64(((bi * src.shape[1] + k) * N + n) * dp + c0)
+            ob = _u64(n * W)
+            for i in range(_u64(W)):
+                o[ob + i] = s[sb + i]
 
     @numba.njit(**_jit)
     def _put_state(h, dst, bi, k, c0):
-        """dst[bi, k, :, c0:c0 + W] = h, element by element."""
+        """dst[bi, k, :, c0:c0 + W] = h."""
+        s = h.reshape(h.size)
+        o = dst.reshape(dst.size)
         N, W = h.shape
+        dp = dst.shape[3]
         for n in range(N):
-            for i in range(W):
-                dst[bi, k, n, c0 + i] = h[n, i]
+            ob = _u64(((bi * dst.shape[1] + k) * N + n) * dp + c0)
+            sb = _u64(n * W)
+            for i in range(_u64(W)):
+                o[ob + i] = s[sb + i]
 
     @numba.njit(**_jit)
     def _put_rows(src, dst, bi, g, t0, tl):
         """dst[bi, g, t0 + tt, :] = src[tt] (per-step sums over the group's channels)."""
-        for tt in range(tl):
-            for n in range(src.shape[1]):
-                dst[bi, g, t0 + tt, n] = src[tt, n]
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        N = src.shape[1]
+        ob = _u64(((bi * dst.shape[1] + g) * dst.shape[2] + t0) * N)
+        for k in range(_u64(tl * N)):
+            o[ob + k] = s[k]
 
     @numba.njit(**_jit)
     def _unit_setup(A, D, bias, glast, use_glast, bi, c0, cw, Aw, Dw, bw, h):
@@ -405,13 +485,15 @@ if HAVE_NUMBA:
             bw[i] = bias[c0 + i]
 
     @numba.njit(_fwd_sig, parallel=True, **_jit)
-    def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt):
-        """u, delta, z, out: (b, d, L) of any strides; bias, D: (d,); A: (n, d); Bm, Cm: (b, n, L);
-        last: (b, n, dp); ckpt: (b, L / K, n, dp) or empty (no backward), dp = d rounded up to W.
+    def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept):
+        """out: (b, L, d); u, delta, z: time-major rows or channel-major (b, d, L) arrays, as
+        lay[0..2] = (channel-major, channel offset) say (see `_load_tile`);
+        bias, D: (d,); A: (n, d), times log2(e); Bm, Cm: (b, L, n); all C-contiguous; last: (b, n, dp).
+        For the backward (else empty): ckpt (b, L / K, n, dp), dp = d rounded up to W; kept (1 or 2, b, L, d):
+        the steps dt and (gated) the ungated output C.h + D u.
         One work unit is one (batch, group of W channels); it walks L in tiles of T steps (a multiple
-        of K), each loaded once into (T, W) tiles, so the hot loop reads nothing else. (Tiles of 128
-        steps read a (b, d, L) tensor 2x faster than tiles of 32: longer runs along each row.)"""
-        b, d, L = u.shape
+        of K), each loaded once into (T, W) tiles, so the hot loop reads nothing else."""
+        b, L, d = out.shape
         N = A.shape[0]
         G = -(-d // W)
         keep = ckpt.shape[0] > 0
@@ -425,36 +507,49 @@ if HAVE_NUMBA:
             bw = np.zeros(W, np.float32)
             _unit_setup(A, D, bias, last, False, bi, c0, cw, Aw, Dw, bw, h)
             ut = np.zeros((T, W), np.float32)
-            pt = np.zeros((T, W), np.float32)
             dt = np.zeros((T, W), np.float32)
             dut = np.zeros((T, W), np.float32)
             zt = np.zeros((T, W), np.float32)
             yt = np.zeros((T, W), np.float32)
+            ypt = np.zeros((T, W), np.float32)
             Bt = np.empty((T, N), np.float32)
             Ct = np.empty((T, N), np.float32)
             for t0 in range(0, L, T):
                 tl = min(T, L - t0)
-                _load_inputs(u, delta, z, Bm, Cm, bw, bi, c0, cw, t0, tl, softplus, has_z, ut, pt, dt, dut, zt, Bt, Ct)
+                _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
+                _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, c0, cw, t0, tl, dt)
+                _steps_tile(dt, bw, tl, softplus)
+                _product_tile(dt, ut, tl, dut)
+                if has_z:
+                    _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                _load_states(Bm, bi, t0, tl, Bt)
+                _load_states(Cm, bi, t0, tl, Ct)
                 _fill(yt, _ZERO)
                 for tt in range(tl):
                     if keep and tt % K == 0:
                         _put_state(h, ckpt, bi, (t0 + tt) // K, c0)
                     _state_step_inplace(dt[tt], dut[tt], Bt[tt], Ct[tt], Aw, h, yt[tt])
-                _output_tile(yt, ut, zt, Dw, tl, has_z)
-                _store_tile(yt, out, bi, c0, cw, t0, tl)
+                _output_tile(yt, ut, zt, Dw, tl, has_z, ypt)
+                _store_tile(yt, out, False, bi, c0, cw, t0, tl)
+                if keep:
+                    _store_plane(dt, kept, 0, bi, c0, cw, t0, tl)
+                    if has_z:
+                        _store_plane(ypt, kept, 1, bi, c0, cw, t0, tl)
             for n in range(N):
                 for i in range(W):
                     last[bi, n, c0 + i] = h[n, i]
 
     @numba.njit(_bwd_sig, parallel=True, **_jit)
-    def _scan_bwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, gout, glast, W, K, T, ckpt,
-                  gu, gdelta, gz, gA, gD, gbias, gB, gC):
-        """Gradients of `_scan_fwd`. gu, gdelta, gz: (b, d, L) of any strides (gdelta is the gradient
-        of delta itself, through the softplus); gA: (b, n, dp), gD, gbias: (b, dp), float64 sums over
-        time; gB, gC: (b, G, L, n) partial sums per channel group; glast: (b, n, dp).
+    def _scan_bwd(u, A, Bm, Cm, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept,
+                  gu, gdelta, gz, gA, gD, gbias, gB, gC, lay):
+        """Gradients of `_scan_fwd`, from its checkpoints and kept tensors; gout laid out as lay[3] says.
+        gu, gdelta, gz: (b, L, d), or (b, d, L) where u, delta, z are channel-major (gdelta: of delta itself,
+        through the softplus); gA: (b, n, dp), gD, gbias: (b, dp), float64 sums over time; gB, gC:
+        (b, G, L, n) partial sums per channel group; glast: (b, n, dp).
         Per tile of T steps (loaded as in the forward), per chunk of K steps from the last: recompute
         the states and decays from the chunk's checkpoint, then run the adjoint back through it."""
-        b, d, L = u.shape
+        b, L = gB.shape[0], gB.shape[2]
+        d = A.shape[1]
         N = A.shape[0]
         G = -(-d // W)
         for unit in prange(b * G):
@@ -466,12 +561,12 @@ if HAVE_NUMBA:
             lam = np.zeros((N, W), np.float32)  # a_{t+1} * adjoint_{t+1}, carried backwards
             Dw = np.zeros(W, np.float32)
             bw = np.zeros(W, np.float32)
-            _unit_setup(A, D, bias, glast, True, bi, c0, cw, Aw, Dw, bw, lam)
+            _unit_setup(A, D, D, glast, True, bi, c0, cw, Aw, Dw, bw, lam)  # no bias: dt was kept
             ut = np.zeros((T, W), np.float32)
-            pt = np.zeros((T, W), np.float32)
             dt = np.zeros((T, W), np.float32)
             dut = np.zeros((T, W), np.float32)
             zt = np.zeros((T, W), np.float32)
+            ypt = np.zeros((T, W), np.float32)
             got = np.zeros((T, W), np.float32)
             gyt = np.zeros((T, W), np.float32)
             gdut = np.zeros((T, W), np.float32)
@@ -485,23 +580,28 @@ if HAVE_NUMBA:
             gCt = np.empty((T, N), np.float32)
             hbuf = np.empty((K + 1, N, W), np.float32)
             abuf = np.empty((K, N, W), np.float32)
-            ybuf = np.zeros((K, W), np.float32)
             gA32 = np.zeros((N, W), np.float32)
             gA64 = np.zeros((N, W), np.float64)
             gD64 = np.zeros(W, np.float64)
             gb64 = np.zeros(W, np.float64)
             for t0 in range(-(-L // T) * T - T, -1, -T):
                 tl = min(T, L - t0)
-                _load_inputs(u, delta, z, Bm, Cm, bw, bi, c0, cw, t0, tl, softplus, has_z, ut, pt, dt, dut, zt, Bt, Ct)
-                _load_tile(gout, bi, c0, cw, t0, tl, got)
+                _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
+                _load_plane(kept, 0, bi, c0, cw, t0, tl, dt)
+                _product_tile(dt, ut, tl, dut)
+                if has_z:
+                    _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                    _load_plane(kept, 1, bi, c0, cw, t0, tl, ypt)
+                _load_states(Bm, bi, t0, tl, Bt)
+                _load_states(Cm, bi, t0, tl, Ct)
+                _load_tile(gout, lay[3, 0] != 0, lay[3, 1], bi, c0, cw, t0, tl, got)
+                _gate_grads(got, ypt, zt, tl, has_z, gyt, gzt)
                 for s0 in range((tl - 1) // K * K, -1, -K):  # the tile's checkpoint chunks, last first
                     sl = min(K, tl - s0)
                     _get_state(ckpt, bi, (t0 + s0) // K, c0, hbuf[0])
-                    _fill(ybuf, _ZERO)
-                    for tt in range(sl):  # recompute the chunk: states, decays, C.h
+                    for tt in range(sl):  # recompute the chunk: states and decays
                         r = s0 + tt
-                        _state_step(dt[r], dut[r], Bt[r], Ct[r], Aw, hbuf[tt], hbuf[tt + 1], abuf[tt], ybuf[tt])
-                    _gate_grads(got, ybuf, ut, zt, Dw, s0, sl, has_z, gyt, gzt)
+                        _state_step(dt[r], dut[r], Bt[r], Aw, hbuf[tt], hbuf[tt + 1], abuf[tt])
                     for tt in range(sl - 1, -1, -1):  # the adjoint, backwards through the chunk
                         r = s0 + tt
                         _adjoint_step(gyt[r], dut[r], dt[r], Bt[r], Ct[r], hbuf[tt], hbuf[tt + 1], abuf[tt], Aw,
@@ -509,11 +609,11 @@ if HAVE_NUMBA:
                     _fold(gA64, gA32)  # the chunk's float32 sums into float64
                 _put_rows(gBt, gB, bi, g, t0, tl)
                 _put_rows(gCt, gC, bi, g, t0, tl)
-                _input_grads(gyt, gdut, gdvt, ut, dt, pt, Dw, tl, softplus, gut, gdt, gD64, gb64)
-                _store_tile(gut, gu, bi, c0, cw, t0, tl)
-                _store_tile(gdt, gdelta, bi, c0, cw, t0, tl)
+                _input_grads(gyt, gdut, gdvt, ut, dt, Dw, tl, softplus, gut, gdt, gD64, gb64)
+                _store_tile(gut, gu, lay[0, 0] != 0, bi, c0, cw, t0, tl)
+                _store_tile(gdt, gdelta, lay[1, 0] != 0, bi, c0, cw, t0, tl)
                 if has_z:
-                    _store_tile(gzt, gz, bi, c0, cw, t0, tl)
+                    _store_tile(gzt, gz, lay[2, 0] != 0, bi, c0, cw, t0, tl)
             for n in range(N):
                 for i in range(W):
                     gA[bi, n, c0 + i] = gA64[n, i]
@@ -532,6 +632,7 @@ def _group_width(b: int, d: int) -> int:
     return blocks // groups * LANES
 
 
+_NO_Z = np.empty((0, 0, 0), np.float32)
 _compiled: bool | None = None
 _lock = threading.Lock()  # the workqueue layer must not be entered by two threads at once
 
@@ -570,9 +671,46 @@ def supports(u, delta, A, B, C, D=None, z=None, delta_bias=None, h0=None) -> boo
     return True
 
 
-def _f32_view(t: torch.Tensor) -> np.ndarray:
-    """A float32 NumPy view of t (a copy only for other dtypes); any strides, no layout change."""
-    return (t if t.dtype == torch.float32 else t.float()).detach().numpy()
+def _kernel_layout(t: torch.Tensor) -> tuple[np.ndarray, int, int]:
+    """A (b, c, L) tensor as (a C-contiguous float32 array the kernels read in place, channel-major
+    flag, channel offset): (b, L, S) rows of S >= c values when its memory is time-major, a slice of
+    a wider projection starting at the offset (the Mamba block's in_proj output); (b, c, L) when
+    channel-major (a Conv1d output); else a time-major copy."""
+    t = t.detach()
+    t = t if t.dtype == torch.float32 else t.float()
+    b, c, L = t.shape
+    if L > 1 and t.is_contiguous():
+        return t.numpy(), 1, 0
+    S = t.stride(2)
+    if L > 1 and t.stride(1) == 1 and S >= c and (b == 1 or t.stride(0) == L * S):
+        off = t.storage_offset() % S
+        base = t.storage_offset() - off
+        if off + c <= S and base + b * L * S <= t.untyped_storage().nbytes() // 4:
+            return torch.as_strided(t, (b, L, S), (L * S, S, 1), base).numpy(), 0, off
+    return t.transpose(1, 2).contiguous().numpy(), 0, 0
+
+
+def _grad_like(channel_major, b: int, c: int, L: int) -> torch.Tensor:
+    """An empty float32 gradient, (b, c, L) for a channel-major input, else (b, L, c): autograd then
+    need not copy it to match the input's strides (a slice of a wider projection gets a dense one)."""
+    return torch.empty(b, c, L) if channel_major else torch.empty(b, L, c)
+
+
+def _time_major(t: torch.Tensor) -> np.ndarray:
+    """A (b, c, L) tensor as a C-contiguous float32 (b, L, c) array (a copy unless already so)."""
+    t = t.detach().transpose(1, 2)
+    return (t if t.dtype == torch.float32 else t.float()).contiguous().numpy()
+
+
+def _layouts(*ts) -> tuple[list, np.ndarray]:
+    """`_kernel_layout` of each tensor (None -> an empty array), and their (channel-major, offset)
+    pairs as the kernels' (4, 2) layout table."""
+    arrays, lay = [], np.zeros((4, 2), np.int64)
+    for k, t in enumerate(ts):
+        a, cm, off = _kernel_layout(t) if t is not None else (_NO_Z, 0, 0)
+        arrays.append(a)
+        lay[k] = cm, off
+    return arrays, lay
 
 
 def _states(M: torch.Tensor) -> torch.Tensor:
@@ -581,13 +719,14 @@ def _states(M: torch.Tensor) -> torch.Tensor:
 
 
 def _channel_vector(v, d: int) -> np.ndarray:
-    return _f32_view(v.detach()) if v is not None else np.zeros(d, np.float32)
+    return v.detach().float().contiguous().numpy() if v is not None else np.zeros(d, np.float32)
 
 
 def _bld_empty(b: int, d: int, L: int) -> torch.Tensor:
-    """A (b, d, L) float32 tensor stored as (b, L, d): the layout of the projections around the scan
-    (dt from dt_proj, z from in_proj, y into out_proj), so the block needs no copies."""
-    return torch.empty(b, L, d).transpose(1, 2)
+    """A (b, L, d) float32 tensor: the kernel's output layout, returned to the caller as the (b, d, L)
+    view `.transpose(1, 2)`. It is the layout of the projections around the scan (dt from dt_proj,
+    z from in_proj, y into out_proj), so the block needs no copies."""
+    return torch.empty(b, L, d)
 
 
 class _FusedScan(torch.autograd.Function):
@@ -599,46 +738,47 @@ class _FusedScan(torch.autograd.Function):
         dp = -(-d // W) * W
         K = CHECKPOINT
         needs = any(ctx.needs_input_grad)
-        At = A.detach().float().t().contiguous()
+        At = (A.detach().float() * _LOG2E).t().contiguous()  # the kernels take decays as powers of 2
         Bs, Cs = _states(B), _states(C)
         bias, Dv = _channel_vector(delta_bias, d), _channel_vector(D, d)
         out = _bld_empty(b, d, L)
         last = u.new_empty((b, n, dp), dtype=torch.float32)
         ckpt = u.new_empty((b, -(-L // K), n, dp) if needs else (0, 0, 0, 0), dtype=torch.float32)
-        zv = _f32_view(z) if z is not None else np.empty((0, 0, 0), np.float32)
+        # dt and, with a gate, the ungated output, kept for the backward
+        kept = torch.empty((1 if z is None else 2, b, L, d) if needs else (0, 0, 0, 0))
+        (uv, dv, zv), lay = _layouts(u, delta, z)
         with _lock:
-            _scan_fwd(_f32_view(u), _f32_view(delta), bias, At.numpy(), _f32_view(Bs), _f32_view(Cs), Dv, zv,
-                      z is not None, bool(delta_softplus), W, K, TILE, out.numpy(), last.numpy(), ckpt.numpy())
+            _scan_fwd(uv, dv, bias, At.numpy(), _time_major(Bs), _time_major(Cs), Dv, zv, z is not None,
+                      bool(delta_softplus), W, K, TILE, out.numpy(), last.numpy(), ckpt.numpy(), lay, kept.numpy())
         if needs:
-            ctx.save_for_backward(u, delta, At, Bs, Cs, D, z, delta_bias, ckpt)
+            ctx.save_for_backward(u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept)
             ctx.meta = (W, K, bool(delta_softplus), B.dim(), C.dim(), A.dtype)
-        return out.to(u.dtype), last[..., :d].transpose(1, 2)
+        return out.transpose(1, 2).to(u.dtype), last[..., :d].transpose(1, 2)
 
     @staticmethod
     def backward(ctx, gy, glast):
-        u, delta, At, Bs, Cs, D, z, delta_bias, ckpt = ctx.saved_tensors
+        u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept = ctx.saved_tensors
         W, K, softplus, Bdim, Cdim, Adtype = ctx.meta
         b, d, L = u.shape
         n = At.shape[0]
         dp = ckpt.shape[-1]
         G = dp // W
-        go = gy if gy is not None else torch.zeros(b, d, L)
+        go = gy if gy is not None else torch.zeros(b, L, d).transpose(1, 2)
         gl = torch.zeros((b, n, dp))
         if glast is not None:
             gl[..., :d] = glast.transpose(1, 2)
-        gu, gdelta = _bld_empty(b, d, L), _bld_empty(b, d, L)
-        gz = _bld_empty(b, d, L) if z is not None else torch.empty((0, 0, 0))
+        (uv, _, zv, gv), lay = _layouts(u, delta, z, go)
+        gu, gdelta = _grad_like(lay[0, 0], b, d, L), _grad_like(lay[1, 0], b, d, L)
+        gz = _grad_like(lay[2, 0], b, d, L) if z is not None else torch.from_numpy(_NO_Z)
         gA = torch.empty((b, n, dp), dtype=torch.float64)
         gD = torch.empty((b, dp), dtype=torch.float64)
         gbias = torch.empty((b, dp), dtype=torch.float64)
         gB = torch.empty((b, G, L, n))
         gC = torch.empty((b, G, L, n))
-        zv = _f32_view(z) if z is not None else np.empty((0, 0, 0), np.float32)
         with _lock:
-            _scan_bwd(_f32_view(u), _f32_view(delta), _channel_vector(delta_bias, d), At.numpy(), _f32_view(Bs),
-                      _f32_view(Cs), _channel_vector(D, d), zv, z is not None, softplus, _f32_view(go), gl.numpy(),
-                      W, K, TILE, ckpt.numpy(), gu.numpy(), gdelta.numpy(), gz.numpy(), gA.numpy(), gD.numpy(),
-                      gbias.numpy(), gB.numpy(), gC.numpy())
+            _scan_bwd(uv, At.numpy(), _time_major(Bs), _time_major(Cs), _channel_vector(D, d), zv, z is not None,
+                      softplus, gv, gl.numpy(), W, K, TILE, ckpt.numpy(), kept.numpy(), gu.numpy(), gdelta.numpy(),
+                      gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(), gC.numpy(), lay)
         gBt = gB.sum(1).transpose(1, 2)
         gCt = gC.sum(1).transpose(1, 2)
         if Bdim == 4:
@@ -646,6 +786,7 @@ class _FusedScan(torch.autograd.Function):
         if Cdim == 4:
             gCt = gCt.unsqueeze(1)
         like = lambda g, x: g.to(x.dtype) if x is not None else None  # noqa: E731  gradients in the inputs' dtypes
+        gu, gdelta, gz = (g if lay[k, 0] else g.transpose(1, 2) for k, g in enumerate((gu, gdelta, gz)))
         return (
             like(gu, u), like(gdelta, delta), gA.sum(0).t()[:d].to(Adtype), like(gBt, Bs), like(gCt, Cs),
             like(gD.sum(0)[:d], D) if D is not None else None,
@@ -658,8 +799,8 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
                          return_last_state=False):
     """`selective_scan_ref` semantics on the fused numba kernel (CPU; float32, or bf16/fp16 computed in
     float32 and returned in the input dtype). Gradients for u, delta, A, B, C, D, z and delta_bias.
-    Inputs may have any strides: the kernel reads (time, channel) tiles itself, so transposed views
-    (as a Mamba block produces them) cost no copies."""
+    The kernel reads time-major (b, L, d) memory: the transposed views a Mamba block passes cost no
+    copies, other layouts one PyTorch copy each."""
     with torch.autocast("cpu", enabled=False):
         y, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return (y, last) if return_last_state else y
