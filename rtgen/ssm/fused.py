@@ -250,32 +250,6 @@ if HAVE_NUMBA:
                 orow[i] = xr[i] * yr[i]
 
     @numba.njit(**_jit)
-    def _store_plane(src, dst, k, bi, c0, cw, t0, tl):
-        """`_store_tile` into plane k of a (planes, b, L, d) array."""
-        s = src.reshape(src.size)
-        o = dst.reshape(dst.size)
-        B, L, d = dst.shape[1], dst.shape[2], dst.shape[3]
-        W = _u64(src.shape[1])
-        for tt in range(tl):
-            ob = _u64(((k * B + bi) * L + t0 + tt) * d + c0)
-            sb = _u64(tt) * W
-            for i in range(_u64(cw)):
-                o[ob + i] = s[sb + i]
-
-    @numba.njit(**_jit)
-    def _load_plane(src, k, bi, c0, cw, t0, tl, dst):
-        """`_load_tile` from plane k of a (planes, b, L, d) array."""
-        s = src.reshape(src.size)
-        o = dst.reshape(dst.size)
-        B, L, d = src.shape[1], src.shape[2], src.shape[3]
-        W = _u64(dst.shape[1])
-        for tt in range(tl):
-            sb = _u64(((k * B + bi) * L + t0 + tt) * d + c0)
-            ob = _u64(tt) * W
-            for i in range(_u64(cw)):
-                o[ob + i] = s[sb + i]
-
-    @numba.njit(**_jit)
     def _output_tile(yt, ut, zt, D, tl, has_z, ypt):
         """y = (C.h + D u) * silu(z), in place over the first tl rows, and the ungated C.h + D u into
         ypt, which the gradient of z needs (keeping it spares the backward a C.h sum for every
@@ -532,9 +506,9 @@ if HAVE_NUMBA:
                 _output_tile(yt, ut, zt, Dw, tl, has_z, ypt)
                 _store_tile(yt, out, False, bi, c0, cw, t0, tl)
                 if keep:
-                    _store_plane(dt, kept, 0, bi, c0, cw, t0, tl)
+                    _store_tile(dt, kept[0], False, bi, c0, cw, t0, tl)  # a view once a tile: no contention
                     if has_z:
-                        _store_plane(ypt, kept, 1, bi, c0, cw, t0, tl)
+                        _store_tile(ypt, kept[1], False, bi, c0, cw, t0, tl)
             for n in range(N):
                 for i in range(W):
                     last[bi, n, c0 + i] = h[n, i]
@@ -587,11 +561,11 @@ if HAVE_NUMBA:
             for t0 in range(-(-L // T) * T - T, -1, -T):
                 tl = min(T, L - t0)
                 _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
-                _load_plane(kept, 0, bi, c0, cw, t0, tl, dt)
+                _load_tile(kept[0], False, 0, bi, c0, cw, t0, tl, dt)
                 _product_tile(dt, ut, tl, dut)
                 if has_z:
                     _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
-                    _load_plane(kept, 1, bi, c0, cw, t0, tl, ypt)
+                    _load_tile(kept[1], False, 0, bi, c0, cw, t0, tl, ypt)
                 _load_states(Bm, bi, t0, tl, Bt)
                 _load_states(Cm, bi, t0, tl, Ct)
                 _load_tile(gout, lay[3, 0] != 0, lay[3, 1], bi, c0, cw, t0, tl, got)

@@ -50,6 +50,18 @@ if fused.HAVE_NUMBA:
                 for i in range(_u64(cw)):
                     acc[i] += wk[i] * s[sb + i]
 
+    @numba.njit(**_jit)
+    def _unit_weights(w, bias, c0, cw, W):
+        """A work unit's (K, W) weights and (W,) bias, zero past the last channel."""
+        K = w.shape[1]
+        wu = np.zeros((K, W), np.float32)
+        bu = np.zeros(W, np.float32)
+        for i in range(cw):
+            bu[i] = bias[c0 + i]
+            for k in range(K):
+                wu[k, i] = w[c0 + i, k]
+        return wu, bu
+
     @numba.njit(parallel=True, **_jit)
     def _conv_fwd(x, off, w, bias, W, y):
         """x: (b, L, S) rows, channels from off; y: (b, L, C); w: (C, K); bias: (C,); all C-contiguous."""
@@ -60,12 +72,7 @@ if fused.HAVE_NUMBA:
             bi = unit // G
             c0 = (unit % G) * W
             cw = min(W, C - c0)
-            wu = np.zeros((K, W), np.float32)
-            bu = np.zeros(W, np.float32)
-            for i in range(cw):
-                bu[i] = bias[c0 + i]
-                for k in range(K):
-                    wu[k, i] = w[c0 + i, k]
+            wu, bu = _unit_weights(w, bias, c0, cw, W)
             acc = np.zeros(W, np.float32)
             o = y.reshape(y.size)
             for t in range(L):
@@ -86,12 +93,7 @@ if fused.HAVE_NUMBA:
             bi = unit // G
             c0 = (unit % G) * W
             cw = min(W, C - c0)
-            wu = np.zeros((K, W), np.float32)
-            bu = np.zeros(W, np.float32)
-            for i in range(cw):
-                bu[i] = bias[c0 + i]
-                for k in range(K):
-                    wu[k, i] = w[c0 + i, k]
+            wu, bu = _unit_weights(w, bias, c0, cw, W)
             acc = np.zeros(W, np.float32)
             ga = np.zeros(W, np.float32)
             gw32 = np.zeros((K, W), np.float32)
