@@ -373,3 +373,32 @@ def test_a_slow_first_compile_is_announced_and_a_fast_one_is_not(capsys):
     assert announce_if_slow(lambda: 8, 0.2, "compiling ...") == 8
     time.sleep(0.3)  # past the deadline: the cancelled notice never comes
     assert capsys.readouterr().err == ""
+
+
+@fused_ok
+@pytest.mark.parametrize("b,d,n,L,R", [(2, 24, 4, 37, 3), (1, 40, 8, fused.TILE + 45, 4), (2, 17, 3, 130, 1)])
+def test_fused_scan_folds_the_dt_projection_with_gradients(b, d, n, L, R):
+    """With dt_weight, delta is the block's low-rank step (a slice of x_proj's output, read in place)
+    and delta = dt_weight @ it inside the kernel: outputs and all gradients, the projection's too, as
+    the float64 reference on the projected delta."""
+    g = torch.Generator().manual_seed(L + R)
+    low = torch.randn(b, L, R + 2 * n, generator=g)[..., :R].transpose(1, 2).detach().requires_grad_()
+    leaves = dict(u=torch.randn(b, L, d, generator=g).transpose(1, 2), A=-torch.rand(d, n, generator=g) - 0.2,
+                  B=torch.randn(b, n, L, generator=g), C=torch.randn(b, n, L, generator=g),
+                  D=torch.randn(d, generator=g), z=torch.randn(b, d, L, generator=g),
+                  delta_bias=torch.randn(d, generator=g) * 0.1, dt_weight=torch.randn(d, R, generator=g) * 0.5)
+    leaves = {k: v.detach().requires_grad_() for k, v in leaves.items()}
+    y = fused.selective_scan_fused(delta=low, delta_softplus=True, **leaves)
+    l64 = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+    low64 = low.detach().double().requires_grad_()
+    w64 = l64.pop("dt_weight")
+    y64 = selective_scan_ref(delta=torch.einsum("dr,brl->bdl", w64, low64), delta_softplus=True, **l64)
+    assert torch.allclose(y.double(), y64, atol=1e-4, rtol=1e-4)
+    w = torch.randn(y.shape, generator=g)
+    (y * w).sum().backward()
+    (y64 * w.double()).sum().backward()
+    l64["dt_weight"] = w64
+    for k, v in {**leaves, "low": low}.items():
+        ref = low64.grad if k == "low" else l64[k].grad
+        assert v.grad.shape == ref.shape, k
+        assert torch.allclose(v.grad.double(), ref, atol=2e-4 * (1 + ref.abs().max().item()), rtol=1e-3), k

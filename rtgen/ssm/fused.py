@@ -127,12 +127,14 @@ if HAVE_NUMBA:
     _f64_2, _f64_3 = types.Array(types.float64, 2, "C"), types.Array(types.float64, 3, "C")
     _bool, _i64 = types.boolean, types.int64
     _lay = types.Array(types.int64, 2, "C")
-    # u, delta, bias, A, B, C, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept
+    # u, delta, bias, A, B, C, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw
     _fwd_sig = types.void(_f32_3, _f32_3, _f32_1, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _i64, _i64,
-                          _i64, _f32_3, _f32_3, _f32_4, _lay, _f32_4)
-    # u, A, B, C, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept, gu, gdelta, gz, gA, gD, gbias, gB, gC, lay
+                          _i64, _f32_3, _f32_3, _f32_4, _lay, _f32_4, _f32_2c)
+    # u, A, B, C, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept, gu, gdelta, gz, gA, gD, gbias, gB, gC, lay,
+    # delta, dtw, glow, gdtw
     _bwd_sig = types.void(_f32_3, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _f32_3, _f32_3, _i64, _i64,
-                          _i64, _f32_4, _f32_4, _f32_3, _f32_3, _f32_3, _f64_3, _f64_2, _f64_2, _f32_4, _f32_4, _lay)
+                          _i64, _f32_4, _f32_4, _f32_3, _f32_3, _f32_3, _f64_3, _f64_2, _f64_2, _f32_4, _f32_4, _lay,
+                          _f32_3, _f32_2c, _f32_4, _f64_3)
 
     @numba.njit(inline="always", **_jit)
     def _exp2(x):
@@ -237,6 +239,49 @@ if HAVE_NUMBA:
             else:
                 for i in range(W):
                     dr[i] = dr[i] + bias[i]
+
+    @numba.njit(**_jit)
+    def _project_tile(lt, w, tl, dt):
+        """dt[tt] = sum_r lt[tt, r] w[r] (the dt projection folded in: lt the low-rank steps (T, R), w
+        the unit's (R, W) slice of its weight)."""
+        R, W = w.shape
+        for tt in range(tl):
+            dr = dt[tt]
+            for i in range(W):
+                dr[i] = _ZERO
+            for r in range(R):
+                lv = lt[tt, r]
+                wr = w[r]
+                for i in range(W):
+                    dr[i] += lv * wr[i]
+
+    @numba.njit(**_jit)
+    def _lowrank_grads(gdt, lt, w, tl, glt, gw):
+        """Through the folded dt projection: glt[tt, r] = sum_i gdt[tt, i] w[r, i] (this unit's part of
+        the low-rank steps' gradient), gw[r] += sum_tt lt[tt, r] gdt[tt] (float32, one tile)."""
+        R, W = w.shape
+        for tt in range(tl):
+            gr = gdt[tt]
+            for r in range(R):
+                wr = w[r]
+                acc = _ZERO
+                for i in range(W):
+                    acc += gr[i] * wr[i]
+                glt[tt, r] = acc
+                lv = lt[tt, r]
+                gwr = gw[r]
+                for i in range(W):
+                    gwr[i] += lv * gr[i]
+
+    @numba.njit(**_jit)
+    def _unit_rows(w, c0, cw, W):
+        """A work unit's (R, W) slice of a (R, d) weight, zero past the last channel."""
+        R = w.shape[0]
+        out = np.zeros((R, W), np.float32)
+        for r in range(R):
+            for i in range(cw):
+                out[r, i] = w[r, c0 + i]
+        return out
 
     @numba.njit(**_jit)
     def _product_tile(x, y, tl, out):
@@ -459,12 +504,13 @@ if HAVE_NUMBA:
             bw[i] = bias[c0 + i]
 
     @numba.njit(_fwd_sig, parallel=True, **_jit)
-    def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept):
+    def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw):
         """out: (b, L, d); u, delta, z: time-major rows or channel-major (b, d, L) arrays, as
         lay[0..2] = (channel-major, channel offset) say (see `_load_tile`);
         bias, D: (d,); A: (n, d), times log2(e); Bm, Cm: (b, L, n); all C-contiguous; last: (b, n, dp).
         For the backward (else empty): ckpt (b, L / K, n, dp), dp = d rounded up to W; kept (1 or 2, b, L, d):
-        the steps dt and (gated) the ungated output C.h + D u.
+        the steps dt and (gated) the ungated output C.h + D u. With a dt projection dtw (R, d) (else (0, d)),
+        delta holds the R low-rank steps and delta = dtw^T low is formed per tile.
         One work unit is one (batch, group of W channels); it walks L in tiles of T steps (a multiple
         of K), each loaded once into (T, W) tiles, so the hot loop reads nothing else."""
         b, L, d = out.shape
@@ -480,6 +526,9 @@ if HAVE_NUMBA:
             Dw = np.zeros(W, np.float32)
             bw = np.zeros(W, np.float32)
             _unit_setup(A, D, bias, last, False, bi, c0, cw, Aw, Dw, bw, h)
+            R = dtw.shape[0]
+            wdt = _unit_rows(dtw, c0, cw, W)
+            lt = np.zeros((T, R), np.float32)
             ut = np.zeros((T, W), np.float32)
             dt = np.zeros((T, W), np.float32)
             dut = np.zeros((T, W), np.float32)
@@ -491,7 +540,11 @@ if HAVE_NUMBA:
             for t0 in range(0, L, T):
                 tl = min(T, L - t0)
                 _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
-                _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, c0, cw, t0, tl, dt)
+                if R > 0:
+                    _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
+                    _project_tile(lt, wdt, tl, dt)
+                else:
+                    _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, c0, cw, t0, tl, dt)
                 _steps_tile(dt, bw, tl, softplus)
                 _product_tile(dt, ut, tl, dut)
                 if has_z:
@@ -515,11 +568,13 @@ if HAVE_NUMBA:
 
     @numba.njit(_bwd_sig, parallel=True, **_jit)
     def _scan_bwd(u, A, Bm, Cm, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept,
-                  gu, gdelta, gz, gA, gD, gbias, gB, gC, lay):
+                  gu, gdelta, gz, gA, gD, gbias, gB, gC, lay, delta, dtw, glow, gdtw):
         """Gradients of `_scan_fwd`, from its checkpoints and kept tensors; gout laid out as lay[3] says.
         gu, gdelta, gz: (b, L, d), or (b, d, L) where u, delta, z are channel-major (gdelta: of delta itself,
         through the softplus); gA: (b, n, dp), gD, gbias: (b, dp), float64 sums over time; gB, gC:
-        (b, G, L, n) partial sums per channel group; glast: (b, n, dp).
+        (b, G, L, n) partial sums per channel group; glast: (b, n, dp). With a dt projection dtw (R, d),
+        the gradients go to the low-rank steps in delta instead (glow: (b, G, L, R) partial sums) and to
+        the projection (gdtw: (b, R, dp) float64), and gdelta is not written.
         Per tile of T steps (loaded as in the forward), per chunk of K steps from the last: recompute
         the states and decays from the chunk's checkpoint, then run the adjoint back through it."""
         b, L = gB.shape[0], gB.shape[2]
@@ -536,6 +591,12 @@ if HAVE_NUMBA:
             Dw = np.zeros(W, np.float32)
             bw = np.zeros(W, np.float32)
             _unit_setup(A, D, D, glast, True, bi, c0, cw, Aw, Dw, bw, lam)  # no bias: dt was kept
+            R = dtw.shape[0]
+            wdt = _unit_rows(dtw, c0, cw, W)
+            lt = np.zeros((T, R), np.float32)
+            glt = np.zeros((T, R), np.float32)
+            gw32 = np.zeros((R, W), np.float32)
+            gw64 = np.zeros((R, W), np.float64)
             ut = np.zeros((T, W), np.float32)
             dt = np.zeros((T, W), np.float32)
             dut = np.zeros((T, W), np.float32)
@@ -585,7 +646,13 @@ if HAVE_NUMBA:
                 _put_rows(gCt, gC, bi, g, t0, tl)
                 _input_grads(gyt, gdut, gdvt, ut, dt, Dw, tl, softplus, gut, gdt, gD64, gb64)
                 _store_tile(gut, gu, lay[0, 0] != 0, bi, c0, cw, t0, tl)
-                _store_tile(gdt, gdelta, lay[1, 0] != 0, bi, c0, cw, t0, tl)
+                if R > 0:
+                    _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
+                    _lowrank_grads(gdt, lt, wdt, tl, glt, gw32)
+                    _fold(gw64, gw32)
+                    _put_rows(glt, glow, bi, g, t0, tl)
+                else:
+                    _store_tile(gdt, gdelta, lay[1, 0] != 0, bi, c0, cw, t0, tl)
                 if has_z:
                     _store_tile(gzt, gz, lay[2, 0] != 0, bi, c0, cw, t0, tl)
             for n in range(N):
@@ -594,6 +661,9 @@ if HAVE_NUMBA:
             for i in range(W):
                 gD[bi, c0 + i] = gD64[i]
                 gbias[bi, c0 + i] = gb64[i]
+            for r in range(R):
+                for i in range(W):
+                    gdtw[bi, r, c0 + i] = gw64[r, i]
 
 
 def _group_width(b: int, d: int) -> int:
@@ -623,7 +693,7 @@ def available() -> bool:
                 u = torch.randn(1, 4, 5, generator=g)
                 t = dict(u=u, delta=torch.rand(1, 4, 5, generator=g), A=-torch.rand(4, 2, generator=g),
                          B=torch.randn(1, 2, 5, generator=g), C=torch.randn(1, 2, 5, generator=g))
-                _FusedScan.apply(t["u"], t["delta"], t["A"], t["B"], t["C"], None, None, None, False, False)
+                _FusedScan.apply(t["u"], t["delta"], t["A"], t["B"], t["C"], None, None, None, False, False, None)
                 _compiled = True
             except Exception:  # no compiler, an LLVM failure, ...
                 _compiled = False
@@ -705,7 +775,7 @@ def _bld_empty(b: int, d: int, L: int) -> torch.Tensor:
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, dt_weight):
         b, d, L = u.shape
         n = A.shape[1]
         W = _group_width(b, d)
@@ -721,17 +791,19 @@ class _FusedScan(torch.autograd.Function):
         # dt and, with a gate, the ungated output, kept for the backward
         kept = torch.empty((1 if z is None else 2, b, L, d) if needs else (0, 0, 0, 0))
         (uv, dv, zv), lay = _layouts(u, delta, z)
+        dtw = dt_weight.detach().float().t().contiguous() if dt_weight is not None else torch.zeros(0, d)
         with _lock:
             _scan_fwd(uv, dv, bias, At.numpy(), _time_major(Bs), _time_major(Cs), Dv, zv, z is not None,
-                      bool(delta_softplus), W, K, TILE, out.numpy(), last.numpy(), ckpt.numpy(), lay, kept.numpy())
+                      bool(delta_softplus), W, K, TILE, out.numpy(), last.numpy(), ckpt.numpy(), lay, kept.numpy(),
+                      dtw.numpy())
         if needs:
-            ctx.save_for_backward(u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept)
+            ctx.save_for_backward(u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept, dtw, dt_weight)
             ctx.meta = (W, K, bool(delta_softplus), B.dim(), C.dim(), A.dtype)
         return out.transpose(1, 2).to(u.dtype), last[..., :d].transpose(1, 2)
 
     @staticmethod
     def backward(ctx, gy, glast):
-        u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept = ctx.saved_tensors
+        u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept, dtw, dt_weight = ctx.saved_tensors
         W, K, softplus, Bdim, Cdim, Adtype = ctx.meta
         b, d, L = u.shape
         n = At.shape[0]
@@ -741,8 +813,12 @@ class _FusedScan(torch.autograd.Function):
         gl = torch.zeros((b, n, dp))
         if glast is not None:
             gl[..., :d] = glast.transpose(1, 2)
-        (uv, _, zv, gv), lay = _layouts(u, delta, z, go)
-        gu, gdelta = _grad_like(lay[0, 0], b, d, L), _grad_like(lay[1, 0], b, d, L)
+        (uv, dv, zv, gv), lay = _layouts(u, delta, z, go)
+        R = dtw.shape[0]
+        gu = _grad_like(lay[0, 0], b, d, L)
+        gdelta = _grad_like(lay[1, 0], b, d, L) if R == 0 else torch.from_numpy(_NO_Z)
+        glow = torch.empty((b, G, L, R) if R else (0, 0, 0, 0))
+        gdtw = torch.empty((b, R, dp), dtype=torch.float64)
         gz = _grad_like(lay[2, 0], b, d, L) if z is not None else torch.from_numpy(_NO_Z)
         gA = torch.empty((b, n, dp), dtype=torch.float64)
         gD = torch.empty((b, dp), dtype=torch.float64)
@@ -752,7 +828,8 @@ class _FusedScan(torch.autograd.Function):
         with _lock:
             _scan_bwd(uv, At.numpy(), _time_major(Bs), _time_major(Cs), _channel_vector(D, d), zv, z is not None,
                       softplus, gv, gl.numpy(), W, K, TILE, ckpt.numpy(), kept.numpy(), gu.numpy(), gdelta.numpy(),
-                      gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(), gC.numpy(), lay)
+                      gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(), gC.numpy(), lay, dv, dtw.numpy(),
+                      glow.numpy(), gdtw.numpy())
         gBt = gB.sum(1).transpose(1, 2)
         gCt = gC.sum(1).transpose(1, 2)
         if Bdim == 4:
@@ -761,22 +838,29 @@ class _FusedScan(torch.autograd.Function):
             gCt = gCt.unsqueeze(1)
         like = lambda g, x: g.to(x.dtype) if x is not None else None  # noqa: E731  gradients in the inputs' dtypes
         gu, gdelta, gz = (g if lay[k, 0] else g.transpose(1, 2) for k, g in enumerate((gu, gdelta, gz)))
+        gw = None
+        if R:  # the low-rank steps' and the projection's gradients
+            gdelta = glow.sum(1).transpose(1, 2)
+            gw = like(gdtw.sum(0)[:, :d].t(), dt_weight)
         return (
             like(gu, u), like(gdelta, delta), gA.sum(0).t()[:d].to(Adtype), like(gBt, Bs), like(gCt, Cs),
             like(gD.sum(0)[:d], D) if D is not None else None,
             like(gz, z) if z is not None else None,
-            like(gbias.sum(0)[:d], delta_bias) if delta_bias is not None else None, None, None,
+            like(gbias.sum(0)[:d], delta_bias) if delta_bias is not None else None, None, None, gw,
         )
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False):
+                         return_last_state=False, dt_weight=None):
     """`selective_scan_ref` semantics on the fused numba kernel (CPU; float32, or bf16/fp16 computed in
     float32 and returned in the input dtype). Gradients for u, delta, A, B, C, D, z and delta_bias.
+    With `dt_weight` (d, R), delta is the (b, R, L) low-rank step and the kernel folds the Mamba
+    block's dt projection in (delta = dt_weight @ delta, as mamba_ssm's `mamba_inner_fn` does): its
+    three thin matmuls and a (b, d, L) tensor each way are spared; gradients go to both.
     The kernel reads time-major (b, L, d) memory: the transposed views a Mamba block passes cost no
     copies, other layouts one PyTorch copy each."""
     with torch.autocast("cpu", enabled=False):
-        y, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        y, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, dt_weight)
     return (y, last) if return_last_state else y
 
 

@@ -63,10 +63,10 @@ class SelectiveSSM(nn.Module):
         """x, z: (B, d_inner, L) -> (B, d_inner, L)."""
         x = self.causal_conv(x)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias is added inside the scan
         A = -torch.exp(self.A_log.float())
-        return dispatch.selective_scan(
-            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
+        # dt_proj's weight, then its bias, are applied inside the scan (on the fused kernel, the matmul too)
+        return dispatch.selective_scan_projected_dt(
+            x, dt.transpose(1, 2), self.dt_proj.weight, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )
 
