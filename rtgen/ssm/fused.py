@@ -3,10 +3,14 @@
 Same semantics as `selective_scan_ref` for real A (d, n) and "variable" B, C of shape (b, n, L)
 (or (b, 1, n, L)): delta_bias and softplus, D skip, SiLU(z) gating, the last state.
 
-Layout and threading. The wrapper puts every per-channel tensor in (b, L, d) order, so at each
-time step the channels are contiguous; the kernel keeps the (n, W) state of a group of W channels
-(a multiple of 16, one AVX-512 vector of fp32) in L1 and runs one pass over L, vectorised over the
-channels. Work units are (batch, channel group) pairs, run in parallel with `prange`.
+Layout and threading. The kernels read every per-channel tensor where it lies (`_kernel_layout`):
+time-major rows, so that at each time step the channels are contiguous (a slice of a wider
+projection, such as z in the Mamba block's in_proj output, is read from its channel offset), or
+channel-major (b, d, L) memory; any other layout is copied once. A work unit keeps the (n, W) state
+of a group of W channels (a multiple of 16, one AVX-512 vector of fp32) in cache and runs one pass
+over L in tiles of T steps, vectorised over the channels. Work units are (batch, channel group)
+pairs, run in parallel with `prange`. Optionally the unit also forms delta from the block's low-rank
+step and dt projection weight (`dt_weight`), per tile.
 
 exp. The decay exp(delta A) is needed for every (t, channel, state) element. A libm call would stop
 the loop from vectorising (numba has no SVML here), so the kernels compute it in plain arithmetic:
@@ -16,13 +20,13 @@ vectorises. The gates' sigmoids use `_exp`, a Cephes-style expf. fastmath stays 
 rounding trick needs.
 
 Backward. The forward stores the state every K steps (memory b * d * n * L / K), the steps dt (so the
-backward needs no softplus) and, when gated, the ungated output C.h + D u, which the gradient of z needs
-(as mamba_ssm keeps it). The backward walks
-the chunks from the end: it recomputes the chunk's states and decays from the checkpoint into a
-small buffer, then runs the adjoint recurrence backwards through the chunk, forming every gradient
-on the way. Sums over channels (the gradients of B and C) are accumulated in 16 lanes and reduced
-once per chunk so the inner loop has no horizontal reduction. Sums over L (gradients of A, D) go
-through float32 per chunk into float64.
+backward needs no softplus) and, when gated, the ungated output C.h + D u, which the gradient of z
+needs (as mamba_ssm keeps it). The backward walks the chunks from the end: it recomputes the chunk's
+states and decays from the checkpoint into a small buffer, then runs the adjoint recurrence
+backwards through the chunk, forming every gradient on the way. Sums over channels (the gradients
+of B and C) are reduced per state and step and written as partial sums per channel group. Sums over
+L (gradients of A, D, the bias and the dt projection) go through float32 per chunk or tile into
+float64.
 
 Softplus (with its sigmoid derivative) runs inside the kernels; the fp32 up-cast of bf16 or fp16
 inputs runs in PyTorch around them.
@@ -404,8 +408,8 @@ if HAVE_NUMBA:
     @numba.njit(**{**_jit, "fastmath": {"contract", "reassoc"}})
     def _adjoint_step(gy, du, dt, Bn, Cn, hp, hn, a, A, lam, gA, gdu, gdv, gB, gC):
         """One step of the adjoint recurrence (lam: a_{t+1} times the adjoint of h_{t+1}, updated in
-        place), with every gradient it feeds: gdu, gdv (W,) summed over states (gdv against A log2(e)), gA (N, W) summed over
-        time, gB, gC (N,) summed over channels. This function alone may reassociate (it has no exp),
+        place), with every gradient it feeds: gdu, gdv (W,) summed over states (gdv against A log2(e)),
+        gA (N, W) summed over time, gB, gC (N,) summed over channels. This function alone may reassociate (it has no exp),
         so those sums over channels vectorise as plain reductions."""
         N, W = hp.shape
         for i in range(W):

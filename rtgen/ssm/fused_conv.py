@@ -66,7 +66,6 @@ if fused.HAVE_NUMBA:
     def _conv_fwd(x, off, w, bias, W, y):
         """x: (b, L, S) rows, channels from off; y: (b, L, C); w: (C, K); bias: (C,); all C-contiguous."""
         b, L, C = y.shape
-        K = w.shape[1]
         G = -(-C // W)
         for unit in prange(b * G):
             bi = unit // G
