@@ -1,7 +1,7 @@
 """Process settings for rtgen's CPU commands, applied once at start-up, before PyTorch loads.
 
 Two costs outside any kernel, measured on a 2-core Zen 4 (`python benchmarks/bench_cpu_runtime.py`:
-together they make a Mamba block's forward+backward 1.14x faster at 16k tokens and 1.54x at 64k):
+together they make a Mamba block's forward+backward 1.14x faster at 16k tokens and 1.42-1.54x at 64k):
 
 - OpenMP spin-waiting. After each parallel PyTorch op, its OpenMP (libgomp) workers spin, by
   default 300,000 rounds, waiting for more work before they sleep. rtgen's numba kernels run on
@@ -10,8 +10,8 @@ together they make a Mamba block's forward+backward 1.14x faster at 16k tokens a
   slower: its many short ops then wait for sleeping workers.) libgomp reads it once, when it
   loads, so the `rtgen` command sets it first thing; a value already in the environment wins.
 - Page faults. glibc returns large freed blocks to the system (mmap for blocks over 32 MB, trim
-  of the heap's top), so the next tensor of that size faults in its pages again: 157,000 minor
-  faults per Mamba block forward+backward at 64k tokens, a third of its time. Without mmap and trim, freed
+  of the heap's top), so the next tensor of that size faults in its pages again: 96,000-157,000
+  minor faults per Mamba block forward+backward at 64k tokens, a third of its time. Without mmap and trim, freed
   memory is reused, as PyTorch's CUDA caching allocator does on a GPU. The resident size then
   stays at its peak until the process ends, which is what a training or prediction run wants.
 
