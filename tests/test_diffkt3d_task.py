@@ -90,6 +90,16 @@ def test_every_stage_trains_and_validates_on_openkbp_scores(runs):
             assert np.isfinite(metrics["dose_score"]) and 0 <= metrics["scorecard"] <= 1
 
 
+def test_stage_c_logs_its_training_reward_every_epoch(runs):
+    import csv
+
+    rows = list(csv.DictReader((runs / "c" / "log.csv").open()))
+    assert rows and all(k in rows[0] for k in ("train_reward", "train_reward_best", "train_reward_spread"))
+    mean, best, spread = (float(rows[-1][k]) for k in ("train_reward", "train_reward_best", "train_reward_spread"))
+    assert np.isfinite(mean) and best >= mean and spread >= 0
+    assert "train_reward" not in list(csv.DictReader((runs / "b" / "log.csv").open()))[0]  # stage B: no sampling
+
+
 def test_stage_c_saves_lora_and_predicts_with_it_merged(runs):
     task = task_from_checkpoint(read_config(runs / "c" / "config.json"))
     adapted = task.load_model(runs / "c" / "model.safetensors", merged=False).eval()

@@ -252,7 +252,7 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - t0
         return {"train_loss": total / max(1, n), "train_seconds": seconds,
-                f"{unit}_per_s": n * cfg.batch_size * self.world / max(seconds, 1e-9)}
+                f"{unit}_per_s": n * cfg.batch_size * self.world / max(seconds, 1e-9), **self.task.epoch_stats()}
 
     def validate(self) -> tuple[dict, object]:
         return self.task.validate(self.eval_model(), self.val_data, self.device, self.cfg.train.val_batch_size,

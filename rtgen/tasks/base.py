@@ -77,6 +77,11 @@ class Task:
         (`requires_grad_(False)` keeps it out of the optimiser). `pretrain` is False when a run
         resumes: its checkpoint already holds the stage's result, so only the freezing is redone."""
 
+    def epoch_stats(self) -> dict:
+        """Training statistics of the task's own for the epoch just ended (DiffKT3D's ScardNFT stage:
+        its candidates' rewards), added to the epoch's log row; the call starts the next epoch's."""
+        return {}
+
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True):
         raise NotImplementedError
 

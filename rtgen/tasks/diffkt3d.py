@@ -204,6 +204,7 @@ class DiffKT3DTask(Task):
         self._steps = 0
         self._old_model = None
         self._generator = torch.Generator().manual_seed(0)
+        self._rewards: list[list[float]] = []  # stage C: this epoch's candidate rewards, one list per patient
 
     def metric_unit(self, name: str) -> str:
         name = name.removeprefix("val_")
@@ -449,7 +450,9 @@ class DiffKT3DTask(Task):
                 if self.nft.explore:
                     z = z + self.nft.explore * torch.randn(z.shape, generator=self._generator).to(z)
             ref = case["dose"].astype(np.float32)
-            rewards += [self.case_reward(case, decode_modality("dose", d), ref) for d in self.dose_volumes(case, z)]
+            case_rewards = [self.case_reward(case, decode_modality("dose", d), ref) for d in self.dose_volumes(case, z)]
+            self._rewards.append(case_rewards)
+            rewards += case_rewards
             samples.append(z)
             groups += [j] * n
             conds_all.append(conds.expand(n, *conds.shape[1:]))
@@ -461,6 +464,17 @@ class DiffKT3DTask(Task):
             torch.cat(samples), r, schedule, self.nft.beta, self.nft.lam, reference=x[:, dose_id],
             reference_velocity_fn=self.velocity(model, x[:, cond_ids], cond_ids, dose_id), generator=self._generator)
         return total
+
+    def epoch_stats(self) -> dict:
+        """Stage C's training reward over the epoch (this process's patients): the mean candidate
+        reward, the mean of each patient's best, and the mean within-patient spread that eq. 10's
+        optimality divides by (near 0: the candidates are indistinguishable and NFT has no signal)."""
+        if not self._rewards:
+            return {}
+        groups, self._rewards = [np.asarray(r, np.float64) for r in self._rewards], []
+        return {"train_reward": float(np.mean(np.concatenate(groups))),
+                "train_reward_best": float(np.mean([g.max() for g in groups])),
+                "train_reward_spread": float(np.mean([g.std() for g in groups]))}
 
     def case_reward(self, case: dict, dose_crop: np.ndarray, reference: np.ndarray | None) -> float:
         """The scorecard reward of a cropped dose (anchored to the plan when `reference` is given)."""
