@@ -50,7 +50,7 @@ class TensorBoardLog(Hook):
 
 
 class ConsoleLog(Hook):
-    """One line per epoch: loss, throughput and the task's validation metrics."""
+    """One line per epoch: loss, the task's own training statistics, throughput and its validation metrics."""
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         if not trainer.progress:
@@ -59,5 +59,7 @@ class ConsoleLog(Hook):
         rate = row.get(f"{task.item_name}_per_s", 0.0)
         metrics = ", ".join(f"val {k.removeprefix('val_').replace('_', ' ')} {v:.3f}{' ' + task.metric_unit(k) if task.metric_unit(k) else ''}"
                             for k, v in row.items() if k.startswith("val_"))
-        tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, {rate:.1f} {task.item_name}/s, {metrics}"
+        own = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in row.items()
+                      if k.startswith("train_") and k not in ("train_loss", "train_seconds"))  # Task.epoch_stats
+        tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}{own}, {rate:.1f} {task.item_name}/s, {metrics}"
                    + ("  (best)" if row["best"] else ""))
