@@ -1,0 +1,668 @@
+"""The numba kernels of the fused CPU selective scan (`rtgen.ssm.fused` wraps them for PyTorch).
+
+Same semantics as `selective_scan_ref` for real A (d, n) and "variable" B, C of shape (b, n, L)
+(or (b, 1, n, L)): delta_bias and softplus, D skip, SiLU(z) gating, the last state.
+
+Layout and threading. The kernels read every per-channel tensor where it lies (`fused._kernel_layout`):
+time-major rows, so that at each time step the channels are contiguous (a slice of a wider
+projection, such as z in the Mamba block's in_proj output, is read from its channel offset), or
+channel-major (b, d, L) memory; any other layout is copied once. A work unit keeps the (n, W) state
+of a group of W channels (a multiple of 16, one AVX-512 vector of fp32) in cache and runs one pass
+over L in tiles of T steps, vectorised over the channels. Work units are (batch, channel group)
+pairs, run in parallel with `prange`. Optionally the unit also forms delta from the block's low-rank
+step and dt projection weight (`dt_weight`), per tile.
+
+exp. The decay exp(delta A) is needed for every (t, channel, state) element. A libm call would stop
+the loop from vectorising (numba has no SVML here), so the kernels compute it in plain arithmetic:
+the wrapper hands them A log2(e), and `_exp2` is Cephes' exp2f (range reduction by the 1.5 * 2^23
+rounding trick, a degree-6 polynomial, 2^k added to the exponent bits): about 2 ulp, and it
+vectorises. The gates' sigmoids use `_exp`, a Cephes-style expf. fastmath stays off, which the
+rounding trick needs.
+
+Backward. The forward stores the state every K steps (memory b * d * n * L / K), the steps dt (so the
+backward needs no softplus) and, when gated, the ungated output C.h + D u, which the gradient of z
+needs (as mamba_ssm keeps it). The backward walks the chunks from the end: it recomputes the chunk's
+states and decays from the checkpoint into a small buffer, then runs the adjoint recurrence
+backwards through the chunk, forming every gradient on the way. Sums over channels (the gradients
+of B and C) are reduced per state and step and written as partial sums per channel group. Sums over
+L (gradients of A, D, the bias and the dt projection) go through float32 per chunk or tile into
+float64.
+
+Softplus (with its sigmoid derivative) runs inside the kernels; the fp32 up-cast of bf16 or fp16
+inputs runs in PyTorch around them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # numba is a dependency, but the torch path must keep working without it
+    import numba
+    from llvmlite import ir
+    from numba import prange
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    HAVE_NUMBA = True
+    # numba's OpenMP layer shares the machine with PyTorch's OpenMP pool and ran the kernels 2x slower
+    # here (measured); the workqueue layer does not. Respect an explicit choice.
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+except Exception:  # pragma: no cover - exercised only where numba is missing or broken
+    HAVE_NUMBA = False
+
+LANES = 16  # fp32 lanes of an AVX-512 vector; the channel group width is a multiple of it
+CHECKPOINT = 32  # steps between stored states (backward recomputes one chunk at a time)
+TILE = 128  # steps loaded at once into (time, channel) tiles; a multiple of CHECKPOINT
+
+_f32 = np.float32
+_MAGIC = _f32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+_LOG2E = _f32(1.44269504088896341)
+_LN2_HI = _f32(0.693359375)
+_LN2_LO = _f32(-2.12194440e-4)
+_X_MIN = _f32(-87.0)  # exp(-87) ~ 1.6e-38: below this, decays are zero for every practical purpose
+_X_MAX = _f32(88.0)
+_P0, _P1, _P2, _P3 = _f32(1.9875691500e-4), _f32(1.3981999507e-3), _f32(8.3334519073e-3), _f32(4.1665795894e-2)
+_P4, _P5 = _f32(1.6666665459e-1), _f32(5.0000001201e-1)
+_ONE = _f32(1.0)
+_LN2 = _f32(0.693147180559945309)
+_E2_MIN, _E2_MAX = _f32(-126.0), _f32(127.0)
+_Q0, _Q1, _Q2 = _f32(1.535336188319500e-4), _f32(1.339887440266574e-3), _f32(9.618437357674640e-3)
+_Q3, _Q4, _Q5 = _f32(5.550332471162809e-2), _f32(2.402264791363012e-1), _f32(6.931472028550421e-1)
+_ZERO = _f32(0.0)
+_MAGIC_BITS = np.int32(0x4B400000)
+_BIAS = np.int32(127)
+
+
+if HAVE_NUMBA:
+
+    @intrinsic
+    def _f32_bits(typingctx, x):
+        """float32 -> its bits as int32."""
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.int32(types.float32), codegen
+
+    @intrinsic
+    def _bits_f32(typingctx, x):
+        """int32 bits -> float32."""
+        if x != types.int32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.int32), codegen
+
+    # fastmath: only FMA contraction (reassociation would undo the exp rounding trick); error_model numpy: no
+    # ZeroDivisionError branches in the loops
+    _jit = dict(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
+
+    @numba.njit(inline="always", **_jit)
+    def _exp(x):
+        """expf in plain arithmetic (vectorisable), ~1 ulp on [-87, 88]; clamps outside."""
+        x = min(max(x, _X_MIN), _X_MAX)
+        t = x * _LOG2E + _MAGIC  # round(x / ln2) in the low bits of t
+        k = t - _MAGIC
+        r = x - k * _LN2_HI
+        r = r - k * _LN2_LO
+        p = _P0 * r + _P1
+        p = p * r + _P2
+        p = p * r + _P3
+        p = p * r + _P4
+        p = p * r + _P5
+        p = p * r * r + r + _ONE
+        ki = np.int32(_f32_bits(t) - _MAGIC_BITS)
+        return p * _bits_f32(np.int32(np.int32(ki + _BIAS) << np.int32(23)))
+
+    _u64 = numba.uint64
+    _f32_3 = types.Array(types.float32, 3, "C")  # (b, L, d) per-channel tensors, (b, L, n) for B and C
+    _f32_1 = types.Array(types.float32, 1, "A")
+    _f32_2c = types.Array(types.float32, 2, "C")
+    _f32_4 = types.Array(types.float32, 4, "C")
+    _f64_2, _f64_3 = types.Array(types.float64, 2, "C"), types.Array(types.float64, 3, "C")
+    _bool, _i64 = types.boolean, types.int64
+    _lay = types.Array(types.int64, 2, "C")
+    # u, delta, bias, A, B, C, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw
+    _fwd_sig = types.void(_f32_3, _f32_3, _f32_1, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _i64, _i64,
+                          _i64, _f32_3, _f32_3, _f32_4, _lay, _f32_4, _f32_2c)
+    # u, A, B, C, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept, gu, gdelta, gz, gA, gD, gbias, gB, gC, lay,
+    # delta, dtw, glow, gdtw
+    _bwd_sig = types.void(_f32_3, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _f32_3, _f32_3, _i64, _i64,
+                          _i64, _f32_4, _f32_4, _f32_3, _f32_3, _f32_3, _f64_3, _f64_2, _f64_2, _f32_4, _f32_4, _lay,
+                          _f32_3, _f32_2c, _f32_4, _f64_3)
+
+    @numba.njit(inline="always", **_jit)
+    def _exp2(x):
+        """2^x in plain arithmetic (vectorisable), for the decays: Cephes exp2f's degree-6 polynomial on
+        [-1/2, 1/2] (about 2 ulp), with 2^k added to the exponent bits straight from the rounding
+        constant's low bits. Seven fewer operations than `_exp`: no ln 2 split, no 2^k built apart
+        (measured: the scan's recurrence steps 1.2-1.3x faster). Clamps to [-126, 127]."""
+        x = min(max(x, _E2_MIN), _E2_MAX)
+        t = x + _MAGIC  # round(x) in the low mantissa bits of t
+        r = x - (t - _MAGIC)
+        p = _Q0 * r + _Q1
+        p = p * r + _Q2
+        p = p * r + _Q3
+        p = p * r + _Q4
+        p = p * r + _Q5
+        p = p * r + _ONE
+        return _bits_f32(np.int32(_f32_bits(p) + np.int32(_f32_bits(t) << np.int32(23))))
+
+    @numba.njit(inline="always", **_jit)
+    def _softplus(x):
+        """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), the log1p as 2 atanh(y / (2 + y)) by its odd series
+        (y in (0, 1], so the ratio is at most 1/3 and seven terms give float32 accuracy); vectorises."""
+        y = _exp(-abs(x))
+        f = y / (_f32(2.0) + y)
+        f2 = f * f
+        p = _f32(1.0 / 13.0) * f2 + _f32(1.0 / 11.0)
+        p = p * f2 + _f32(1.0 / 9.0)
+        p = p * f2 + _f32(1.0 / 7.0)
+        p = p * f2 + _f32(1.0 / 5.0)
+        p = p * f2 + _f32(1.0 / 3.0)
+        p = p * f2 + _ONE
+        return max(x, _ZERO) + _f32(2.0) * f * p
+
+    # The helpers below are compiled as functions of their own (not inlined into the parallel kernels):
+    # LLVM vectorises their short loops over channels, which it did not do inside the kernels' bodies
+    # (measured: the backward went from 71 to 37 ms at L = 16k, d = 128). Arrays shared by the threads
+    # (the kernels' arguments) are indexed element by element, never sliced: every view of an array
+    # touches its reference count, an atomic that two cores would then fight over.
+
+    @numba.njit(**_jit)
+    def _load_tile(src, cm, off, bi, c0, cw, t0, tl, dst):
+        """dst[tt, i] = the (t0 + tt, off + c0 + i) element of batch bi of src: time-major rows of
+        src.shape[2] >= d values (a slice of a wider projection starts at channel off), or, if cm, a
+        channel-major (b, d, L) array. Flat unsigned indices: numba adds a negative-index check to
+        every signed index, which kept this copy scalar (5.7x slower at L = 16k, d = 256)."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        W = _u64(dst.shape[1])
+        if cm:  # read along time, write down the tile's columns
+            d, L = src.shape[1], src.shape[2]
+            for i in range(cw):
+                sb = _u64((bi * d + c0 + i) * L + t0)
+                for tt in range(_u64(tl)):
+                    o[tt * W + _u64(i)] = s[sb + tt]
+        else:
+            L, S = src.shape[1], src.shape[2]
+            for tt in range(tl):
+                sb = _u64((bi * L + t0 + tt) * S + off + c0)
+                ob = _u64(tt) * W
+                for i in range(_u64(cw)):
+                    o[ob + i] = s[sb + i]
+
+    @numba.njit(**_jit)
+    def _store_tile(src, dst, cm, bi, c0, cw, t0, tl):
+        """The inverse of `_load_tile`: src[tt, i] into dst, time-major or (if cm) channel-major."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        W = _u64(src.shape[1])
+        if cm:
+            d, L = dst.shape[1], dst.shape[2]
+            for i in range(cw):
+                ob = _u64((bi * d + c0 + i) * L + t0)
+                for tt in range(_u64(tl)):
+                    o[ob + tt] = s[tt * W + _u64(i)]
+        else:
+            L, d = dst.shape[1], dst.shape[2]
+            for tt in range(tl):
+                ob = _u64((bi * L + t0 + tt) * d + c0)
+                sb = _u64(tt) * W
+                for i in range(_u64(cw)):
+                    o[ob + i] = s[sb + i]
+
+    @numba.njit(**_jit)
+    def _load_states(src, bi, t0, tl, dst):
+        """dst[tt, n] = src[bi, t0 + tt, n] for B or C stored as (b, L, n), C-contiguous."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        L, N = src.shape[1], src.shape[2]
+        sb = _u64((bi * L + t0) * N)
+        for k in range(_u64(tl * N)):
+            o[k] = s[sb + k]
+
+    @numba.njit(**_jit)
+    def _steps_tile(dt, bias, tl, softplus):
+        """dt = softplus(delta + bias) (or delta + bias), in place over the first tl rows."""
+        W = dt.shape[1]
+        for tt in range(tl):
+            dr = dt[tt]
+            if softplus:
+                for i in range(W):
+                    dr[i] = _softplus(dr[i] + bias[i])
+            else:
+                for i in range(W):
+                    dr[i] = dr[i] + bias[i]
+
+    @numba.njit(**_jit)
+    def _project_tile(lt, w, tl, dt):
+        """dt[tt] = sum_r lt[tt, r] w[r] (the dt projection folded in: lt the low-rank steps (T, R), w
+        the unit's (R, W) slice of its weight)."""
+        R, W = w.shape
+        for tt in range(tl):
+            dr = dt[tt]
+            for i in range(W):
+                dr[i] = _ZERO
+            for r in range(R):
+                lv = lt[tt, r]
+                wr = w[r]
+                for i in range(W):
+                    dr[i] += lv * wr[i]
+
+    @numba.njit(**_jit)
+    def _lowrank_grads(gdt, lt, w, tl, glt, gw):
+        """Through the folded dt projection: glt[tt, r] = sum_i gdt[tt, i] w[r, i] (this unit's part of
+        the low-rank steps' gradient), gw[r] += sum_tt lt[tt, r] gdt[tt] (float32, one tile)."""
+        R, W = w.shape
+        for tt in range(tl):
+            gr = gdt[tt]
+            for r in range(R):
+                wr = w[r]
+                acc = _ZERO
+                for i in range(W):
+                    acc += gr[i] * wr[i]
+                glt[tt, r] = acc
+                lv = lt[tt, r]
+                gwr = gw[r]
+                for i in range(W):
+                    gwr[i] += lv * gr[i]
+
+    @numba.njit(**_jit)
+    def _unit_rows(w, c0, cw, W):
+        """A work unit's (R, W) slice of a (R, d) weight, zero past the last channel."""
+        R = w.shape[0]
+        out = np.zeros((R, W), np.float32)
+        for r in range(R):
+            for i in range(cw):
+                out[r, i] = w[r, c0 + i]
+        return out
+
+    @numba.njit(**_jit)
+    def _product_tile(x, y, tl, out):
+        """out = x * y over the first tl rows (du = dt u)."""
+        W = x.shape[1]
+        for tt in range(tl):
+            xr = x[tt]
+            yr = y[tt]
+            orow = out[tt]
+            for i in range(W):
+                orow[i] = xr[i] * yr[i]
+
+    @numba.njit(**_jit)
+    def _output_tile(yt, ut, zt, D, tl, has_z, ypt):
+        """y = (C.h + D u) * silu(z), in place over the first tl rows, and the ungated C.h + D u into
+        ypt, which the gradient of z needs (keeping it spares the backward a C.h sum for every
+        state; keeping sigmoid(z) as well measured no faster: memory, not arithmetic, bounds this)."""
+        W = yt.shape[1]
+        for tt in range(tl):
+            yr = yt[tt]
+            ur = ut[tt]
+            if has_z:
+                zr = zt[tt]
+                pr = ypt[tt]
+                for i in range(W):
+                    zz = zr[i]
+                    yp = yr[i] + D[i] * ur[i]
+                    pr[i] = yp
+                    yr[i] = yp * (zz / (_ONE + _exp(-zz)))
+            else:
+                for i in range(W):
+                    yr[i] = yr[i] + D[i] * ur[i]
+
+    @numba.njit(**_jit)
+    def _gate_grads(got, ypt, zt, tl, has_z, gyt, gzt):
+        """The gradients of C.h + D u (gy, through the gate) and of z, from the forward's ungated
+        output ypt."""
+        W = got.shape[1]
+        for tt in range(tl):
+            gor = got[tt]
+            gyr = gyt[tt]
+            if has_z:
+                zr = zt[tt]
+                yr = ypt[tt]
+                gzr = gzt[tt]
+                for i in range(W):
+                    zz = zr[i]
+                    sg = _ONE / (_ONE + _exp(-zz))
+                    go = gor[i]
+                    gzr[i] = go * yr[i] * sg * (_ONE + zz * (_ONE - sg))
+                    gyr[i] = go * zz * sg
+            else:
+                for i in range(W):
+                    gyr[i] = gor[i]
+
+    @numba.njit(inline="always", **_jit)
+    def _one_minus_exp_neg(x):
+        """1 - e^-x for x >= 0 without cancellation near 0 (a Taylor series below 1/4): the softplus'
+        derivative sigmoid(v) from the step x = softplus(v)."""
+        small = x * (_ONE - x * _f32(0.5) * (_ONE - x * _f32(1.0 / 3.0) * (
+            _ONE - x * _f32(0.25) * (_ONE - x * _f32(0.2) * (_ONE - x * _f32(1.0 / 6.0))))))
+        return small if x < _f32(0.25) else _ONE - _exp(-x)
+
+    @numba.njit(**_jit)
+    def _input_grads(gyt, gdut, gdvt, ut, dt, D, tl, softplus, gut, gdt, gD, gbias):
+        """From the adjoint's per-step sums: gu = gy D + gdu dt; gdelta = (gdu u + gdv) * softplus',
+        with softplus'(v) = 1 - e^-dt; the float64 sums over time for D and the bias."""
+        W = ut.shape[1]
+        for tt in range(tl):
+            gyr = gyt[tt]
+            gdur = gdut[tt]
+            gdvr = gdvt[tt]
+            ur = ut[tt]
+            dtr = dt[tt]
+            gur = gut[tt]
+            gdr = gdt[tt]
+            for i in range(W):
+                gur[i] = gyr[i] * D[i] + gdur[i] * dtr[i]
+                gdr[i] = gdur[i] * ur[i] + gdvr[i] * _LN2  # gdv was summed against A log2(e)
+            if softplus:
+                for i in range(W):
+                    gdr[i] = gdr[i] * _one_minus_exp_neg(dtr[i])
+            for i in range(W):
+                gD[i] += gyr[i] * ur[i]
+                gbias[i] += gdr[i]
+
+    @numba.njit(**_jit)
+    def _state_step_inplace(dt, du, Bn, Cn, A, h, y):
+        """One step of the recurrence for a group of W channels, all N states: h = exp(dt A) h + du B
+        (in place), y += C.h. h, A: (N, W); dt, du, y: (W,); Bn, Cn: (N,). (Unrolling over pairs of
+        states, to share the loads of dt, du and y, measured 1.1-2x slower: LLVM vectorised it worse.)"""
+        N, W = h.shape
+        for n in range(N):
+            bn = Bn[n]
+            cn = Cn[n]
+            hr = h[n]
+            Ar = A[n]
+            for i in range(W):
+                hv = _exp2(dt[i] * Ar[i]) * hr[i] + du[i] * bn
+                hr[i] = hv
+                y[i] += hv * cn
+
+    @numba.njit(**_jit)
+    def _state_step(dt, du, Bn, A, hp, hn, a):
+        """`_state_step_inplace` into a new state hn from hp, keeping the decays in `a`, without C.h
+        (backward). A copy rather than one function with hp = hn: LLVM's runtime overlap check would
+        then send the in-place call down its scalar loop."""
+        N, W = hp.shape
+        for n in range(N):
+            bn = Bn[n]
+            hpr = hp[n]
+            hnr = hn[n]
+            Ar = A[n]
+            ar = a[n]
+            for i in range(W):
+                ai = _exp2(dt[i] * Ar[i])
+                ar[i] = ai
+                hnr[i] = ai * hpr[i] + du[i] * bn
+
+    @numba.njit(**{**_jit, "fastmath": {"contract", "reassoc"}})
+    def _adjoint_step(gy, du, dt, Bn, Cn, hp, hn, a, A, lam, gA, gdu, gdv, gB, gC):
+        """One step of the adjoint recurrence (lam: a_{t+1} times the adjoint of h_{t+1}, updated in
+        place), with every gradient it feeds: gdu, gdv (W,) summed over states (gdv against A log2(e)),
+        gA (N, W) summed over time, gB, gC (N,) summed over channels. This function alone may reassociate (it has no exp),
+        so those sums over channels vectorise as plain reductions."""
+        N, W = hp.shape
+        for i in range(W):
+            gdu[i] = _ZERO
+            gdv[i] = _ZERO
+        for n in range(N):
+            bn = Bn[n]
+            cn = Cn[n]
+            hpr = hp[n]
+            hnr = hn[n]
+            ar = a[n]
+            Ar = A[n]
+            lamr = lam[n]
+            gAr = gA[n]
+            sb = _ZERO
+            sc = _ZERO
+            for i in range(W):
+                g = gy[i]
+                lm = g * cn + lamr[i]
+                ai = ar[i]
+                r = lm * ai * hpr[i]  # d loss / d (dt A)
+                gdu[i] += lm * bn
+                gdv[i] += r * Ar[i]
+                gAr[i] += r * dt[i]
+                sb += lm * du[i]
+                sc += g * hnr[i]
+                lamr[i] = ai * lm
+            gB[n] = sb
+            gC[n] = sc
+
+    @numba.njit(**_jit)
+    def _fill(x, v):
+        """x[...] = v for a C-contiguous array (an explicit loop: array expressions inside a parallel
+        kernel become nested parallel loops)."""
+        flat = x.reshape(x.size)
+        for i in range(flat.size):
+            flat[i] = v
+
+    @numba.njit(**_jit)
+    def _fold(acc, part):
+        """acc += part; part = 0 (float32 partial sums into float64 totals)."""
+        a = acc.reshape(acc.size)
+        p = part.reshape(part.size)
+        for i in range(p.size):
+            a[i] += p[i]
+            p[i] = _ZERO
+
+    @numba.njit(**_jit)
+    def _get_state(src, bi, k, c0, h):
+        """h = src[bi, k, :, c0:c0 + W] (checkpoints of shape (b, L / K, n, dp))."""
+        s = src.reshape(src.size)
+        o = h.reshape(h.size)
+        N, W = h.shape
+        dp = src.shape[3]
+        for n in range(N):
+            sb = _u64(((bi * src.shape[1] + k) * N + n) * dp + c0)
+            ob = _u64(n * W)
+            for i in range(_u64(W)):
+                o[ob + i] = s[sb + i]
+
+    @numba.njit(**_jit)
+    def _put_state(h, dst, bi, k, c0):
+        """dst[bi, k, :, c0:c0 + W] = h."""
+        s = h.reshape(h.size)
+        o = dst.reshape(dst.size)
+        N, W = h.shape
+        dp = dst.shape[3]
+        for n in range(N):
+            ob = _u64(((bi * dst.shape[1] + k) * N + n) * dp + c0)
+            sb = _u64(n * W)
+            for i in range(_u64(W)):
+                o[ob + i] = s[sb + i]
+
+    @numba.njit(**_jit)
+    def _put_rows(src, dst, bi, g, t0, tl):
+        """dst[bi, g, t0 + tt, :] = src[tt] (per-step sums over the group's channels)."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        N = src.shape[1]
+        ob = _u64(((bi * dst.shape[1] + g) * dst.shape[2] + t0) * N)
+        for k in range(_u64(tl * N)):
+            o[ob + k] = s[k]
+
+    @numba.njit(**_jit)
+    def _unit_setup(A, D, bias, glast, use_glast, bi, c0, cw, Aw, Dw, bw, h):
+        """A work unit's channel parameters (zero past the last channel) and its starting state."""
+        N, W = Aw.shape
+        for n in range(N):
+            for i in range(cw):
+                Aw[n, i] = A[n, c0 + i]
+            if use_glast:
+                for i in range(W):
+                    h[n, i] = glast[bi, n, c0 + i]
+        for i in range(cw):
+            Dw[i] = D[c0 + i]
+            bw[i] = bias[c0 + i]
+
+    @numba.njit(_fwd_sig, parallel=True, **_jit)
+    def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw):
+        """out: (b, L, d); u, delta, z: time-major rows or channel-major (b, d, L) arrays, as
+        lay[0..2] = (channel-major, channel offset) say (see `_load_tile`);
+        bias, D: (d,); A: (n, d), times log2(e); Bm, Cm: (b, L, n); all C-contiguous; last: (b, n, dp).
+        For the backward (else empty): ckpt (b, L / K, n, dp), dp = d rounded up to W; kept (1 or 2, b, L, d):
+        the steps dt and (gated) the ungated output C.h + D u. With a dt projection dtw (R, d) (else (0, d)),
+        delta holds the R low-rank steps and delta = dtw^T low is formed per tile.
+        One work unit is one (batch, group of W channels); it walks L in tiles of T steps (a multiple
+        of K), each loaded once into (T, W) tiles, so the hot loop reads nothing else."""
+        b, L, d = out.shape
+        N = A.shape[0]
+        G = -(-d // W)
+        keep = ckpt.shape[0] > 0
+        for unit in prange(b * G):
+            bi = unit // G
+            c0 = (unit % G) * W
+            cw = min(W, d - c0)
+            h = np.zeros((N, W), np.float32)
+            Aw = np.zeros((N, W), np.float32)
+            Dw = np.zeros(W, np.float32)
+            bw = np.zeros(W, np.float32)
+            _unit_setup(A, D, bias, last, False, bi, c0, cw, Aw, Dw, bw, h)
+            R = dtw.shape[0]
+            wdt = _unit_rows(dtw, c0, cw, W)
+            lt = np.zeros((T, R), np.float32)
+            ut = np.zeros((T, W), np.float32)
+            dt = np.zeros((T, W), np.float32)
+            dut = np.zeros((T, W), np.float32)
+            zt = np.zeros((T, W), np.float32)
+            yt = np.zeros((T, W), np.float32)
+            ypt = np.zeros((T, W), np.float32)
+            Bt = np.empty((T, N), np.float32)
+            Ct = np.empty((T, N), np.float32)
+            for t0 in range(0, L, T):
+                tl = min(T, L - t0)
+                _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
+                if R > 0:
+                    _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
+                    _project_tile(lt, wdt, tl, dt)
+                else:
+                    _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, c0, cw, t0, tl, dt)
+                _steps_tile(dt, bw, tl, softplus)
+                _product_tile(dt, ut, tl, dut)
+                if has_z:
+                    _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                _load_states(Bm, bi, t0, tl, Bt)
+                _load_states(Cm, bi, t0, tl, Ct)
+                _fill(yt, _ZERO)
+                for tt in range(tl):
+                    if keep and tt % K == 0:
+                        _put_state(h, ckpt, bi, (t0 + tt) // K, c0)
+                    _state_step_inplace(dt[tt], dut[tt], Bt[tt], Ct[tt], Aw, h, yt[tt])
+                _output_tile(yt, ut, zt, Dw, tl, has_z, ypt)
+                _store_tile(yt, out, False, bi, c0, cw, t0, tl)
+                if keep:
+                    _store_tile(dt, kept[0], False, bi, c0, cw, t0, tl)  # a view once a tile: no contention
+                    if has_z:
+                        _store_tile(ypt, kept[1], False, bi, c0, cw, t0, tl)
+            for n in range(N):
+                for i in range(W):
+                    last[bi, n, c0 + i] = h[n, i]
+
+    @numba.njit(_bwd_sig, parallel=True, **_jit)
+    def _scan_bwd(u, A, Bm, Cm, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept,
+                  gu, gdelta, gz, gA, gD, gbias, gB, gC, lay, delta, dtw, glow, gdtw):
+        """Gradients of `_scan_fwd`, from its checkpoints and kept tensors; gout laid out as lay[3] says.
+        gu, gdelta, gz: (b, L, d), or (b, d, L) where u, delta, z are channel-major (gdelta: of delta itself,
+        through the softplus); gA: (b, n, dp), gD, gbias: (b, dp), float64 sums over time; gB, gC:
+        (b, G, L, n) partial sums per channel group; glast: (b, n, dp). With a dt projection dtw (R, d),
+        the gradients go to the low-rank steps in delta instead (glow: (b, G, L, R) partial sums) and to
+        the projection (gdtw: (b, R, dp) float64), and gdelta is not written.
+        Per tile of T steps (loaded as in the forward), per chunk of K steps from the last: recompute
+        the states and decays from the chunk's checkpoint, then run the adjoint back through it."""
+        b, L = gB.shape[0], gB.shape[2]
+        d = A.shape[1]
+        N = A.shape[0]
+        G = -(-d // W)
+        for unit in prange(b * G):
+            bi = unit // G
+            g = unit % G
+            c0 = g * W
+            cw = min(W, d - c0)
+            Aw = np.zeros((N, W), np.float32)
+            lam = np.zeros((N, W), np.float32)  # a_{t+1} * adjoint_{t+1}, carried backwards
+            Dw = np.zeros(W, np.float32)
+            bw = np.zeros(W, np.float32)
+            _unit_setup(A, D, D, glast, True, bi, c0, cw, Aw, Dw, bw, lam)  # no bias: dt was kept
+            R = dtw.shape[0]
+            wdt = _unit_rows(dtw, c0, cw, W)
+            lt = np.zeros((T, R), np.float32)
+            glt = np.zeros((T, R), np.float32)
+            gw32 = np.zeros((R, W), np.float32)
+            gw64 = np.zeros((R, W), np.float64)
+            ut = np.zeros((T, W), np.float32)
+            dt = np.zeros((T, W), np.float32)
+            dut = np.zeros((T, W), np.float32)
+            zt = np.zeros((T, W), np.float32)
+            ypt = np.zeros((T, W), np.float32)
+            got = np.zeros((T, W), np.float32)
+            gyt = np.zeros((T, W), np.float32)
+            gdut = np.zeros((T, W), np.float32)
+            gdvt = np.zeros((T, W), np.float32)
+            gut = np.zeros((T, W), np.float32)
+            gdt = np.zeros((T, W), np.float32)
+            gzt = np.zeros((T, W), np.float32)
+            Bt = np.empty((T, N), np.float32)
+            Ct = np.empty((T, N), np.float32)
+            gBt = np.empty((T, N), np.float32)
+            gCt = np.empty((T, N), np.float32)
+            hbuf = np.empty((K + 1, N, W), np.float32)
+            abuf = np.empty((K, N, W), np.float32)
+            gA32 = np.zeros((N, W), np.float32)
+            gA64 = np.zeros((N, W), np.float64)
+            gD64 = np.zeros(W, np.float64)
+            gb64 = np.zeros(W, np.float64)
+            for t0 in range(-(-L // T) * T - T, -1, -T):
+                tl = min(T, L - t0)
+                _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
+                _load_tile(kept[0], False, 0, bi, c0, cw, t0, tl, dt)
+                _product_tile(dt, ut, tl, dut)
+                if has_z:
+                    _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                    _load_tile(kept[1], False, 0, bi, c0, cw, t0, tl, ypt)
+                _load_states(Bm, bi, t0, tl, Bt)
+                _load_states(Cm, bi, t0, tl, Ct)
+                _load_tile(gout, lay[3, 0] != 0, lay[3, 1], bi, c0, cw, t0, tl, got)
+                _gate_grads(got, ypt, zt, tl, has_z, gyt, gzt)
+                for s0 in range((tl - 1) // K * K, -1, -K):  # the tile's checkpoint chunks, last first
+                    sl = min(K, tl - s0)
+                    _get_state(ckpt, bi, (t0 + s0) // K, c0, hbuf[0])
+                    for tt in range(sl):  # recompute the chunk: states and decays
+                        r = s0 + tt
+                        _state_step(dt[r], dut[r], Bt[r], Aw, hbuf[tt], hbuf[tt + 1], abuf[tt])
+                    for tt in range(sl - 1, -1, -1):  # the adjoint, backwards through the chunk
+                        r = s0 + tt
+                        _adjoint_step(gyt[r], dut[r], dt[r], Bt[r], Ct[r], hbuf[tt], hbuf[tt + 1], abuf[tt], Aw,
+                                      lam, gA32, gdut[r], gdvt[r], gBt[r], gCt[r])
+                    _fold(gA64, gA32)  # the chunk's float32 sums into float64
+                _put_rows(gBt, gB, bi, g, t0, tl)
+                _put_rows(gCt, gC, bi, g, t0, tl)
+                _input_grads(gyt, gdut, gdvt, ut, dt, Dw, tl, softplus, gut, gdt, gD64, gb64)
+                _store_tile(gut, gu, lay[0, 0] != 0, bi, c0, cw, t0, tl)
+                if R > 0:
+                    _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
+                    _lowrank_grads(gdt, lt, wdt, tl, glt, gw32)
+                    _fold(gw64, gw32)
+                    _put_rows(glt, glow, bi, g, t0, tl)
+                else:
+                    _store_tile(gdt, gdelta, lay[1, 0] != 0, bi, c0, cw, t0, tl)
+                if has_z:
+                    _store_tile(gzt, gz, lay[2, 0] != 0, bi, c0, cw, t0, tl)
+            for n in range(N):
+                for i in range(W):
+                    gA[bi, n, c0 + i] = gA64[n, i]
+            for i in range(W):
+                gD[bi, c0 + i] = gD64[i]
+                gbias[bi, c0 + i] = gb64[i]
+            for r in range(R):
+                for i in range(W):
+                    gdtw[bi, r, c0 + i] = gw64[r, i]
