@@ -31,6 +31,16 @@ def test_defaults_shorten_the_spin_and_keep_freed_memory_without_loading_torch()
     assert "GOMP_SPINCOUNT=10000" in line and "freed memory kept" in line
 
 
+def test_describing_the_settings_does_not_apply_them():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "RTGEN_CPU_RUNTIME")}
+    code = ("import os; from rtgen.core.runtime import describe_cpu_runtime as d; "
+            "print(d()); print(os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == ["GOMP_SPINCOUNT=unset, malloc: glibc defaults", "None"]
+
+
 def test_an_explicit_value_wins_and_the_switch_turns_everything_off():
     assert _run({"GOMP_SPINCOUNT": "500"})[0].startswith("500 ")
     first, line = _run({"RTGEN_CPU_RUNTIME": "0"})

@@ -59,8 +59,9 @@ def configure_cpu_runtime() -> dict:
 
 
 def describe_cpu_runtime() -> str:
-    """One line for a benchmark header."""
-    s = configure_cpu_runtime() if _applied is None else _applied
+    """One line for a benchmark header: the settings in effect. It changes nothing: a process that
+    never called `configure_cpu_runtime` (a library user's script) is described as it runs."""
+    s = _applied or {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "unset"), "keep freed memory": False}
     memory = "freed memory kept (no mmap, no trim)" if s["keep freed memory"] else "glibc defaults"
     return f"GOMP_SPINCOUNT={s['GOMP_SPINCOUNT']}, malloc: {memory}"
 
