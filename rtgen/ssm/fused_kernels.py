@@ -177,57 +177,57 @@ if HAVE_NUMBA:
     # touches its reference count, an atomic that two cores would then fight over.
 
     @numba.njit(**_jit)
+    def _copy_rows(src, sb, ss, dst, db, ds, rows, width):
+        """dst.flat[db + r ds + i] = src.flat[sb + r ss + i] for r < rows, i < width: every copy between
+        the kernels' arguments and a unit's buffers. Flat unsigned indices: numba adds a negative-index
+        check to every signed index, which kept these copies scalar (5.7x slower at L = 16k, d = 256)."""
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        for r in range(_u64(rows)):
+            si = _u64(sb) + r * _u64(ss)
+            oi = _u64(db) + r * _u64(ds)
+            for i in range(_u64(width)):
+                o[oi + i] = s[si + i]
+
+    @numba.njit(**_jit)
     def _load_tile(src, cm, off, bi, c0, cw, t0, tl, dst):
         """dst[tt, i] = the (t0 + tt, off + c0 + i) element of batch bi of src: time-major rows of
         src.shape[2] >= d values (a slice of a wider projection starts at channel off), or, if cm, a
-        channel-major (b, d, L) array. Flat unsigned indices: numba adds a negative-index check to
-        every signed index, which kept this copy scalar (5.7x slower at L = 16k, d = 256)."""
-        s = src.reshape(src.size)
-        o = dst.reshape(dst.size)
-        W = _u64(dst.shape[1])
+        channel-major (b, d, L) array."""
+        W = dst.shape[1]
         if cm:  # read along time, write down the tile's columns
+            s = src.reshape(src.size)
+            o = dst.reshape(dst.size)
             d, L = src.shape[1], src.shape[2]
             for i in range(cw):
                 sb = _u64((bi * d + c0 + i) * L + t0)
                 for tt in range(_u64(tl)):
-                    o[tt * W + _u64(i)] = s[sb + tt]
+                    o[tt * _u64(W) + _u64(i)] = s[sb + tt]
         else:
             L, S = src.shape[1], src.shape[2]
-            for tt in range(tl):
-                sb = _u64((bi * L + t0 + tt) * S + off + c0)
-                ob = _u64(tt) * W
-                for i in range(_u64(cw)):
-                    o[ob + i] = s[sb + i]
+            _copy_rows(src, (bi * L + t0) * S + off + c0, S, dst, 0, W, tl, cw)
 
     @numba.njit(**_jit)
     def _store_tile(src, dst, cm, bi, c0, cw, t0, tl):
         """The inverse of `_load_tile`: src[tt, i] into dst, time-major or (if cm) channel-major."""
-        s = src.reshape(src.size)
-        o = dst.reshape(dst.size)
-        W = _u64(src.shape[1])
+        W = src.shape[1]
         if cm:
+            s = src.reshape(src.size)
+            o = dst.reshape(dst.size)
             d, L = dst.shape[1], dst.shape[2]
             for i in range(cw):
                 ob = _u64((bi * d + c0 + i) * L + t0)
                 for tt in range(_u64(tl)):
-                    o[ob + tt] = s[tt * W + _u64(i)]
+                    o[ob + tt] = s[tt * _u64(W) + _u64(i)]
         else:
             L, d = dst.shape[1], dst.shape[2]
-            for tt in range(tl):
-                ob = _u64((bi * L + t0 + tt) * d + c0)
-                sb = _u64(tt) * W
-                for i in range(_u64(cw)):
-                    o[ob + i] = s[sb + i]
+            _copy_rows(src, 0, W, dst, (bi * L + t0) * d + c0, d, tl, cw)
 
     @numba.njit(**_jit)
     def _load_states(src, bi, t0, tl, dst):
         """dst[tt, n] = src[bi, t0 + tt, n] for B or C stored as (b, L, n), C-contiguous."""
-        s = src.reshape(src.size)
-        o = dst.reshape(dst.size)
         L, N = src.shape[1], src.shape[2]
-        sb = _u64((bi * L + t0) * N)
-        for k in range(_u64(tl * N)):
-            o[k] = s[sb + k]
+        _copy_rows(src, (bi * L + t0) * N, N, dst, 0, N, tl, N)
 
     @numba.njit(**_jit)
     def _steps_tile(dt, bias, tl, softplus):
@@ -458,52 +458,28 @@ if HAVE_NUMBA:
     @numba.njit(**_jit)
     def _get_state(src, bi, k, c0, h):
         """h = src[bi, k, :, c0:c0 + W] (checkpoints of shape (b, L / K, n, dp))."""
-        s = src.reshape(src.size)
-        o = h.reshape(h.size)
         N, W = h.shape
-        dp = src.shape[3]
-        for n in range(N):
-            sb = _u64(((bi * src.shape[1] + k) * N + n) * dp + c0)
-            ob = _u64(n * W)
-            for i in range(_u64(W)):
-                o[ob + i] = s[sb + i]
+        _copy_rows(src, (bi * src.shape[1] + k) * N * src.shape[3] + c0, src.shape[3], h, 0, W, N, W)
 
     @numba.njit(**_jit)
     def _put_state(h, dst, bi, k, c0):
         """dst[bi, k, :, c0:c0 + W] = h."""
-        s = h.reshape(h.size)
-        o = dst.reshape(dst.size)
         N, W = h.shape
-        dp = dst.shape[3]
-        for n in range(N):
-            ob = _u64(((bi * dst.shape[1] + k) * N + n) * dp + c0)
-            sb = _u64(n * W)
-            for i in range(_u64(W)):
-                o[ob + i] = s[sb + i]
+        _copy_rows(h, 0, W, dst, (bi * dst.shape[1] + k) * N * dst.shape[3] + c0, dst.shape[3], N, W)
 
     @numba.njit(**_jit)
     def _put_rows(src, dst, bi, g, t0, tl):
         """dst[bi, g, t0 + tt, :] = src[tt] (per-step sums over the group's channels)."""
-        s = src.reshape(src.size)
-        o = dst.reshape(dst.size)
         N = src.shape[1]
-        ob = _u64(((bi * dst.shape[1] + g) * dst.shape[2] + t0) * N)
-        for k in range(_u64(tl * N)):
-            o[ob + k] = s[k]
+        _copy_rows(src, 0, N, dst, ((bi * dst.shape[1] + g) * dst.shape[2] + t0) * N, N, tl, N)
 
     @numba.njit(**_jit)
-    def _unit_setup(A, D, bias, glast, use_glast, bi, c0, cw, Aw, Dw, bw, h):
-        """A work unit's channel parameters (zero past the last channel) and its starting state."""
-        N, W = Aw.shape
-        for n in range(N):
-            for i in range(cw):
-                Aw[n, i] = A[n, c0 + i]
-            if use_glast:
-                for i in range(W):
-                    h[n, i] = glast[bi, n, c0 + i]
+    def _unit_vector(v, c0, cw, W):
+        """A work unit's W values of a per-channel vector, zero past the last channel."""
+        out = np.zeros(W, np.float32)
         for i in range(cw):
-            Dw[i] = D[c0 + i]
-            bw[i] = bias[c0 + i]
+            out[i] = v[c0 + i]
+        return out
 
     @numba.njit(_fwd_sig, parallel=True, **_jit)
     def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw):
@@ -524,10 +500,7 @@ if HAVE_NUMBA:
             c0 = (unit % G) * W
             cw = min(W, d - c0)
             h = np.zeros((N, W), np.float32)
-            Aw = np.zeros((N, W), np.float32)
-            Dw = np.zeros(W, np.float32)
-            bw = np.zeros(W, np.float32)
-            _unit_setup(A, D, bias, last, False, bi, c0, cw, Aw, Dw, bw, h)
+            Aw, Dw, bw = _unit_rows(A, c0, cw, W), _unit_vector(D, c0, cw, W), _unit_vector(bias, c0, cw, W)
             R = dtw.shape[0]
             wdt = _unit_rows(dtw, c0, cw, W)
             lt = np.zeros((T, R), np.float32)
@@ -588,11 +561,8 @@ if HAVE_NUMBA:
             g = unit % G
             c0 = g * W
             cw = min(W, d - c0)
-            Aw = np.zeros((N, W), np.float32)
-            lam = np.zeros((N, W), np.float32)  # a_{t+1} * adjoint_{t+1}, carried backwards
-            Dw = np.zeros(W, np.float32)
-            bw = np.zeros(W, np.float32)
-            _unit_setup(A, D, D, glast, True, bi, c0, cw, Aw, Dw, bw, lam)  # no bias: dt was kept
+            Aw, Dw = _unit_rows(A, c0, cw, W), _unit_vector(D, c0, cw, W)  # no bias: dt was kept
+            lam = _unit_rows(glast[bi], c0, cw, W)  # a_{t+1} * adjoint_{t+1}, carried backwards
             R = dtw.shape[0]
             wdt = _unit_rows(dtw, c0, cw, W)
             lt = np.zeros((T, R), np.float32)
