@@ -46,6 +46,25 @@ def test_fused_conv_equals_conv1d_with_gradients(b, C, L, K, layout):
 
 
 @fused_ok
+def test_fused_conv_bfloat16_computes_in_float32():
+    from rtgen.ssm.fused_conv import causal_conv_silu
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 120, 24, generator=g).transpose(1, 2).bfloat16().requires_grad_()
+    w = torch.randn(24, 1, 4, generator=g).bfloat16().requires_grad_()
+    bias = torch.randn(24, generator=g).bfloat16().requires_grad_()
+    y = causal_conv_silu(x, w, bias)
+    (x64, w64, b64), y64 = _reference(x, w, bias)  # the same bf16 values, in float64
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.double(), y64, atol=2e-2, rtol=2e-2)  # bf16 rounding of the output only
+    y.float().sum().backward()
+    y64.sum().backward()
+    for got, ref in ((x.grad, x64.grad), (w.grad, w64.grad), (bias.grad, b64.grad)):
+        assert got.dtype == torch.bfloat16
+        assert (got.double() - ref).abs().max() <= 2e-2 * (1 + ref.abs().max())
+
+
+@fused_ok
 def test_fused_conv_refuses_what_it_cannot_take():
     from rtgen.ssm.fused_conv import supports
 

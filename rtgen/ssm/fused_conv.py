@@ -28,8 +28,8 @@ if fused.HAVE_NUMBA:
     import numba
     from numba import prange
 
-    _jit = fused._jit
-    _exp = fused._exp
+    from rtgen.ssm.fused_kernels import _exp, _jit, _unit_rows, _unit_vector
+
     _u64 = numba.uint64
     _ONE = np.float32(1.0)
 
@@ -50,28 +50,16 @@ if fused.HAVE_NUMBA:
                 for i in range(_u64(cw)):
                     acc[i] += wk[i] * s[sb + i]
 
-    @numba.njit(**_jit)
-    def _unit_weights(w, bias, c0, cw, W):
-        """A work unit's (K, W) weights and (W,) bias, zero past the last channel."""
-        K = w.shape[1]
-        wu = np.zeros((K, W), np.float32)
-        bu = np.zeros(W, np.float32)
-        for i in range(cw):
-            bu[i] = bias[c0 + i]
-            for k in range(K):
-                wu[k, i] = w[c0 + i, k]
-        return wu, bu
-
     @numba.njit(parallel=True, **_jit)
     def _conv_fwd(x, off, w, bias, W, y):
-        """x: (b, L, S) rows, channels from off; y: (b, L, C); w: (C, K); bias: (C,); all C-contiguous."""
+        """x: (b, L, S) rows, channels from off; y: (b, L, C); w: (K, C); bias: (C,); all C-contiguous."""
         b, L, C = y.shape
         G = -(-C // W)
         for unit in prange(b * G):
             bi = unit // G
             c0 = (unit % G) * W
             cw = min(W, C - c0)
-            wu, bu = _unit_weights(w, bias, c0, cw, W)
+            wu, bu = _unit_rows(w, c0, cw, W), _unit_vector(bias, c0, cw, W)
             acc = np.zeros(W, np.float32)
             o = y.reshape(y.size)
             for t in range(L):
@@ -86,13 +74,13 @@ if fused.HAVE_NUMBA:
         """x as in `_conv_fwd`; gy, gx: (b, L, C); gw: (b, C, K), gb: (b, C) float64 sums per batch."""
         b, L, C = gx.shape
         S = x.shape[2]
-        K = w.shape[1]
+        K = w.shape[0]
         G = -(-C // W)
         for unit in prange(b * G):
             bi = unit // G
             c0 = (unit % G) * W
             cw = min(W, C - c0)
-            wu, bu = _unit_weights(w, bias, c0, cw, W)
+            wu, bu = _unit_rows(w, c0, cw, W), _unit_vector(bias, c0, cw, W)
             acc = np.zeros(W, np.float32)
             ga = np.zeros(W, np.float32)
             gw32 = np.zeros((K, W), np.float32)
@@ -152,7 +140,7 @@ class _FusedCausalConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         b, C, L = x.shape
         W = fused._group_width(b, C)
-        w = weight.detach().reshape(C, -1).float().contiguous()
+        w = weight.detach().reshape(C, -1).float().t().contiguous()  # (K, C): a unit's weights by _unit_rows
         bv = bias.detach().float().contiguous() if bias is not None else torch.zeros(C)
         y = torch.empty(b, L, C)
         with fused._lock:
@@ -167,7 +155,7 @@ class _FusedCausalConv(torch.autograd.Function):
         W, wshape, wdtype, has_bias = ctx.meta
         b, C, L = x.shape
         gx = torch.empty(b, L, C)
-        gw = torch.empty(b, C, w.shape[1], dtype=torch.float64)
+        gw = torch.empty(b, C, w.shape[0], dtype=torch.float64)
         gb = torch.empty(b, C, dtype=torch.float64)
         with fused._lock:
             _conv_bwd(*_rows(x), w.numpy(), bv.numpy(), fused._time_major(gy), W, gx.numpy(), gw.numpy(), gb.numpy())
