@@ -5,8 +5,8 @@ mamba_ssm's CUDA kernels. Batch 1; forward (no grad) and forward+backward time, 
 Method. Every workload is warmed up (forward, then forward+backward) outside the timed region;
 times are the median of at least `repeats` (3) runs, more for quick workloads (up to 15, while
 their total stays under a second): on a shared 2-core machine a slow second otherwise decides a
-3-run median. Nothing touches the allocator inside the timed region: peak memory is measured in one extra, untimed run. Scan
-rows use d = 2 x width channels, as the Mamba block's d_inner; Mamba2 rows use d_state 32, as the
+3-run median. Nothing touches the allocator inside the timed region: peak memory is measured in
+one extra, untimed run. Scan rows use d = 2 x width channels, as the Mamba block's d_inner; Mamba2 rows use d_state 32, as the
 models. The machine's fp32 (and bf16) matmul peak and its stream-copy bandwidth are measured in
 the same run, and the scan rows report GFLOP/s and GB/s as fractions of them.
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from rtgen.cli.app import bench_app, err, out, user_errors
+from rtgen.cli.app import bench_app, err, user_errors
 from rtgen.core.errors import RtgenError
 
 
@@ -55,7 +55,7 @@ def bench_fuzz(
 
     report = run_fuzz(seconds=minutes * 60, seed=seed, crash_dir=crash_dir, only=only,
                       progress=lambda m: err.print(f"[dim]{m}[/]"))
-    out.print(f"machine: {machine_description('cpu')}\n", highlight=False)
+    print(f"machine: {machine_description('cpu')}\n")
     print(format_report(report))
     if json_out:
         atomic_write_text(json_out, report_json(report) + "\n")

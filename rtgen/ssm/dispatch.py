@@ -144,7 +144,7 @@ def selective_scan_projected_dt(u, dt_low, dt_weight, A, B, C, D=None, z=None, d
     (b, R, L) low-rank steps and dt_weight (d, R). The fused CPU kernel folds the projection in
     (its three thin matmuls took about 7 ms of a 16k-token block step); every other path runs it as
     `F.linear` first, exactly as before."""
-    if _scan_backend(u, dt_low, A, B, C, D, z, delta_bias) == "numba" and dt_low.shape[1] <= u.shape[1]:
+    if _scan_backend(u, dt_low, A, B, C, D, z, delta_bias) == "numba":
         return _fused().selective_scan_fused(u, dt_low, A, B, C, D, z, delta_bias, delta_softplus,
                                              dt_weight=dt_weight)
     import torch.nn.functional as F

@@ -130,13 +130,6 @@ def _channel_vector(v, d: int) -> np.ndarray:
     return v.detach().float().contiguous().numpy() if v is not None else np.zeros(d, np.float32)
 
 
-def _bld_empty(b: int, d: int, L: int) -> torch.Tensor:
-    """A (b, L, d) float32 tensor: the kernel's output layout, returned to the caller as the (b, d, L)
-    view `.transpose(1, 2)`. It is the layout of the projections around the scan (dt from dt_proj,
-    z from in_proj, y into out_proj), so the block needs no copies."""
-    return torch.empty(b, L, d)
-
-
 class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, dt_weight):
@@ -149,7 +142,7 @@ class _FusedScan(torch.autograd.Function):
         At = (A.detach().float() * _LOG2E).t().contiguous()  # the kernels take decays as powers of 2
         Bs, Cs = _states(B), _states(C)
         bias, Dv = _channel_vector(delta_bias, d), _channel_vector(D, d)
-        out = _bld_empty(b, d, L)
+        out = torch.empty(b, L, d)  # returned as a (b, d, L) view: out_proj reads it without a copy
         last = u.new_empty((b, n, dp), dtype=torch.float32)
         ckpt = u.new_empty((b, -(-L // K), n, dp) if needs else (0, 0, 0, 0), dtype=torch.float32)
         # dt and, with a gate, the ungated output, kept for the backward
@@ -221,8 +214,8 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     With `dt_weight` (d, R), delta is the (b, R, L) low-rank step and the kernel folds the Mamba
     block's dt projection in (delta = dt_weight @ delta, as mamba_ssm's `mamba_inner_fn` does): its
     three thin matmuls and a (b, d, L) tensor each way are spared; gradients go to both.
-    The kernel reads time-major (b, L, d) memory: the transposed views a Mamba block passes cost no
-    copies, other layouts one PyTorch copy each."""
+    The kernels read time-major and channel-major memory where it lies (the transposed views and
+    projection slices a Mamba block passes cost no copies); other layouts cost one PyTorch copy each."""
     with torch.autocast("cpu", enabled=False):
         y, last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, dt_weight)
     return (y, last) if return_last_state else y
