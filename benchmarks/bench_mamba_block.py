@@ -1,0 +1,81 @@
+"""What each fused CPU kernel buys a Mamba block, side by side in one run.
+
+    python benchmarks/bench_mamba_block.py [--width 64] [--lengths 16384 65536] [--rounds 5]
+
+Forward+backward of one `Mamba` block (batch 1, d_state 16), four variants of the same weights, steps
+alternating round after round (so a slow minute hits all of them), median per variant:
+- all fused: the CPU default (fused scan with the dt projection folded in, fused causal conv);
+- dt projection unfolded: the projection as `F.linear` before the fused scan, as before the fold;
+- conv on PyTorch: the causal conv as the channels-last conv2d the block used before its kernel;
+- pure PyTorch: the `torch` backend, no numba kernel at all.
+The variants swap the block's dispatch functions for the ones the other backends use.
+"""
+
+from __future__ import annotations
+
+from rtgen.core.runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from rtgen.bench.ssm import machine_description  # noqa: E402
+from rtgen.ssm import Mamba, dispatch  # noqa: E402
+
+
+def _unfolded(u, dt_low, dt_weight, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    delta = F.linear(dt_low.transpose(1, 2), dt_weight).transpose(1, 2)
+    return dispatch.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    saved = dispatch.selective_scan_projected_dt, dispatch.fused_causal_conv
+    try:
+        if name == "dt projection unfolded":
+            dispatch.selective_scan_projected_dt = _unfolded
+        elif name == "conv on PyTorch":
+            dispatch.fused_causal_conv = lambda x, weight: False
+        with dispatch.use_backend("torch" if name == "pure PyTorch" else "auto"):
+            yield
+    finally:
+        dispatch.selective_scan_projected_dt, dispatch.fused_causal_conv = saved
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536])
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    names = ["all fused", "dt projection unfolded", "conv on PyTorch", "pure PyTorch"]
+    print(f"machine: {machine_description('cpu')}")
+    print(f"Mamba block, width {a.width}, batch 1, forward+backward, median of {a.rounds} alternating rounds")
+    for L in a.lengths:
+        torch.manual_seed(0)
+        block = Mamba(a.width, d_state=16)
+        x = torch.randn(1, L, a.width, requires_grad=True)
+        times = {n: [] for n in names}
+        for n in names:  # warm-up (and the numba compile) outside the timed rounds
+            with variant(n):
+                block(x).sum().backward()
+        for _ in range(a.rounds):
+            for n in names:
+                with variant(n):
+                    t0 = time.perf_counter()
+                    block(x).sum().backward()
+                    times[n].append(time.perf_counter() - t0)
+        base = statistics.median(times["all fused"])
+        for n in names:
+            ms = statistics.median(times[n])
+            print(f"  L {L:6d}  {n:<24}{ms * 1000:9.1f} ms   {ms / base:5.2f}x the default")
+
+
+if __name__ == "__main__":
+    main()
