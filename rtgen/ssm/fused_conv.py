@@ -3,11 +3,11 @@
 y[t, c] = silu(bias[c] + sum_k w[c, k] x[t - K + 1 + k, c]) (zeros before t = 0), the same numbers as
 `F.silu(conv1d(x, groups=C, padding=K - 1)[..., :L])`.
 
-Why a kernel of its own: PyTorch runs this as a general (1 x K) convolution. At L = 16k, 128 channels,
-its backward took 17 ms for 33 MFLOP, the layout copies around it 7 ms and the `cat` that joins its
-gradient with z's 14 ms, a quarter to a third of a Mamba block's forward+backward, and they grew faster than L
-(6-7x from 16k to 64k). Here one pass over L, vectorised over channels, reads x in the block's own
-time-major layout (the in_proj output, channels contiguous) and writes y and the gradients in it.
+Why a kernel of its own: PyTorch runs this as a general (1 x K) convolution, whose backward (17 ms
+for 33 MFLOP at L = 16k, 128 channels, in one profile) and layout copies grow faster than L: a
+Mamba block with it takes 1.44x the time at 64k tokens (`benchmarks/bench_mamba_block.py`). Here
+one pass over L, vectorised over channels, reads x in the block's own time-major layout (the in_proj
+output, channels contiguous) and writes y and the gradients in it.
 
 The backward recomputes the pre-activation (K multiply-adds) rather than storing it, and forms the
 input gradient in the same pass: each step's gradient g[t] adds w[c, k] g[t] to gx[t - K + 1 + k],
