@@ -126,6 +126,15 @@ def _states(M: torch.Tensor) -> torch.Tensor:
     return M[:, 0] if M.dim() == 4 else M
 
 
+def _sum_groups(x: torch.Tensor) -> torch.Tensor:
+    """x.sum(1) for the kernels' (b, G, L, n) partial sums per channel group, as G - 1 in-place adds of
+    contiguous slices: `sum` over that axis took 0.6 ms for a (1, 1, 16k, 16) tensor, a view here."""
+    out = x[:, 0]
+    for k in range(1, x.shape[1]):
+        out = out + x[:, k] if k == 1 else out.add_(x[:, k])
+    return out
+
+
 def _channel_vector(v, d: int) -> np.ndarray:
     return v.detach().float().contiguous().numpy() if v is not None else np.zeros(d, np.float32)
 
@@ -187,8 +196,8 @@ class _FusedScan(torch.autograd.Function):
                       softplus, gv, gl.numpy(), W, K, TILE, ckpt.numpy(), kept.numpy(), gu.numpy(), gdelta.numpy(),
                       gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(), gC.numpy(), lay, dv, dtw.numpy(),
                       glow.numpy(), gdtw.numpy())
-        gBt = gB.sum(1).transpose(1, 2)
-        gCt = gC.sum(1).transpose(1, 2)
+        gBt = _sum_groups(gB).transpose(1, 2)
+        gCt = _sum_groups(gC).transpose(1, 2)
         if Bdim == 4:
             gBt = gBt.unsqueeze(1)
         if Cdim == 4:
@@ -197,7 +206,7 @@ class _FusedScan(torch.autograd.Function):
         gu, gdelta, gz = (g if lay[k, 0] else g.transpose(1, 2) for k, g in enumerate((gu, gdelta, gz)))
         gw = None
         if R:  # the low-rank steps' and the projection's gradients
-            gdelta = glow.sum(1).transpose(1, 2)
+            gdelta = _sum_groups(glow).transpose(1, 2)
             gw = like(gdtw.sum(0)[:, :d].t(), dt_weight)
         return (
             like(gu, u), like(gdelta, delta), gA.sum(0).t()[:d].to(Adtype), like(gBt, Bs), like(gCt, Cs),

@@ -59,7 +59,7 @@ if fused.HAVE_NUMBA:
             bi = unit // G
             c0 = (unit % G) * W
             cw = min(W, C - c0)
-            wu, bu = _unit_rows(w, c0, cw, W), _unit_vector(bias, c0, cw, W)
+            wu, bu = _unit_rows(w, c0, cw, W, w.shape[0]), _unit_vector(bias, c0, cw, W)
             acc = np.zeros(W, np.float32)
             o = y.reshape(y.size)
             for t in range(L):
@@ -80,7 +80,7 @@ if fused.HAVE_NUMBA:
             bi = unit // G
             c0 = (unit % G) * W
             cw = min(W, C - c0)
-            wu, bu = _unit_rows(w, c0, cw, W), _unit_vector(bias, c0, cw, W)
+            wu, bu = _unit_rows(w, c0, cw, W, w.shape[0]), _unit_vector(bias, c0, cw, W)
             acc = np.zeros(W, np.float32)
             ga = np.zeros(W, np.float32)
             gw32 = np.zeros((K, W), np.float32)
