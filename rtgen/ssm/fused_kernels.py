@@ -299,47 +299,60 @@ if HAVE_NUMBA:
                 orow[i] = xr[i] * yr[i]
 
     @numba.njit(**_jit)
-    def _output_tile(yt, ut, zt, D, tl, has_z, ypt):
-        """y = (C.h + D u) * silu(z), in place over the first tl rows, and the ungated C.h + D u into
-        ypt, which the gradient of z needs (keeping it spares the backward a C.h sum for every
-        state; keeping sigmoid(z) as well measured no faster: memory, not arithmetic, bounds this)."""
-        W = yt.shape[1]
+    def _output_rows(yt, ut, zt, dt, D, tl, has_z, keep, out, kept, bi, c0, cw, t0):
+        """y = (C.h + D u) * silu(z) for the first tl rows of the tiles, written straight into out's
+        time-major rows; for the backward also the steps dt and the ungated C.h + D u, which the
+        gradient of z needs, into kept[0] and kept[1] (keeping sigmoid(z) as well measured no faster:
+        memory, not arithmetic, bounds this). One pass instead of result tiles and three copies."""
+        L, d = out.shape[1], out.shape[2]
+        o = out.reshape(out.size)
+        k = kept.reshape(kept.size)
+        second = _u64(kept.shape[1] * L * d)  # where kept[1] starts
         for tt in range(tl):
-            yr = yt[tt]
-            ur = ut[tt]
-            if has_z:
+            base = _u64((bi * L + t0 + tt) * d + c0)
+            yr, ur, dr = yt[tt], ut[tt], dt[tt]
+            if has_z and keep:
                 zr = zt[tt]
-                pr = ypt[tt]
-                for i in range(W):
+                for i in range(_u64(cw)):
                     zz = zr[i]
                     yp = yr[i] + D[i] * ur[i]
-                    pr[i] = yp
-                    yr[i] = yp * (zz / (_ONE + _exp(-zz)))
+                    o[base + i] = yp * (zz / (_ONE + _exp(-zz)))
+                    k[base + i] = dr[i]
+                    k[second + base + i] = yp
+            elif has_z:
+                zr = zt[tt]
+                for i in range(_u64(cw)):
+                    zz = zr[i]
+                    o[base + i] = (yr[i] + D[i] * ur[i]) * (zz / (_ONE + _exp(-zz)))
             else:
-                for i in range(W):
-                    yr[i] = yr[i] + D[i] * ur[i]
+                for i in range(_u64(cw)):
+                    o[base + i] = yr[i] + D[i] * ur[i]
+                if keep:
+                    for i in range(_u64(cw)):
+                        k[base + i] = dr[i]
 
     @numba.njit(**_jit)
-    def _gate_grads(got, ypt, zt, tl, has_z, gyt, gzt):
-        """The gradients of C.h + D u (gy, through the gate) and of z, from the forward's ungated
-        output ypt."""
+    def _gate_grads(got, kept, zt, tl, has_z, gyt, gzt, bi, c0, cw, t0):
+        """The gradients of C.h + D u (gy, through the gate) and of z, from the forward's ungated output,
+        read in place from kept[1] (time-major (b, L, d) rows)."""
         W = got.shape[1]
+        if not has_z:
+            for tt in range(tl):
+                for i in range(W):
+                    gyt[tt, i] = got[tt, i]
+            return
+        L, d = kept.shape[2], kept.shape[3]
+        k = kept.reshape(kept.size)
+        second = _u64(kept.shape[1] * L * d)
         for tt in range(tl):
-            gor = got[tt]
-            gyr = gyt[tt]
-            if has_z:
-                zr = zt[tt]
-                yr = ypt[tt]
-                gzr = gzt[tt]
-                for i in range(W):
-                    zz = zr[i]
-                    sg = _ONE / (_ONE + _exp(-zz))
-                    go = gor[i]
-                    gzr[i] = go * yr[i] * sg * (_ONE + zz * (_ONE - sg))
-                    gyr[i] = go * zz * sg
-            else:
-                for i in range(W):
-                    gyr[i] = gor[i]
+            gor, gyr, zr, gzr = got[tt], gyt[tt], zt[tt], gzt[tt]
+            base = second + _u64((bi * L + t0 + tt) * d + c0)
+            for i in range(_u64(cw)):
+                zz = zr[i]
+                sg = _ONE / (_ONE + _exp(-zz))
+                go = gor[i]
+                gzr[i] = go * k[base + i] * sg * (_ONE + zz * (_ONE - sg))
+                gyr[i] = go * zz * sg
 
     @numba.njit(inline="always", **_jit)
     def _one_minus_exp_neg(x):
@@ -614,7 +627,6 @@ if HAVE_NUMBA:
             dut = np.zeros((T, W), np.float32)
             zt = np.zeros((T, W), np.float32)
             yt = np.zeros((T, W), np.float32)
-            ypt = np.zeros((T, W), np.float32)
             Bt = np.zeros((T, NP), np.float32)
             Ct = np.zeros((T, NP), np.float32)
             for t0 in range(0, L, T):
@@ -635,12 +647,7 @@ if HAVE_NUMBA:
                     if keep:
                         _put_state(h, ckpt, bi, (t0 + s0) // K, c0)
                     _forward_steps(dt, dut, Bt, Ct, Aw, h, yt, s0, min(step, tl - s0))
-                _output_tile(yt, ut, zt, Dw, tl, has_z, ypt)
-                _store_tile(yt, out, False, bi, c0, cw, t0, tl)
-                if keep:
-                    _store_tile(dt, kept[0], False, bi, c0, cw, t0, tl)  # a view once a tile: no contention
-                    if has_z:
-                        _store_tile(ypt, kept[1], False, bi, c0, cw, t0, tl)
+                _output_rows(yt, ut, zt, dt, Dw, tl, has_z, keep, out, kept, bi, c0, cw, t0)
             for n in range(N):
                 for i in range(W):
                     last[bi, n, c0 + i] = h[n, i]
@@ -678,7 +685,6 @@ if HAVE_NUMBA:
             dt = np.zeros((T, W), np.float32)
             dut = np.zeros((T, W), np.float32)
             zt = np.zeros((T, W), np.float32)
-            ypt = np.zeros((T, W), np.float32)
             got = np.zeros((T, W), np.float32)
             gyt = np.zeros((T, W), np.float32)
             gdut = np.zeros((T, W), np.float32)
@@ -706,11 +712,10 @@ if HAVE_NUMBA:
                 _product_tile(dt, ut, tl, dut)
                 if has_z:
                     _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
-                    _load_tile(kept[1], False, 0, bi, c0, cw, t0, tl, ypt)
                 _load_states(Bm, bi, t0, tl, Bt)
                 _load_states(Cm, bi, t0, tl, Ct)
                 _load_tile(gout, lay[3, 0] != 0, lay[3, 1], bi, c0, cw, t0, tl, got)
-                _gate_grads(got, ypt, zt, tl, has_z, gyt, gzt)
+                _gate_grads(got, kept, zt, tl, has_z, gyt, gzt, bi, c0, cw, t0)
                 for s0 in range((tl - 1) // K * K, -1, -K):  # the tile's checkpoint chunks, last first
                     sl = min(K, tl - s0)
                     _get_state(ckpt, bi, (t0 + s0) // K, c0, h)
