@@ -178,7 +178,8 @@ def _ref64(t, **kw):
 
 @fused_ok
 @pytest.mark.parametrize("b,d,n,L", [(2, 8, 4, 37), (1, 20, 3, 1), (1, 16, 16, 64), (2, 40, 5, fused.CHECKPOINT * 3 + 1),
-                                     (3, 33, 2, 95), (1, 17, 3, fused.TILE * 2 + fused.CHECKPOINT + 5)])
+                                     (3, 33, 2, 95), (1, 17, 3, fused.TILE * 2 + fused.CHECKPOINT + 5),
+                                     (1, 48, 18, 70)])  # 18 states: padded to 20, summed as 16 + 4
 @pytest.mark.parametrize("parts", ["all", "bare", "no_z", "no_D_bias"])
 def test_fused_scan_equals_reference_with_gradients(b, d, n, L, parts):
     t = scan_inputs(b, d, n, L)
@@ -253,13 +254,16 @@ def test_kernel_layout_reads_projection_slices_in_place():
 
 @fused_ok
 def test_fused_exp2_and_softplus_derivative_are_accurate():
+    from rtgen.ssm.simd import vload, vstore
+
     @fused.numba.njit
     def run(x, out, out2):
+        for i in range(0, x.shape[0] - 15, 16):
+            vstore(out, i, fused._vexp2(vload(x, i)))
         for i in range(x.shape[0]):
-            out[i] = fused._exp2(x[i])
             out2[i] = fused._one_minus_exp_neg(abs(x[i]))
 
-    x = np.linspace(-126, 127, 400001, dtype=np.float32)
+    x = np.linspace(-126, 127, 400000, dtype=np.float32)  # a multiple of 16
     out, out2 = np.empty_like(x), np.empty_like(x)
     run(x, out, out2)
     x64 = x.astype(np.float64)

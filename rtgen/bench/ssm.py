@@ -22,6 +22,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn as nn
 from rtgen.core.runtime import describe_cpu_runtime
 from rtgen.layers.attention import SelfAttention
 from rtgen.ssm import Mamba, Mamba2, dispatch, fused, selective_scan_fast, selective_scan_ref
+from rtgen.ssm.scan_chunked import selective_scan_chunked
 
 D_STATE = 16
 D_STATE_MAMBA2 = 32  # as the shipped Mamba2 models
@@ -206,6 +208,10 @@ def implementations(device) -> list[tuple[str, Callable, float, str]]:
         ("selective scan, rtgen fused", lambda w, L: _scan_workload(fused.selective_scan_fused, w, L, device), 1.0,
          fused_note),
         ("selective scan, rtgen fast", lambda w, L: _scan_workload(selective_scan_fast, w, L, device), 1.0, ""),
+        ("selective scan, chunked matmul fp32", lambda w, L: _scan_workload(selective_scan_chunked, w, L, device), 1.0,
+         ""),
+        ("selective scan, chunked matmul bf16", lambda w, L: _scan_workload(
+            partial(selective_scan_chunked, matmul_dtype=torch.bfloat16), w, L, device), 1.0, ""),
         ("selective scan, sequential ref", lambda w, L: _scan_workload(selective_scan_ref, w, L, device), 1.0, ""),
         ("Mamba block, rtgen", lambda w, L: _module_workload(
             Mamba(w, d_state=D_STATE), w, L, device), 1.0, ""),

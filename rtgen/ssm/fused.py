@@ -20,13 +20,13 @@ from rtgen.ssm.fused_kernels import CHECKPOINT, HAVE_NUMBA, LANES, TILE, _LOG2E
 if HAVE_NUMBA:
     import numba
 
-    from rtgen.ssm.fused_kernels import (  # noqa: F401  (_exp, _exp2, _jit, ...: shared with fused_conv and the tests)
+    from rtgen.ssm.fused_kernels import (  # noqa: F401  (_exp, _vexp2, _jit, ...: shared with fused_conv and the tests)
         _exp,
-        _exp2,
         _jit,
         _one_minus_exp_neg,
         _scan_bwd,
         _scan_fwd,
+        _vexp2,
     )
 
 

@@ -6,25 +6,30 @@ Same semantics as `selective_scan_ref` for real A (d, n) and "variable" B, C of 
 Layout and threading. The kernels read every per-channel tensor where it lies (`fused._kernel_layout`):
 time-major rows, so that at each time step the channels are contiguous (a slice of a wider
 projection, such as z in the Mamba block's in_proj output, is read from its channel offset), or
-channel-major (b, d, L) memory; any other layout is copied once. A work unit keeps the (n, W) state
-of a group of W channels (a multiple of 16, one AVX-512 vector of fp32) in cache and runs one pass
-over L in tiles of T steps, vectorised over the channels. Work units are (batch, channel group)
-pairs, run in parallel with `prange`. Optionally the unit also forms delta from the block's low-rank
-step and dt projection weight (`dt_weight`), per tile.
+channel-major (b, d, L) memory; any other layout is copied once. A work unit owns a group of W
+channels (a multiple of 16, one AVX-512 vector of fp32) and runs one pass over L in tiles of T
+steps. Work units are (batch, channel group) pairs, run in parallel with `prange`. Optionally the
+unit also forms delta from the block's low-rank step and dt projection weight (`dt_weight`), per tile.
+
+Registers. The recurrences (`_forward_steps`, `_recompute_chunk`, `_adjoint_chunk`) are written on
+sixteen-lane vectors (`rtgen.ssm.simd`): sixteen channels and four states are carried in registers
+across a chunk of steps, so per step and state they load only B and C. The states are padded to a
+multiple of four with zero rows of A, B and C.
 
 exp. The decay exp(delta A) is needed for every (t, channel, state) element. A libm call would stop
 the loop from vectorising (numba has no SVML here), so the kernels compute it in plain arithmetic:
-the wrapper hands them A log2(e), and `_exp2` is Cephes' exp2f (range reduction by the 1.5 * 2^23
-rounding trick, a degree-6 polynomial, 2^k added to the exponent bits): about 2 ulp, and it
-vectorises. The gates' sigmoids use `_exp`, a Cephes-style expf. fastmath stays off, which the
+the wrapper hands them A log2(e), and `_vexp2` is Cephes' exp2f on sixteen lanes (range reduction
+by the 1.5 * 2^23 rounding trick, a degree-6 polynomial, 2^k added to the exponent bits): about
+2 ulp. The gates' sigmoids use `_exp`, a Cephes-style expf. fastmath stays off, which the
 rounding trick needs.
 
 Backward. The forward stores the state every K steps (memory b * d * n * L / K), the steps dt (so the
 backward needs no softplus) and, when gated, the ungated output C.h + D u, which the gradient of z
 needs (as mamba_ssm keeps it). The backward walks the chunks from the end: it recomputes the chunk's
-states and decays from the checkpoint into a small buffer, then runs the adjoint recurrence
-backwards through the chunk, forming every gradient on the way. Sums over channels (the gradients
-of B and C) are reduced per state and step and written as partial sums per channel group. Sums over
+states and decays from the checkpoint into a small buffer, laid out so that each (channel vector,
+state) is a contiguous sequence in time, then runs the adjoint recurrence backwards through the
+chunk, forming every gradient on the way. Sums over channels (the gradients of B and C) are summed
+as vectors, reduced sixteen states at a time and written as partial sums per channel group. Sums over
 L (gradients of A, D, the bias and the dt projection) go through float32 per chunk or tile into
 float64.
 
@@ -139,23 +144,6 @@ if HAVE_NUMBA:
     _bwd_sig = types.void(_f32_3, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _f32_3, _f32_3, _i64, _i64,
                           _i64, _f32_4, _f32_4, _f32_3, _f32_3, _f32_3, _f64_3, _f64_2, _f64_2, _f32_4, _f32_4, _lay,
                           _f32_3, _f32_2c, _f32_4, _f64_3)
-
-    @numba.njit(inline="always", **_jit)
-    def _exp2(x):
-        """2^x in plain arithmetic (vectorisable), for the decays: Cephes exp2f's degree-6 polynomial on
-        [-1/2, 1/2] (about 2 ulp), with 2^k added to the exponent bits straight from the rounding
-        constant's low bits. Seven fewer operations than `_exp`: no ln 2 split, no 2^k built apart
-        (measured: the scan's recurrence steps 1.2-1.3x faster). Clamps to [-126, 127]."""
-        x = min(max(x, _E2_MIN), _E2_MAX)
-        t = x + _MAGIC  # round(x) in the low mantissa bits of t
-        r = x - (t - _MAGIC)
-        p = _Q0 * r + _Q1
-        p = p * r + _Q2
-        p = p * r + _Q3
-        p = p * r + _Q4
-        p = p * r + _Q5
-        p = p * r + _ONE
-        return _bits_f32(np.int32(_f32_bits(p) + np.int32(_f32_bits(t) << np.int32(23))))
 
     @numba.njit(inline="always", **_jit)
     def _softplus(x):
@@ -387,7 +375,10 @@ if HAVE_NUMBA:
 
     @numba.njit(inline="always", **_jit)
     def _vexp2(x):
-        """`_exp2` on sixteen lanes (the same clamps and polynomial)."""
+        """2^x on sixteen lanes, for the decays: Cephes exp2f's degree-6 polynomial on [-1/2, 1/2]
+        (about 2 ulp), with 2^k added to the exponent bits straight from the rounding constant's low
+        bits. Seven fewer operations than `_exp`: no ln 2 split, no 2^k built apart (measured: the
+        recurrence steps 1.2-1.3x faster). Clamps to [-126, 127]."""
         x = vmin(vmax(x, vsplat(_E2_MIN)), vsplat(_E2_MAX))
         t = vadd(x, vsplat(_MAGIC))
         r = vsub(x, vsub(t, vsplat(_MAGIC)))

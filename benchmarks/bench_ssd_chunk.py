@@ -1,0 +1,72 @@
+"""Which SSD chunk size the Mamba2 block should use on the CPU, per sequence length and dtype.
+
+    python benchmarks/bench_ssd_chunk.py [--chunks 16 32 64 128] [--rounds 5]
+
+Forward+backward of one `Mamba2` block (width 64, d_state 32, headdim 64, as `rtgen bench ssm`
+runs it; batch 8 at 1,024 tokens, batch 1 beyond), in float32 and under bfloat16 autocast (how
+`train.cpu_amp` trains on the CPU), every chunk size of a (length, dtype) cell alternating round
+after round so that a slow minute hits all of them; the median per cell, and each cell's fastest
+chunk against the block's default (`rtgen.ssm.mamba2.CPU_CHUNK`).
+"""
+
+from __future__ import annotations
+
+from rtgen.core.runtime import configure_cpu_runtime
+
+configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from rtgen.bench.ssm import machine_description  # noqa: E402
+from rtgen.ssm import Mamba2  # noqa: E402
+from rtgen.ssm.mamba2 import CPU_CHUNK  # noqa: E402
+
+SHAPES = [(8, 1024), (1, 4096), (1, 16384)]  # (batch, tokens)
+
+
+def step(block: Mamba2, x: torch.Tensor, bf16: bool) -> float:
+    block.zero_grad(set_to_none=True)
+    t = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = block(x)
+    y.float().sum().backward()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--width", type=int, default=64)
+    a = ap.parse_args()
+    print(f"machine: {machine_description('cpu')}")
+    print(f"Mamba2 block, width {a.width}, d_state 32, headdim 64, forward+backward, median of {a.rounds} "
+          f"alternating rounds; default CPU chunk {CPU_CHUNK}")
+    torch.manual_seed(0)
+    print(f"{'batch x L':>12} {'dtype':>6} " + "".join(f"{'chunk ' + str(c):>11}" for c in a.chunks) + "   fastest")
+    for b, L in SHAPES:
+        x = torch.randn(b, L, a.width)
+        for bf16 in (False, True):
+            blocks = {c: Mamba2(a.width, d_state=32, headdim=64, chunk_size=c) for c in a.chunks}
+            state = blocks[a.chunks[0]].state_dict()
+            for blk in blocks.values():
+                blk.load_state_dict(state)
+                step(blk, x, bf16)  # warm-up
+            times = {c: [] for c in a.chunks}
+            for _ in range(a.rounds):
+                for c, blk in blocks.items():
+                    times[c].append(step(blk, x, bf16))
+            med = {c: statistics.median(v) * 1000 for c, v in times.items()}
+            best = min(med, key=med.get)
+            vs = med.get(CPU_CHUNK)
+            note = f"{best} ({vs / med[best]:.2f}x the default's speed)" if vs else str(best)
+            print(f"{b:>5} x {L:>5} {'bf16' if bf16 else 'fp32':>6} " + "".join(f"{med[c]:>9.1f}ms" for c in a.chunks)
+                  + f"   {note}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
