@@ -1,13 +1,16 @@
 """What each fused CPU kernel buys a Mamba block, side by side in one run.
 
-    python benchmarks/bench_mamba_block.py [--width 64] [--lengths 16384 65536] [--rounds 5]
+    python benchmarks/bench_mamba_block.py [--width 64] [--lengths 16384 65536] [--rounds 5] [--mambapy]
 
 Forward+backward of one `Mamba` block (batch 1, d_state 16), four variants of the same weights, steps
 alternating round after round (so a slow minute hits all of them), median per variant:
 - all fused: the CPU default (fused scan with the dt projection folded in, fused causal conv);
 - dt projection unfolded: the projection as `F.linear` before the fused scan, as before the fold;
 - conv on PyTorch: the causal conv as the channels-last conv2d the block used before its kernel;
-- pure PyTorch: the `torch` backend, no numba kernel at all.
+- pure PyTorch: the `torch` backend, no numba kernel at all;
+- mambapy (with `--mambapy`, if installed): mambapy's `MambaBlock` of the same sizes (its own weights),
+  the issue's reference for a pure-PyTorch Mamba: alternating with the rest gives the speed-up over
+  it from one run, not from rows measured minutes apart.
 The variants swap the block's dispatch functions for the ones the other backends use.
 """
 
@@ -25,7 +28,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rtgen.bench.ssm import machine_description  # noqa: E402
+from rtgen.bench.ssm import _mambapy_block, machine_description  # noqa: E402
 from rtgen.ssm import Mamba, dispatch  # noqa: E402
 
 
@@ -53,28 +56,34 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--mambapy", action="store_true", help="also mambapy's MambaBlock, alternating with the rest")
     a = ap.parse_args()
-    names = ["all fused", "dt projection unfolded", "conv on PyTorch", "pure PyTorch"]
+    names = ["all fused", "dt projection unfolded", "conv on PyTorch", "pure PyTorch"] + (["mambapy"] if a.mambapy else [])
     print(f"machine: {machine_description('cpu')}")
     print(f"Mamba block, width {a.width}, batch 1, forward+backward, median of {a.rounds} alternating rounds")
     for L in a.lengths:
         torch.manual_seed(0)
         block = Mamba(a.width, d_state=16)
+        other = _mambapy_block(a.width) if a.mambapy else None
         x = torch.randn(1, L, a.width, requires_grad=True)
         times = {n: [] for n in names}
+
+        def run(n):
+            with variant("pure PyTorch" if n == "mambapy" else n):  # mambapy: no rtgen kernel involved
+                t0 = time.perf_counter()
+                (other if n == "mambapy" else block)(x).sum().backward()
+                return time.perf_counter() - t0
+
         for n in names:  # warm-up (and the numba compile) outside the timed rounds
-            with variant(n):
-                block(x).sum().backward()
+            run(n)
         for _ in range(a.rounds):
             for n in names:
-                with variant(n):
-                    t0 = time.perf_counter()
-                    block(x).sum().backward()
-                    times[n].append(time.perf_counter() - t0)
+                times[n].append(run(n))
         base = statistics.median(times["all fused"])
         for n in names:
             ms = statistics.median(times[n])
-            print(f"  L {L:6d}  {n:<24}{ms * 1000:9.1f} ms   {ms / base:5.2f}x the default")
+            print(f"  L {L:6d}  {n:<24}{ms * 1000:9.1f} ms   {ms / base:5.2f}x the default"
+                  f"   (range {min(times[n]) * 1000:.1f}-{max(times[n]) * 1000:.1f})")
 
 
 if __name__ == "__main__":

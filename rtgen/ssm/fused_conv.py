@@ -5,7 +5,7 @@ y[t, c] = silu(bias[c] + sum_k w[c, k] x[t - K + 1 + k, c]) (zeros before t = 0)
 
 Why a kernel of its own: PyTorch runs this as a general (1 x K) convolution, whose backward (17 ms
 for 33 MFLOP at L = 16k, 128 channels, in one profile) and layout copies grow faster than L: a
-Mamba block with it takes 1.44x the time at 64k tokens (`benchmarks/bench_mamba_block.py`). Here
+Mamba block with it takes 1.4-1.5x the time at 64k tokens (`benchmarks/bench_mamba_block.py`). Here
 one pass over L, vectorised over channels, reads x in the block's own time-major layout (the in_proj
 output, channels contiguous) and writes y and the gradients in it.
 
