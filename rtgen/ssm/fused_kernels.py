@@ -320,26 +320,56 @@ if HAVE_NUMBA:
                         k[base + i] = dr[i]
 
     @numba.njit(**_jit)
-    def _gate_grads(got, kept, zt, tl, has_z, gyt, gzt, bi, c0, cw, t0):
-        """The gradients of C.h + D u (gy, through the gate) and of z, from the forward's ungated output,
-        read in place from kept[1] (time-major (b, L, d) rows)."""
-        W = got.shape[1]
+    def _source_rows(src, cm, off, bi, c0, cw, t0, tl, tile):
+        """Where the backward reads rows t0 .. t0 + tl - 1 of a unit's channels: (flat array, index of
+        the first row's first channel, row stride). Time-major sources are read in place (a tile
+        copy would only be read once more); channel-major ones are first copied into `tile`."""
+        if cm:
+            _load_tile(src, True, off, bi, c0, cw, t0, tl, tile)
+            return tile.reshape(tile.size), 0, tile.shape[1]
+        S = src.shape[2]
+        return src.reshape(src.size), (bi * src.shape[1] + t0) * S + off + c0, S
+
+    @numba.njit(**_jit)
+    def _dest_rows(dst, cm, bi, c0, t0, tile):
+        """Where the backward writes a gradient's rows: in place in a time-major (b, L, d) gradient, or
+        into `tile` (stored with `_store_tile` after) for a channel-major one."""
+        if cm:
+            return tile.reshape(tile.size), 0, tile.shape[1]
+        d = dst.shape[2]
+        return dst.reshape(dst.size), (bi * dst.shape[1] + t0) * d + c0, d
+
+    @numba.njit(**_jit)
+    def _product_rows(dt, us, ub, uS, tl, cw, dut):
+        """dut = dt u over the first tl rows (u as rows of a flat array)."""
+        for tt in range(tl):
+            b = _u64(ub + tt * uS)
+            for i in range(_u64(cw)):
+                dut[tt, i] = dt[tt, i] * us[b + i]
+
+    @numba.njit(**_jit)
+    def _gate_grads(gs, gb, gS, zs, zb, zS, kept, tl, has_z, gyt, gzs, gzb, gzS, bi, c0, cw, t0):
+        """The gradients of C.h + D u (gy, through the gate, into the tile gyt) and of z (into rows of gzs),
+        from the incoming gradient (rows of gs) and the forward's ungated output, read in place from
+        kept[1] (time-major (b, L, d) rows)."""
         if not has_z:
             for tt in range(tl):
-                for i in range(W):
-                    gyt[tt, i] = got[tt, i]
+                b = _u64(gb + tt * gS)
+                for i in range(_u64(cw)):
+                    gyt[tt, i] = gs[b + i]
             return
         L, d = kept.shape[2], kept.shape[3]
         k = kept.reshape(kept.size)
         second = _u64(kept.shape[1] * L * d)
         for tt in range(tl):
-            gor, gyr, zr, gzr = got[tt], gyt[tt], zt[tt], gzt[tt]
-            base = second + _u64((bi * L + t0 + tt) * d + c0)
+            gr, zr, gzr = _u64(gb + tt * gS), _u64(zb + tt * zS), _u64(gzb + tt * gzS)
+            yr = second + _u64((bi * L + t0 + tt) * d + c0)
+            gyr = gyt[tt]
             for i in range(_u64(cw)):
-                zz = zr[i]
+                zz = zs[zr + i]
                 sg = _ONE / (_ONE + _exp(-zz))
-                go = gor[i]
-                gzr[i] = go * k[base + i] * sg * (_ONE + zz * (_ONE - sg))
+                go = gs[gr + i]
+                gzs[gzr + i] = go * k[yr + i] * sg * (_ONE + zz * (_ONE - sg))
                 gyr[i] = go * zz * sg
 
     @numba.njit(inline="always", **_jit)
@@ -351,27 +381,29 @@ if HAVE_NUMBA:
         return small if x < _f32(0.25) else _ONE - _exp(-x)
 
     @numba.njit(**_jit)
-    def _input_grads(gyt, gdut, gdvt, ut, dt, D, tl, softplus, gut, gdt, gD, gbias):
-        """From the adjoint's per-step sums: gu = gy D + gdu dt; gdelta = (gdu u + gdv) * softplus',
-        with softplus'(v) = 1 - e^-dt; the float64 sums over time for D and the bias."""
-        W = ut.shape[1]
+    def _input_grads(gyt, gdut, gdvt, us, ub, uS, dt, D, tl, cw, softplus, gus, gub, guS, gdt, gds, gdb, gdS,
+                     write_gd, gD, gbias):
+        """From the adjoint's per-step sums: gu = gy D + gdu dt (into rows of gus); gdelta = (gdu u + gdv)
+        * softplus', with softplus'(v) = 1 - e^-dt (into the tile gdt and, if write_gd, rows of gds);
+        the float64 sums over time for D and the bias. u is read as rows of us."""
         for tt in range(tl):
-            gyr = gyt[tt]
-            gdur = gdut[tt]
-            gdvr = gdvt[tt]
-            ur = ut[tt]
-            dtr = dt[tt]
-            gur = gut[tt]
-            gdr = gdt[tt]
-            for i in range(W):
-                gur[i] = gyr[i] * D[i] + gdur[i] * dtr[i]
-                gdr[i] = gdur[i] * ur[i] + gdvr[i] * _LN2  # gdv was summed against A log2(e)
+            gyr, gdur, gdvr, dtr, gdr = gyt[tt], gdut[tt], gdvt[tt], dt[tt], gdt[tt]
+            ur = _u64(ub + tt * uS)
+            gur = _u64(gub + tt * guS)
+            for i in range(_u64(cw)):
+                u = us[ur + i]
+                gus[gur + i] = gyr[i] * D[i] + gdur[i] * dtr[i]
+                gdr[i] = gdur[i] * u + gdvr[i] * _LN2  # gdv was summed against A log2(e)
+                gD[i] += gyr[i] * u
             if softplus:
-                for i in range(W):
+                for i in range(_u64(cw)):
                     gdr[i] = gdr[i] * _one_minus_exp_neg(dtr[i])
-            for i in range(W):
-                gD[i] += gyr[i] * ur[i]
+            for i in range(_u64(cw)):
                 gbias[i] += gdr[i]
+            if write_gd:
+                gdo = _u64(gdb + tt * gdS)
+                for i in range(_u64(cw)):
+                    gds[gdo + i] = gdr[i]
 
     @numba.njit(inline="always", **_jit)
     def _vexp2(x):
@@ -698,15 +730,15 @@ if HAVE_NUMBA:
             gb64 = np.zeros(W, np.float64)
             for t0 in range(-(-L // T) * T - T, -1, -T):
                 tl = min(T, L - t0)
-                _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
+                us, ub, uS = _source_rows(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
                 _load_tile(kept[0], False, 0, bi, c0, cw, t0, tl, dt)
-                _product_tile(dt, ut, tl, dut)
-                if has_z:
-                    _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                _product_rows(dt, us, ub, uS, tl, cw, dut)
+                zs, zb, zS = _source_rows(z, has_z and lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                gzs, gzb, gzS = _dest_rows(gz, has_z and lay[2, 0] != 0, bi, c0, t0, gzt)
                 _load_states(Bm, bi, t0, tl, Bt)
                 _load_states(Cm, bi, t0, tl, Ct)
-                _load_tile(gout, lay[3, 0] != 0, lay[3, 1], bi, c0, cw, t0, tl, got)
-                _gate_grads(got, kept, zt, tl, has_z, gyt, gzt, bi, c0, cw, t0)
+                gs, gb, gS = _source_rows(gout, lay[3, 0] != 0, lay[3, 1], bi, c0, cw, t0, tl, got)
+                _gate_grads(gs, gb, gS, zs, zb, zS, kept, tl, has_z, gyt, gzs, gzb, gzS, bi, c0, cw, t0)
                 for s0 in range((tl - 1) // K * K, -1, -K):  # the tile's checkpoint chunks, last first
                     sl = min(K, tl - s0)
                     _get_state(ckpt, bi, (t0 + s0) // K, c0, h)
@@ -715,17 +747,22 @@ if HAVE_NUMBA:
                     _fold(gA64, gA32)  # the chunk's float32 sums into float64
                 _put_rows(gBt, gB, bi, g, t0, tl)
                 _put_rows(gCt, gC, bi, g, t0, tl)
-                _input_grads(gyt, gdut, gdvt, ut, dt, Dw, tl, softplus, gut, gdt, gD64, gb64)
-                _store_tile(gut, gu, lay[0, 0] != 0, bi, c0, cw, t0, tl)
+                gus, gub, guS = _dest_rows(gu, lay[0, 0] != 0, bi, c0, t0, gut)
+                direct_gd = R == 0 and lay[1, 0] == 0  # else the tile gdt serves (stored, or the dt projection)
+                gds, gdb, gdS = _dest_rows(gdelta, not direct_gd, bi, c0, t0, gdt)
+                _input_grads(gyt, gdut, gdvt, us, ub, uS, dt, Dw, tl, cw, softplus, gus, gub, guS, gdt, gds, gdb, gdS,
+                             direct_gd, gD64, gb64)
+                if lay[0, 0] != 0:
+                    _store_tile(gut, gu, True, bi, c0, cw, t0, tl)
                 if R > 0:
                     _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
                     _lowrank_grads(gdt, lt, wdt, tl, glt, gw32)
                     _fold(gw64, gw32)
                     _put_rows(glt, glow, bi, g, t0, tl)
-                else:
-                    _store_tile(gdt, gdelta, lay[1, 0] != 0, bi, c0, cw, t0, tl)
-                if has_z:
-                    _store_tile(gzt, gz, lay[2, 0] != 0, bi, c0, cw, t0, tl)
+                elif not direct_gd:
+                    _store_tile(gdt, gdelta, True, bi, c0, cw, t0, tl)
+                if has_z and lay[2, 0] != 0:
+                    _store_tile(gzt, gz, True, bi, c0, cw, t0, tl)
             for n in range(N):
                 for i in range(W):
                     gA[bi, n, c0 + i] = gA64[n, i]
