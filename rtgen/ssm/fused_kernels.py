@@ -276,45 +276,34 @@ if HAVE_NUMBA:
         return out
 
     @numba.njit(**_jit)
-    def _product_tile(x, y, tl, out):
-        """out = x * y over the first tl rows (du = dt u)."""
-        W = x.shape[1]
-        for tt in range(tl):
-            xr = x[tt]
-            yr = y[tt]
-            orow = out[tt]
-            for i in range(W):
-                orow[i] = xr[i] * yr[i]
-
-    @numba.njit(**_jit)
-    def _output_rows(yt, ut, zt, dt, D, tl, has_z, keep, out, kept, bi, c0, cw, t0):
+    def _output_rows(yt, us, ub, uS, zs, zb, zS, dt, D, tl, has_z, keep, out, kept, bi, c0, cw, t0):
         """y = (C.h + D u) * silu(z) for the first tl rows of the tiles, written straight into out's
         time-major rows; for the backward also the steps dt and the ungated C.h + D u, which the
         gradient of z needs, into kept[0] and kept[1] (keeping sigmoid(z) as well measured no faster:
-        memory, not arithmetic, bounds this). One pass instead of result tiles and three copies."""
+        memory, not arithmetic, bounds this). One pass instead of result tiles and three copies. u and z
+        are read as rows of flat arrays (`_source_rows`)."""
         L, d = out.shape[1], out.shape[2]
         o = out.reshape(out.size)
         k = kept.reshape(kept.size)
         second = _u64(kept.shape[1] * L * d)  # where kept[1] starts
         for tt in range(tl):
             base = _u64((bi * L + t0 + tt) * d + c0)
-            yr, ur, dr = yt[tt], ut[tt], dt[tt]
+            ur, zr = _u64(ub + tt * uS), _u64(zb + tt * zS)
+            yr, dr = yt[tt], dt[tt]
             if has_z and keep:
-                zr = zt[tt]
                 for i in range(_u64(cw)):
-                    zz = zr[i]
-                    yp = yr[i] + D[i] * ur[i]
+                    zz = zs[zr + i]
+                    yp = yr[i] + D[i] * us[ur + i]
                     o[base + i] = yp * (zz / (_ONE + _exp(-zz)))
                     k[base + i] = dr[i]
                     k[second + base + i] = yp
             elif has_z:
-                zr = zt[tt]
                 for i in range(_u64(cw)):
-                    zz = zr[i]
-                    o[base + i] = (yr[i] + D[i] * ur[i]) * (zz / (_ONE + _exp(-zz)))
+                    zz = zs[zr + i]
+                    o[base + i] = (yr[i] + D[i] * us[ur + i]) * (zz / (_ONE + _exp(-zz)))
             else:
                 for i in range(_u64(cw)):
-                    o[base + i] = yr[i] + D[i] * ur[i]
+                    o[base + i] = yr[i] + D[i] * us[ur + i]
                 if keep:
                     for i in range(_u64(cw)):
                         k[base + i] = dr[i]
@@ -654,23 +643,22 @@ if HAVE_NUMBA:
             Ct = np.zeros((T, NP), np.float32)
             for t0 in range(0, L, T):
                 tl = min(T, L - t0)
-                _load_tile(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
+                us, ub, uS = _source_rows(u, lay[0, 0] != 0, lay[0, 1], bi, c0, cw, t0, tl, ut)
                 if R > 0:
                     _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
                     _project_tile(lt, wdt, tl, dt)
                 else:
                     _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, c0, cw, t0, tl, dt)
                 _steps_tile(dt, bw, tl, softplus)
-                _product_tile(dt, ut, tl, dut)
-                if has_z:
-                    _load_tile(z, lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
+                _product_rows(dt, us, ub, uS, tl, cw, dut)
+                zs, zb, zS = _source_rows(z, has_z and lay[2, 0] != 0, lay[2, 1], bi, c0, cw, t0, tl, zt)
                 _load_states(Bm, bi, t0, tl, Bt)
                 _load_states(Cm, bi, t0, tl, Ct)
                 for s0 in range(0, tl, step):
                     if keep:
                         _put_state(h, ckpt, bi, (t0 + s0) // K, c0)
                     _forward_steps(dt, dut, Bt, Ct, Aw, h, yt, s0, min(step, tl - s0))
-                _output_rows(yt, ut, zt, dt, Dw, tl, has_z, keep, out, kept, bi, c0, cw, t0)
+                _output_rows(yt, us, ub, uS, zs, zb, zS, dt, Dw, tl, has_z, keep, out, kept, bi, c0, cw, t0)
             for n in range(N):
                 for i in range(W):
                     last[bi, n, c0 + i] = h[n, i]
