@@ -419,6 +419,19 @@ if HAVE_NUMBA:
     # 16 states, one thread). The number of states is padded to a multiple of four with zero rows of A,
     # B and C, whose states stay zero.
 
+    @numba.njit(inline="always", **_jit)
+    def _load4(x, i, stride):
+        """The vectors at x.flat[i], i + stride, i + 2 stride, i + 3 stride (four states' rows)."""
+        return vload(x, i), vload(x, i + stride), vload(x, i + 2 * stride), vload(x, i + 3 * stride)
+
+    @numba.njit(inline="always", **_jit)
+    def _store4(x, i, stride, v0, v1, v2, v3):
+        """The inverse of `_load4`."""
+        vstore(x, i, v0)
+        vstore(x, i + stride, v1)
+        vstore(x, i + 2 * stride, v2)
+        vstore(x, i + 3 * stride, v3)
+
     @numba.njit(**_jit)
     def _forward_steps(dt, du, Bt, Ct, A, h, yt, s0, sl):
         """Rows s0 .. s0 + sl - 1 of the tiles: h = 2^(dt A) h + du B (h: (N, W), updated), yt[r] = C.h
@@ -427,8 +440,8 @@ if HAVE_NUMBA:
         for j in range(0, W, LANES):
             for n0 in range(0, N, 4):
                 i0 = n0 * W + j
-                a0, a1, a2, a3 = vload(A, i0), vload(A, i0 + W), vload(A, i0 + 2 * W), vload(A, i0 + 3 * W)
-                h0, h1, h2, h3 = vload(h, i0), vload(h, i0 + W), vload(h, i0 + 2 * W), vload(h, i0 + 3 * W)
+                a0, a1, a2, a3 = _load4(A, i0, W)
+                h0, h1, h2, h3 = _load4(h, i0, W)
                 for r in range(s0, s0 + sl):
                     o = r * W + j
                     d = vload(dt, o)
@@ -441,10 +454,7 @@ if HAVE_NUMBA:
                     y = vfma(h1, vsplat(Ct[r, n0 + 1]), y)
                     y = vfma(h2, vsplat(Ct[r, n0 + 2]), y)
                     vstore(yt, o, vfma(h3, vsplat(Ct[r, n0 + 3]), y))
-                vstore(h, i0, h0)
-                vstore(h, i0 + W, h1)
-                vstore(h, i0 + 2 * W, h2)
-                vstore(h, i0 + 3 * W, h3)
+                _store4(h, i0, W, h0, h1, h2, h3)
 
     @numba.njit(**_jit)
     def _recompute_chunk(dt, du, Bt, A, h, s0, sl, hs, aseq):
@@ -461,12 +471,9 @@ if HAVE_NUMBA:
                 q0 = (j // LANES) * N + n0
                 ho = q0 * HS
                 ao = q0 * AS
-                a0, a1, a2, a3 = vload(A, i0), vload(A, i0 + W), vload(A, i0 + 2 * W), vload(A, i0 + 3 * W)
-                h0, h1, h2, h3 = vload(h, i0), vload(h, i0 + W), vload(h, i0 + 2 * W), vload(h, i0 + 3 * W)
-                vstore(hs, ho, h0)
-                vstore(hs, ho + HS, h1)
-                vstore(hs, ho + 2 * HS, h2)
-                vstore(hs, ho + 3 * HS, h3)
+                a0, a1, a2, a3 = _load4(A, i0, W)
+                h0, h1, h2, h3 = _load4(h, i0, W)
+                _store4(hs, ho, HS, h0, h1, h2, h3)
                 for k in range(sl):
                     o = (s0 + k) * W + j
                     d = vload(dt, o)
@@ -477,16 +484,8 @@ if HAVE_NUMBA:
                     h1 = vfma(e1, h1, vmul(u, vsplat(Bt[s0 + k, n0 + 1])))
                     h2 = vfma(e2, h2, vmul(u, vsplat(Bt[s0 + k, n0 + 2])))
                     h3 = vfma(e3, h3, vmul(u, vsplat(Bt[s0 + k, n0 + 3])))
-                    oh = ho + (k + 1) * LANES
-                    vstore(hs, oh, h0)
-                    vstore(hs, oh + HS, h1)
-                    vstore(hs, oh + 2 * HS, h2)
-                    vstore(hs, oh + 3 * HS, h3)
-                    oa = ao + k * LANES
-                    vstore(aseq, oa, e0)
-                    vstore(aseq, oa + AS, e1)
-                    vstore(aseq, oa + 2 * AS, e2)
-                    vstore(aseq, oa + 3 * AS, e3)
+                    _store4(hs, ho + (k + 1) * LANES, HS, h0, h1, h2, h3)
+                    _store4(aseq, ao + k * LANES, AS, e0, e1, e2, e3)
 
     @numba.njit(inline="always", **_jit)
     def _adjoint_state(g, u, d, e, hp, hn, c, bb, a, lam, gA, su, sv):
@@ -514,9 +513,9 @@ if HAVE_NUMBA:
                 q0 = (j // LANES) * N + n0
                 ho = q0 * HS
                 ao = q0 * AS
-                a0, a1, a2, a3 = vload(A, i0), vload(A, i0 + W), vload(A, i0 + 2 * W), vload(A, i0 + 3 * W)
-                l0, l1, l2, l3 = vload(lam, i0), vload(lam, i0 + W), vload(lam, i0 + 2 * W), vload(lam, i0 + 3 * W)
-                q_0, q_1, q_2, q_3 = vload(gA, i0), vload(gA, i0 + W), vload(gA, i0 + 2 * W), vload(gA, i0 + 3 * W)
+                a0, a1, a2, a3 = _load4(A, i0, W)
+                l0, l1, l2, l3 = _load4(lam, i0, W)
+                q_0, q_1, q_2, q_3 = _load4(gA, i0, W)
                 for k in range(sl - 1, -1, -1):
                     r = s0 + k
                     o = r * W + j
@@ -549,22 +548,10 @@ if HAVE_NUMBA:
                         b1, c1 = vadd(b1, vload(pB, p + LANES)), vadd(c1, vload(pC, p + LANES))
                         b2, c2 = vadd(b2, vload(pB, p + 2 * LANES)), vadd(c2, vload(pC, p + 2 * LANES))
                         b3, c3 = vadd(b3, vload(pB, p + 3 * LANES)), vadd(c3, vload(pC, p + 3 * LANES))
-                    vstore(pB, p, b0)
-                    vstore(pB, p + LANES, b1)
-                    vstore(pB, p + 2 * LANES, b2)
-                    vstore(pB, p + 3 * LANES, b3)
-                    vstore(pC, p, c0)
-                    vstore(pC, p + LANES, c1)
-                    vstore(pC, p + 2 * LANES, c2)
-                    vstore(pC, p + 3 * LANES, c3)
-                vstore(lam, i0, l0)
-                vstore(lam, i0 + W, l1)
-                vstore(lam, i0 + 2 * W, l2)
-                vstore(lam, i0 + 3 * W, l3)
-                vstore(gA, i0, q_0)
-                vstore(gA, i0 + W, q_1)
-                vstore(gA, i0 + 2 * W, q_2)
-                vstore(gA, i0 + 3 * W, q_3)
+                    _store4(pB, p, LANES, b0, b1, b2, b3)
+                    _store4(pC, p, LANES, c0, c1, c2, c3)
+                _store4(lam, i0, W, l0, l1, l2, l3)
+                _store4(gA, i0, W, q_0, q_1, q_2, q_3)
         for k in range(sl):
             r = s0 + k
             for n in range(0, N - LANES + 1, LANES):
