@@ -11,17 +11,12 @@ channels (a multiple of 16, one AVX-512 vector of fp32) and runs one pass over L
 steps. Work units are (batch, channel group) pairs, run in parallel with `prange`. Optionally the
 unit also forms delta from the block's low-rank step and dt projection weight (`dt_weight`), per tile.
 
-Registers. The recurrences (`_forward_steps`, `_recompute_chunk`, `_adjoint_chunk`) are written on
-sixteen-lane vectors (`rtgen.ssm.simd`): sixteen channels and four states are carried in registers
-across a chunk of steps, so per step and state they load only B and C. The states are padded to a
-multiple of four with zero rows of A, B and C.
+Registers. The recurrences themselves (`rtgen.ssm.fused_recurrences`) are written on sixteen-lane
+vectors (`rtgen.ssm.simd`): sixteen channels and four states are carried in registers across a
+chunk of steps. This module holds the tiles around them and the two parallel kernels.
 
-exp. The decay exp(delta A) is needed for every (t, channel, state) element. A libm call would stop
-the loop from vectorising (numba has no SVML here), so the kernels compute it in plain arithmetic:
-the wrapper hands them A log2(e), and `_vexp2` is Cephes' exp2f on sixteen lanes (range reduction
-by the 1.5 * 2^23 rounding trick, a degree-6 polynomial, 2^k added to the exponent bits): about
-2 ulp. The gates' sigmoids use `_exp`, a Cephes-style expf. fastmath stays off, which the
-rounding trick needs.
+exp. The decay exp(delta A) is needed for every (t, channel, state) element; it and the gates' exps
+are computed in plain arithmetic, so that the loops vectorise (`rtgen.ssm.fused_math`).
 
 Backward. The forward stores the state every K steps (memory b * d * n * L / K), the steps dt (so the
 backward needs no softplus) and, when gated, the ungated output C.h + D u, which the gradient of z
@@ -39,95 +34,30 @@ inputs runs in PyTorch around them.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-try:  # numba is a dependency, but the torch path must keep working without it
+from rtgen.ssm.fused_math import _LN2, _LOG2E, _ONE, _ZERO, HAVE_NUMBA  # noqa: F401  (_LOG2E: for fused)
+from rtgen.ssm.simd import LANES
+
+if HAVE_NUMBA:
     import numba
-    from llvmlite import ir
     from numba import prange
     from numba.core import types
-    from numba.extending import intrinsic
 
-    from rtgen.ssm.simd import vadd, vfma, vload, vmax, vmin, vmul, vscale_pow2, vsplat, vstore, vsub, vsum, vsum16
+    from rtgen.ssm.fused_math import (  # noqa: F401  (re-exported for fused, fused_conv and the tests)
+        _exp,
+        _jit,
+        _one_minus_exp_neg,
+        _softplus,
+        _vexp2,
+    )
+    from rtgen.ssm.fused_recurrences import _adjoint_chunk, _forward_steps, _recompute_chunk
 
-    HAVE_NUMBA = True
-    # numba's OpenMP layer shares the machine with PyTorch's OpenMP pool and ran the kernels 2x slower
-    # here (measured); the workqueue layer does not. Respect an explicit choice.
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
-except Exception:  # pragma: no cover - exercised only where numba is missing or broken
-    HAVE_NUMBA = False
-
-LANES = 16  # fp32 lanes of an AVX-512 vector; the channel group width is a multiple of it
 CHECKPOINT = 32  # steps between stored states (backward recomputes one chunk at a time)
 TILE = 128  # steps loaded at once into (time, channel) tiles; a multiple of CHECKPOINT
 
-_f32 = np.float32
-_MAGIC = _f32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
-_LOG2E = _f32(1.44269504088896341)
-_LN2_HI = _f32(0.693359375)
-_LN2_LO = _f32(-2.12194440e-4)
-_X_MIN = _f32(-87.0)  # exp(-87) ~ 1.6e-38: below this, decays are zero for every practical purpose
-_X_MAX = _f32(88.0)
-_P0, _P1, _P2, _P3 = _f32(1.9875691500e-4), _f32(1.3981999507e-3), _f32(8.3334519073e-3), _f32(4.1665795894e-2)
-_P4, _P5 = _f32(1.6666665459e-1), _f32(5.0000001201e-1)
-_ONE = _f32(1.0)
-_LN2 = _f32(0.693147180559945309)
-_E2_MIN, _E2_MAX = _f32(-126.0), _f32(127.0)
-_Q0, _Q1, _Q2 = _f32(1.535336188319500e-4), _f32(1.339887440266574e-3), _f32(9.618437357674640e-3)
-_Q3, _Q4, _Q5 = _f32(5.550332471162809e-2), _f32(2.402264791363012e-1), _f32(6.931472028550421e-1)
-_ZERO = _f32(0.0)
-_MAGIC_BITS = np.int32(0x4B400000)
-_BIAS = np.int32(127)
-
 
 if HAVE_NUMBA:
-
-    @intrinsic
-    def _f32_bits(typingctx, x):
-        """float32 -> its bits as int32."""
-        if x != types.float32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.IntType(32))
-
-        return types.int32(types.float32), codegen
-
-    @intrinsic
-    def _bits_f32(typingctx, x):
-        """int32 bits -> float32."""
-        if x != types.int32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.int32), codegen
-
-    # fastmath: only FMA contraction (reassociation would undo the exp rounding trick); error_model numpy: no
-    # ZeroDivisionError branches in the loops
-    _jit = dict(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
-
-    @numba.njit(inline="always", **_jit)
-    def _exp(x):
-        """expf in plain arithmetic (vectorisable), ~1 ulp on [-87, 88]; clamps outside."""
-        x = min(max(x, _X_MIN), _X_MAX)
-        t = x * _LOG2E + _MAGIC  # round(x / ln2) in the low bits of t
-        k = t - _MAGIC
-        r = x - k * _LN2_HI
-        r = r - k * _LN2_LO
-        p = _P0 * r + _P1
-        p = p * r + _P2
-        p = p * r + _P3
-        p = p * r + _P4
-        p = p * r + _P5
-        p = p * r * r + r + _ONE
-        ki = np.int32(_f32_bits(t) - _MAGIC_BITS)
-        return p * _bits_f32(np.int32(np.int32(ki + _BIAS) << np.int32(23)))
-
     _u64 = numba.uint64
     _f32_3 = types.Array(types.float32, 3, "C")  # (b, L, d) per-channel tensors, (b, L, n) for B and C
     _f32_1 = types.Array(types.float32, 1, "A")
@@ -144,21 +74,6 @@ if HAVE_NUMBA:
     _bwd_sig = types.void(_f32_3, _f32_2c, _f32_3, _f32_3, _f32_1, _f32_3, _bool, _bool, _f32_3, _f32_3, _i64, _i64,
                           _i64, _f32_4, _f32_4, _f32_3, _f32_3, _f32_3, _f64_3, _f64_2, _f64_2, _f32_4, _f32_4, _lay,
                           _f32_3, _f32_2c, _f32_4, _f64_3)
-
-    @numba.njit(inline="always", **_jit)
-    def _softplus(x):
-        """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), the log1p as 2 atanh(y / (2 + y)) by its odd series
-        (y in (0, 1], so the ratio is at most 1/3 and seven terms give float32 accuracy); vectorises."""
-        y = _exp(-abs(x))
-        f = y / (_f32(2.0) + y)
-        f2 = f * f
-        p = _f32(1.0 / 13.0) * f2 + _f32(1.0 / 11.0)
-        p = p * f2 + _f32(1.0 / 9.0)
-        p = p * f2 + _f32(1.0 / 7.0)
-        p = p * f2 + _f32(1.0 / 5.0)
-        p = p * f2 + _f32(1.0 / 3.0)
-        p = p * f2 + _ONE
-        return max(x, _ZERO) + _f32(2.0) * f * p
 
     # The helpers below are compiled as functions of their own (not inlined into the parallel kernels):
     # LLVM vectorises their short loops over channels, which it did not do inside the kernels' bodies
@@ -361,14 +276,6 @@ if HAVE_NUMBA:
                 gzs[gzr + i] = go * k[yr + i] * sg * (_ONE + zz * (_ONE - sg))
                 gyr[i] = go * zz * sg
 
-    @numba.njit(inline="always", **_jit)
-    def _one_minus_exp_neg(x):
-        """1 - e^-x for x >= 0 without cancellation near 0 (a Taylor series below 1/4): the softplus'
-        derivative sigmoid(v) from the step x = softplus(v)."""
-        small = x * (_ONE - x * _f32(0.5) * (_ONE - x * _f32(1.0 / 3.0) * (
-            _ONE - x * _f32(0.25) * (_ONE - x * _f32(0.2) * (_ONE - x * _f32(1.0 / 6.0))))))
-        return small if x < _f32(0.25) else _ONE - _exp(-x)
-
     @numba.njit(**_jit)
     def _input_grads(gyt, gdut, gdvt, us, ub, uS, dt, D, tl, cw, softplus, gus, gub, guS, gdt, gds, gdb, gdS,
                      write_gd, gD, gbias):
@@ -393,173 +300,6 @@ if HAVE_NUMBA:
                 gdo = _u64(gdb + tt * gdS)
                 for i in range(_u64(cw)):
                     gds[gdo + i] = gdr[i]
-
-    @numba.njit(inline="always", **_jit)
-    def _vexp2(x):
-        """2^x on sixteen lanes, for the decays: Cephes exp2f's degree-6 polynomial on [-1/2, 1/2]
-        (about 2 ulp), with 2^k added to the exponent bits straight from the rounding constant's low
-        bits. Seven fewer operations than `_exp`: no ln 2 split, no 2^k built apart (measured: the
-        recurrence steps 1.2-1.3x faster). Clamps to [-126, 127]."""
-        x = vmin(vmax(x, vsplat(_E2_MIN)), vsplat(_E2_MAX))
-        t = vadd(x, vsplat(_MAGIC))
-        r = vsub(x, vsub(t, vsplat(_MAGIC)))
-        p = vfma(vsplat(_Q0), r, vsplat(_Q1))
-        p = vfma(p, r, vsplat(_Q2))
-        p = vfma(p, r, vsplat(_Q3))
-        p = vfma(p, r, vsplat(_Q4))
-        p = vfma(p, r, vsplat(_Q5))
-        p = vfma(p, r, vsplat(_ONE))
-        return vscale_pow2(p, t)
-
-    # The recurrences run on sixteen channels (one vector) and four states at a time, held in registers
-    # (`rtgen.ssm.simd`) across the steps of a chunk: per step and state they load only B and C (and, once
-    # per four states, the step's dt, du and y). Written with plain arrays, LLVM vectorised the loop over
-    # channels but loaded and stored every state at every step, and the loads and stores bound it:
-    # measured 1.76x faster for the forward and 1.77x for the backward's two passes (L = 16k, 64 channels,
-    # 16 states, one thread). The number of states is padded to a multiple of four with zero rows of A,
-    # B and C, whose states stay zero.
-
-    @numba.njit(inline="always", **_jit)
-    def _load4(x, i, stride):
-        """The vectors at x.flat[i], i + stride, i + 2 stride, i + 3 stride (four states' rows)."""
-        return vload(x, i), vload(x, i + stride), vload(x, i + 2 * stride), vload(x, i + 3 * stride)
-
-    @numba.njit(inline="always", **_jit)
-    def _store4(x, i, stride, v0, v1, v2, v3):
-        """The inverse of `_load4`."""
-        vstore(x, i, v0)
-        vstore(x, i + stride, v1)
-        vstore(x, i + 2 * stride, v2)
-        vstore(x, i + 3 * stride, v3)
-
-    @numba.njit(**_jit)
-    def _forward_steps(dt, du, Bt, Ct, A, h, yt, s0, sl):
-        """Rows s0 .. s0 + sl - 1 of the tiles: h = 2^(dt A) h + du B (h: (N, W), updated), yt[r] = C.h
-        (written when the first four states pass, accumulated after). dt, du, yt: (T, W); Bt, Ct: (T, N)."""
-        N, W = h.shape
-        for j in range(0, W, LANES):
-            for n0 in range(0, N, 4):
-                i0 = n0 * W + j
-                a0, a1, a2, a3 = _load4(A, i0, W)
-                h0, h1, h2, h3 = _load4(h, i0, W)
-                for r in range(s0, s0 + sl):
-                    o = r * W + j
-                    d = vload(dt, o)
-                    u = vload(du, o)
-                    h0 = vfma(_vexp2(vmul(d, a0)), h0, vmul(u, vsplat(Bt[r, n0])))
-                    h1 = vfma(_vexp2(vmul(d, a1)), h1, vmul(u, vsplat(Bt[r, n0 + 1])))
-                    h2 = vfma(_vexp2(vmul(d, a2)), h2, vmul(u, vsplat(Bt[r, n0 + 2])))
-                    h3 = vfma(_vexp2(vmul(d, a3)), h3, vmul(u, vsplat(Bt[r, n0 + 3])))
-                    y = vmul(h0, vsplat(Ct[r, n0])) if n0 == 0 else vfma(h0, vsplat(Ct[r, n0]), vload(yt, o))
-                    y = vfma(h1, vsplat(Ct[r, n0 + 1]), y)
-                    y = vfma(h2, vsplat(Ct[r, n0 + 2]), y)
-                    vstore(yt, o, vfma(h3, vsplat(Ct[r, n0 + 3]), y))
-                _store4(h, i0, W, h0, h1, h2, h3)
-
-    @numba.njit(**_jit)
-    def _recompute_chunk(dt, du, Bt, A, h, s0, sl, hs, aseq):
-        """The states and decays of rows s0 .. s0 + sl - 1 from the chunk's first state h (N, W), laid out
-        for the adjoint to walk each (16 channels, state) sequence contiguously: hs[(q (K + 1) + k) 16 + lane]
-        is the state after k steps and aseq[(q K + k) 16 + lane] the decay of step k, for q = (j / 16) N + n."""
-        N, W = h.shape
-        nq = (W // LANES) * N
-        HS = hs.size // nq
-        AS = aseq.size // nq
-        for j in range(0, W, LANES):
-            for n0 in range(0, N, 4):
-                i0 = n0 * W + j
-                q0 = (j // LANES) * N + n0
-                ho = q0 * HS
-                ao = q0 * AS
-                a0, a1, a2, a3 = _load4(A, i0, W)
-                h0, h1, h2, h3 = _load4(h, i0, W)
-                _store4(hs, ho, HS, h0, h1, h2, h3)
-                for k in range(sl):
-                    o = (s0 + k) * W + j
-                    d = vload(dt, o)
-                    u = vload(du, o)
-                    e0, e1 = _vexp2(vmul(d, a0)), _vexp2(vmul(d, a1))
-                    e2, e3 = _vexp2(vmul(d, a2)), _vexp2(vmul(d, a3))
-                    h0 = vfma(e0, h0, vmul(u, vsplat(Bt[s0 + k, n0])))
-                    h1 = vfma(e1, h1, vmul(u, vsplat(Bt[s0 + k, n0 + 1])))
-                    h2 = vfma(e2, h2, vmul(u, vsplat(Bt[s0 + k, n0 + 2])))
-                    h3 = vfma(e3, h3, vmul(u, vsplat(Bt[s0 + k, n0 + 3])))
-                    _store4(hs, ho + (k + 1) * LANES, HS, h0, h1, h2, h3)
-                    _store4(aseq, ao + k * LANES, AS, e0, e1, e2, e3)
-
-    @numba.njit(inline="always", **_jit)
-    def _adjoint_state(g, u, d, e, hp, hn, c, bb, a, lam, gA, su, sv):
-        """One state's share of an adjoint step: returns (lam, gA, su, sv, the state's gB and gC terms).
-        lm = g c + lam is the adjoint of the state after the step; x = lm e hp is d loss / d (dt A)."""
-        lm = vfma(g, c, lam)
-        x = vmul(vmul(lm, e), hp)
-        return vmul(e, lm), vfma(x, d, gA), vfma(lm, bb, su), vfma(x, a, sv), vmul(lm, u), vmul(g, hn)
-
-    @numba.njit(**_jit)
-    def _adjoint_chunk(gy, du, dt, Bt, Ct, A, s0, sl, hs, aseq, lam, gA, gdu, gdv, pB, pC, gBt, gCt):
-        """The adjoint recurrence backwards through rows s0 + sl - 1 .. s0 (hs, aseq from `_recompute_chunk`),
-        with every gradient it feeds: lam (N, W, a_{t+1} times the adjoint of h_{t+1}) and gA (N, W, summed
-        over time) carried in place; gdu, gdv (T, W: sums over states, gdv against A log2(e)) and gBt, gCt
-        (T, N: sums over channels) written for these rows. The sums over channels go through pB, pC
-        (K, N, 16: one vector per step and state, summed over the channel vectors) and are reduced per
-        sixteen states at once (`vsum16`)."""
-        N, W = A.shape
-        nq = (W // LANES) * N
-        HS = hs.size // nq
-        AS = aseq.size // nq
-        for j in range(0, W, LANES):
-            for n0 in range(0, N, 4):
-                i0 = n0 * W + j
-                q0 = (j // LANES) * N + n0
-                ho = q0 * HS
-                ao = q0 * AS
-                a0, a1, a2, a3 = _load4(A, i0, W)
-                l0, l1, l2, l3 = _load4(lam, i0, W)
-                q_0, q_1, q_2, q_3 = _load4(gA, i0, W)
-                for k in range(sl - 1, -1, -1):
-                    r = s0 + k
-                    o = r * W + j
-                    g = vload(gy, o)
-                    u = vload(du, o)
-                    d = vload(dt, o)
-                    su = vsplat(_ZERO) if n0 == 0 else vload(gdu, o)
-                    sv = vsplat(_ZERO) if n0 == 0 else vload(gdv, o)
-                    oh = ho + k * LANES
-                    oa = ao + k * LANES
-                    l0, q_0, su, sv, b0, c0 = _adjoint_state(g, u, d, vload(aseq, oa), vload(hs, oh),
-                                                             vload(hs, oh + LANES), vsplat(Ct[r, n0]),
-                                                             vsplat(Bt[r, n0]), a0, l0, q_0, su, sv)
-                    l1, q_1, su, sv, b1, c1 = _adjoint_state(g, u, d, vload(aseq, oa + AS), vload(hs, oh + HS),
-                                                             vload(hs, oh + HS + LANES), vsplat(Ct[r, n0 + 1]),
-                                                             vsplat(Bt[r, n0 + 1]), a1, l1, q_1, su, sv)
-                    l2, q_2, su, sv, b2, c2 = _adjoint_state(g, u, d, vload(aseq, oa + 2 * AS),
-                                                             vload(hs, oh + 2 * HS), vload(hs, oh + 2 * HS + LANES),
-                                                             vsplat(Ct[r, n0 + 2]), vsplat(Bt[r, n0 + 2]), a2, l2,
-                                                             q_2, su, sv)
-                    l3, q_3, su, sv, b3, c3 = _adjoint_state(g, u, d, vload(aseq, oa + 3 * AS),
-                                                             vload(hs, oh + 3 * HS), vload(hs, oh + 3 * HS + LANES),
-                                                             vsplat(Ct[r, n0 + 3]), vsplat(Bt[r, n0 + 3]), a3, l3,
-                                                             q_3, su, sv)
-                    vstore(gdu, o, su)
-                    vstore(gdv, o, sv)
-                    p = (k * N + n0) * LANES
-                    if j > 0:
-                        b0, c0 = vadd(b0, vload(pB, p)), vadd(c0, vload(pC, p))
-                        b1, c1 = vadd(b1, vload(pB, p + LANES)), vadd(c1, vload(pC, p + LANES))
-                        b2, c2 = vadd(b2, vload(pB, p + 2 * LANES)), vadd(c2, vload(pC, p + 2 * LANES))
-                        b3, c3 = vadd(b3, vload(pB, p + 3 * LANES)), vadd(c3, vload(pC, p + 3 * LANES))
-                    _store4(pB, p, LANES, b0, b1, b2, b3)
-                    _store4(pC, p, LANES, c0, c1, c2, c3)
-                _store4(lam, i0, W, l0, l1, l2, l3)
-                _store4(gA, i0, W, q_0, q_1, q_2, q_3)
-        for k in range(sl):
-            r = s0 + k
-            for n in range(0, N - LANES + 1, LANES):
-                vsum16(pB, (k * N + n) * LANES, gBt, r * N + n)
-                vsum16(pC, (k * N + n) * LANES, gCt, r * N + n)
-            for n in range(N - N % LANES, N):
-                gBt[r, n] = vsum(vload(pB, (k * N + n) * LANES))
-                gCt[r, n] = vsum(vload(pC, (k * N + n) * LANES))
 
     @numba.njit(**_jit)
     def _fold(acc, part):
