@@ -113,20 +113,17 @@ if HAVE_NUMBA:
             _copy_rows(src, (bi * L + t0) * S + off + c0, S, dst, 0, W, tl, cw)
 
     @numba.njit(**_jit)
-    def _store_tile(src, dst, cm, bi, c0, cw, t0, tl):
-        """The inverse of `_load_tile`: src[tt, i] into dst, time-major or (if cm) channel-major."""
+    def _store_tile(src, dst, bi, c0, cw, t0, tl):
+        """src[tt, i] into a channel-major (b, d, L) dst: the gradient of a channel-major input (time-major
+        ones are written in place, `_dest_rows`)."""
         W = src.shape[1]
-        if cm:
-            s = src.reshape(src.size)
-            o = dst.reshape(dst.size)
-            d, L = dst.shape[1], dst.shape[2]
-            for i in range(cw):
-                ob = _u64((bi * d + c0 + i) * L + t0)
-                for tt in range(_u64(tl)):
-                    o[ob + tt] = s[tt * _u64(W) + _u64(i)]
-        else:
-            L, d = dst.shape[1], dst.shape[2]
-            _copy_rows(src, 0, W, dst, (bi * L + t0) * d + c0, d, tl, cw)
+        s = src.reshape(src.size)
+        o = dst.reshape(dst.size)
+        d, L = dst.shape[1], dst.shape[2]
+        for i in range(cw):
+            ob = _u64((bi * d + c0 + i) * L + t0)
+            for tt in range(_u64(tl)):
+                o[ob + tt] = s[tt * _u64(W) + _u64(i)]
 
     @numba.njit(**_jit)
     def _load_states(src, bi, t0, tl, dst):
@@ -235,10 +232,10 @@ if HAVE_NUMBA:
         return src.reshape(src.size), (bi * src.shape[1] + t0) * S + off + c0, S
 
     @numba.njit(**_jit)
-    def _dest_rows(dst, cm, bi, c0, t0, tile):
-        """Where the backward writes a gradient's rows: in place in a time-major (b, L, d) gradient, or
-        into `tile` (stored with `_store_tile` after) for a channel-major one."""
-        if cm:
+    def _dest_rows(dst, via_tile, bi, c0, t0, tile):
+        """Where the backward writes a gradient's rows: in place in a time-major (b, L, d) gradient, or,
+        if via_tile (a channel-major gradient, or one the kernel uses further), into `tile`."""
+        if via_tile:
             return tile.reshape(tile.size), 0, tile.shape[1]
         d = dst.shape[2]
         return dst.reshape(dst.size), (bi * dst.shape[1] + t0) * d + c0, d
@@ -468,16 +465,16 @@ if HAVE_NUMBA:
                 _input_grads(gyt, gdut, gdvt, us, ub, uS, dt, Dw, tl, cw, softplus, gus, gub, guS, gdt, gds, gdb, gdS,
                              direct_gd, gD64, gb64)
                 if lay[0, 0] != 0:
-                    _store_tile(gut, gu, True, bi, c0, cw, t0, tl)
+                    _store_tile(gut, gu, bi, c0, cw, t0, tl)
                 if R > 0:
                     _load_tile(delta, lay[1, 0] != 0, lay[1, 1], bi, 0, R, t0, tl, lt)
                     _lowrank_grads(gdt, lt, wdt, tl, glt, gw32)
                     _fold(gw64, gw32)
                     _put_rows(glt, glow, bi, g, t0, tl)
                 elif not direct_gd:
-                    _store_tile(gdt, gdelta, True, bi, c0, cw, t0, tl)
+                    _store_tile(gdt, gdelta, bi, c0, cw, t0, tl)
                 if has_z and lay[2, 0] != 0:
-                    _store_tile(gzt, gz, True, bi, c0, cw, t0, tl)
+                    _store_tile(gzt, gz, bi, c0, cw, t0, tl)
             for n in range(N):
                 for i in range(W):
                     gA[bi, n, c0 + i] = gA64[n, i]
