@@ -6,6 +6,10 @@ softplus) and `_vexp2` (Cephes' exp2f on sixteen lanes, about 2 ulp: the decays,
 Both reduce the range by the 1.5 * 2^23 rounding trick and add 2^k to the exponent bits; fastmath
 stays off (only FMA contraction), which the trick needs. Also the softplus and its derivative, the
 numba options every kernel compiles with, and whether numba is usable at all.
+
+numba caches each kernel per source file and does not look at the files of the functions it calls:
+after editing this module, touch `rtgen/ssm/fused_kernels.py` and `fused_conv.py` (or delete their
+`__pycache__` entries), or the cached kernels keep the old code.
 """
 
 from __future__ import annotations

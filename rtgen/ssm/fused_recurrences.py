@@ -7,6 +7,10 @@ and stored every state at every step, and those loads and stores bound it: measu
 for the forward and 1.77x for the backward's two passes (L = 16k, 64 channels, 16 states, one
 thread). The number of states is padded to a multiple of four with zero rows of A, B and C, whose
 states stay zero. `rtgen.ssm.fused_kernels` calls these per chunk of steps.
+
+numba caches each kernel per source file and does not look at the files of the functions it calls:
+after editing this module, touch `rtgen/ssm/fused_kernels.py` and `fused_conv.py` (or delete their
+`__pycache__` entries), or the cached kernels keep the old code.
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ if HAVE_NUMBA:
                     vstore(yt, o, vfma(h3, vsplat(Ct[r, n0 + 3]), y))
                 _store4(h, i0, W, h0, h1, h2, h3)
 
+    @numba.njit(inline="always", **_jit)
+    def _block(j, n0, N, W, HS, AS):
+        """For the block of 16 channels from j and 4 states from n0: its index in (N, W) arrays and where
+        its first state's sequence starts in hs and aseq (`_recompute_chunk`'s layout)."""
+        q0 = (j // LANES) * N + n0
+        return n0 * W + j, q0 * HS, q0 * AS
+
     @numba.njit(**_jit)
     def _recompute_chunk(dt, du, Bt, A, h, s0, sl, hs, aseq):
         """The states and decays of rows s0 .. s0 + sl - 1 from the chunk's first state h (N, W), laid out
@@ -67,10 +78,7 @@ if HAVE_NUMBA:
         AS = aseq.size // nq
         for j in range(0, W, LANES):
             for n0 in range(0, N, 4):
-                i0 = n0 * W + j
-                q0 = (j // LANES) * N + n0
-                ho = q0 * HS
-                ao = q0 * AS
+                i0, ho, ao = _block(j, n0, N, W, HS, AS)
                 a0, a1, a2, a3 = _load4(A, i0, W)
                 h0, h1, h2, h3 = _load4(h, i0, W)
                 _store4(hs, ho, HS, h0, h1, h2, h3)
@@ -109,10 +117,7 @@ if HAVE_NUMBA:
         AS = aseq.size // nq
         for j in range(0, W, LANES):
             for n0 in range(0, N, 4):
-                i0 = n0 * W + j
-                q0 = (j // LANES) * N + n0
-                ho = q0 * HS
-                ao = q0 * AS
+                i0, ho, ao = _block(j, n0, N, W, HS, AS)
                 a0, a1, a2, a3 = _load4(A, i0, W)
                 l0, l1, l2, l3 = _load4(lam, i0, W)
                 q_0, q_1, q_2, q_3 = _load4(gA, i0, W)

@@ -11,6 +11,10 @@ One vector is one AVX-512 register of float32 (two AVX2 registers elsewhere; LLV
 Loads and stores take a C-contiguous float32 array and a flat element index, unchecked: the caller
 keeps idx + 16 within the array. fma is LLVM's fused multiply-add; min and max are compare-and-select
 (x86's vminps and vmaxps), so NaN handling is theirs.
+
+numba caches each kernel per source file and does not look at the files of the functions it calls:
+after editing this module, touch `rtgen/ssm/fused_kernels.py` and `fused_conv.py` (or delete their
+`__pycache__` entries), or the cached kernels keep the old code.
 """
 
 from __future__ import annotations
