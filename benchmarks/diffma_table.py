@@ -35,8 +35,10 @@ ROWS = {  # name: (config, overrides, what it shows)
     "diffma_kl": ("configs/diffma_cpu.yaml", ["latent.vae=autoencoder_kl", "latent.vae_run={runs}/vae_kl"],
                   "ablation: DiffMa on AutoencoderKL latents instead of TAEF2"),
     "diffma_b": ("configs/diffma_b.yaml", [], "DiffMa-B at the paper's settings (GPU)"),
+    "diffma_prior": ("configs/diffma_prior_cpu.yaml", ["prior.run={runs}/unet"],
+                     "DiffMa refining the UNet row's MR (not in the paper)"),
 }
-AFTER = {"diffma_kl": "vae_kl"}  # rows that need another row's run
+AFTER = {"diffma_kl": "vae_kl", "diffma_prior": "unet"}  # rows that need another row's run
 DIFFUSION_EPOCHS = None  # --diffusion-epochs: the CPU-size diffusion rows' budget
 DEADLINE = None  # --budget: rows still training then are stopped (their best epoch so far stands)
 
@@ -47,7 +49,7 @@ def command(name: str, data: Path, runs: Path, device: str, epochs: int | None, 
            f"data.val={data / 'validation'}", f"train.device={device}", "--out", str(runs / name)]
     if "diffma_vae" not in config and "unet" not in config and "lookup" not in config:
         cmd.append(f"data.cache={runs / 'cache'}")
-    diffusion = config in ("configs/diffma_cpu.yaml", "configs/diffma_b.yaml")
+    diffusion = config in ("configs/diffma_cpu.yaml", "configs/diffma_b.yaml", "configs/diffma_prior_cpu.yaml")
     cmd += [o.format(runs=runs) for o in overrides]
     cmd += [o for o in extra if diffusion or not o.startswith(("diffusion.", "latent."))]  # sections only they have
     if epochs:
@@ -80,8 +82,8 @@ def run_row(name, data, runs, device, epochs, extra) -> dict:
 
 def time_cpu(runs: Path, patient: Path, steps: int = 10) -> None:
     """Seconds per slice of each finished row predicting one patient on this machine's CPU (2 threads:
-    the target machine), the prediction as `rtgen predict` makes it (TAEF2 encode, ODE sampling in
-    `steps` steps, decode, back on the CT grid)."""
+    the target machine), the prediction as `rtgen predict` makes it (TAEF2 encode, sampling in `steps`
+    steps with the run's own sampler, decode, back on the CT grid; with a prior, the prior first)."""
     import platform
 
     import torch
@@ -103,7 +105,7 @@ def time_cpu(runs: Path, patient: Path, steps: int = 10) -> None:
             continue
         if getattr(pred.task, "output_kind", "") != "image" or pred.task.name == "image_autoencoder":
             continue
-        sampling = SamplingConfig("ode", steps, 1, 0) if pred.task.stochastic else None
+        sampling = SamplingConfig(None, steps, 1, 0) if pred.task.stochastic else None  # None: the run's own sampler
         t0 = time.perf_counter()
         pred.task.predict_pair(pred.model, pair, pred.device, 64, sampling)
         dt = time.perf_counter() - t0

@@ -131,3 +131,23 @@ def test_trajectory_gives_the_same_samples_with_per_step_outputs_and_log_probs()
         assert torch.allclose(traj.log_probs[i].float(), expected, rtol=1e-3, atol=1e-2)
     _, det = sample(denoise, (1, 1, 4, 4), schedule, "ddim", 4, "sample", return_trajectory=True)
     assert det.log_probs is None and len(det.outputs) == 4  # deterministic steps have no density
+
+
+def test_a_partial_strength_refines_its_start_within_the_low_noise_steps():
+    """SDEdit: from `start` noised to strength * T, all steps below it; a low strength keeps the start,
+    strength 1 forgets it (a Gaussian data prior N(0, 0.5^2) and its optimal denoiser)."""
+    s, sd = NoiseSchedule(), 0.5
+    ab = s.alphas_cumprod
+
+    def optimal_x0(x, t):
+        a = ab[t.long()].view(-1, 1, 1, 1).float()
+        return a.sqrt() * sd**2 / (a * sd**2 + 1 - a) * x
+
+    start = torch.full((2000, 1, 1, 1), 2.0)
+    x, traj = sample(optimal_x0, start.shape, s, "ddim", 10, "sample", generator=torch.Generator().manual_seed(0),
+                     start=start, strength=0.05, return_trajectory=True)
+    assert len(traj.timesteps) == 10 and max(int(t) for t in traj.timesteps) <= 0.05 * s.timesteps
+    far = sample(optimal_x0, start.shape, s, "ddim", 10, "sample", generator=torch.Generator().manual_seed(0))
+    assert x.mean().item() > 1.5 and abs(far.mean().item()) < 0.05
+    with pytest.raises(ValueError, match="needs a start and the ddim sampler"):
+        sample(optimal_x0, start.shape, s, "ode", 10, "sample", start=start, strength=0.5)

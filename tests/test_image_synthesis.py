@@ -89,3 +89,44 @@ def test_site_folders_are_found_and_a_folder_without_pairs_is_an_error(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no patient folders"):
         find_pairs(tmp_path / "empty")
+
+
+def test_diffma_refining_a_prior_starts_from_the_prior_and_carries_it(pairs, tmp_path):
+    from rtgen.core.checkpoint import read_config
+    from rtgen.data.sources.image_pairs import find_pairs
+    from rtgen.tasks import task_from_checkpoint
+    from rtgen.tasks.image_base import pair_slices
+
+    unet = tmp_path / "lut"  # any image regression: the lookup table learns a usable prior fastest
+    _train("configs/diffma_lookup_baseline.yaml", pairs, unet, "train.epochs=10", "train.batch_size=5", "train.lr=0.05")
+    run = tmp_path / "refiner"
+    tiny = ["model.hidden_size=32", "model.depth=2", "model.d_state=4", "train.epochs=1", "train.batch_size=4",
+            "diffusion.embedder_pretrain_steps=2", "diffusion.val_steps=2"]
+    _train("configs/diffma_prior_cpu.yaml", pairs, run, *tiny, f"prior.run={unet}", f"data.cache={tmp_path / 'cache'}")
+    assert (run / "prior" / "config.json").is_file() and list((tmp_path / "cache").glob("prior-*.npz"))
+    moved = tmp_path / "moved"
+    run.rename(moved)  # the copied prior travels with the run folder
+    task = task_from_checkpoint(read_config(moved / "config.json"), str(moved / "config.json"))
+    assert task.prior.run == str(moved / "prior")
+    ct = pair_slices(load_pair(find_pairs(pairs / "val")[0]), task.data.spec).ct
+    prior = task.prior_slices(ct)
+    assert prior.std() > 0.05  # a real image, not a constant
+    task.prior.flip_average = True  # a pointwise lookup gives the same MR for every flip of the slice
+    assert np.allclose(task.prior_slices(ct), prior, atol=1e-6)
+    task.prior.flip_average = False
+    # an untrained network outputs zero: the x0 prediction is the prior's latent at every step, so the
+    # sample is the prior's latent and the decoded MR the prior itself
+    fresh = task.build_model()
+    out = task.predict_slices(fresh, ct, "cpu", 8, None)
+    assert out.shape == ct.shape and np.abs(out - prior).max() < 1e-5
+    trained = task.load_model(moved / "model.safetensors")
+    assert np.abs(task.predict_slices(trained, ct, "cpu", 8, None) - prior).max() > 1e-4
+    # a prior that is not an image regression, or a parameterisation that cannot carry it, is refused
+    for bad, match in ((f"prior.run={moved}", "not an image_regression"),
+                       ("diffusion.prediction=epsilon", "needs diffusion.prediction: sample"),
+                       ("diffusion.val_sampler=ode", "needs prior.run and diffusion.val_sampler: ddim")):
+        result = runner.invoke(app, ["train", "configs/diffma_prior_cpu.yaml", f"data.train={pairs / 'train'}",
+                                     f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5", *tiny,
+                                     f"prior.run={unet}", bad, "--out", str(tmp_path / "bad")])
+        assert result.exit_code != 0 and match in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "bad" / "model.safetensors").exists()

@@ -28,7 +28,7 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower)."),
     batch_size: int = typer.Option(32, min=1, help="Slices per forward pass."),
-    sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp or ode (default dpmpp); DiffKT3D: euler, heun or dpmpp (default: the model's own)."),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp or ode (default dpmpp; image models: their own); DiffKT3D: euler, heun or dpmpp (default: the model's own)."),
     steps: int = typer.Option(10, min=1, help="Diffusion models: sampling steps."),
     samples: int = typer.Option(1, min=1, help="Diffusion models: samples per patient; K > 1 also writes pt_N_std.nii.gz."),
     seed: int = typer.Option(0, help="Diffusion models: random seed (predictions are deterministic for a seed)."),
@@ -72,8 +72,9 @@ def predict(
         allowed = own or SAMPLERS
         if sampler is not None and sampler not in allowed:
             raise RtgenError(f"--sampler {sampler}: {predictor.task.model_name} samples with one of {', '.join(allowed)}")
-        sampler = sampler or (None if own else "dpmpp")
-        if getattr(predictor.task, "output_kind", "dose") == "image":
+        image = getattr(predictor.task, "output_kind", "dose") == "image"
+        sampler = sampler or (None if own or image else "dpmpp")  # None: the model's own (image models, DiffKT3D)
+        if image:
             return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
         diffusion = predictor.task.stochastic
         imputes = hasattr(predictor.task, "impute")

@@ -84,17 +84,34 @@ def sample(
     progress: bool = False,
     clip: float | None = None,
     return_trajectory: bool = False,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Draw samples of `shape` from noise. Deterministic for a given generator state.
 
-    With `return_trajectory` also the per-step states, model outputs and (stochastic DDIM steps)
-    log-probabilities; the samples are the same as without it.
+    With `start` and `strength` < 1 (DDIM only), sampling begins from `start` noised to the timestep
+    strength * T (SDEdit, Meng et al. 2022) and spends all `steps` between there and 0: a refinement
+    of a known estimate rather than a draw from pure noise. With `return_trajectory` also the
+    per-step states, model outputs and (stochastic DDIM steps) log-probabilities; the samples are
+    the same as without it.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    partial = strength < 1.0
+    if partial and (start is None or sampler != "ddim"):
+        raise ValueError("a strength below 1 needs a start and the ddim sampler (it keeps no multistep state)")
     sched = make_scheduler(sampler, schedule, prediction, clip)
-    sched.set_timesteps(steps if sampler != "ddpm" or steps < schedule.timesteps else schedule.timesteps, device=device)
+    if partial:  # the trailing `steps` of a finer grid: every step lies in [0, strength * T]
+        sched.set_timesteps(min(schedule.timesteps, math.ceil(steps / strength)), device=device)
+        sched.timesteps = sched.timesteps[-steps:]
+    else:
+        sched.set_timesteps(steps if sampler != "ddpm" or steps < schedule.timesteps else schedule.timesteps,
+                            device=device)
     x = torch.randn(shape, generator=generator, device="cpu").to(device) * sched.init_noise_sigma
+    if partial:
+        x = sched.add_noise(start.to(device, x.dtype), x, sched.timesteps[:1].repeat(shape[0]))
     extra = ({"eta": eta, "generator": generator, "use_clipped_model_output": clip is not None}
              if sampler == "ddim" else {"generator": generator} if sampler == "ddpm" else {})
     stochastic = return_trajectory and sampler == "ddim" and eta > 0

@@ -15,11 +15,12 @@ The engine trains any task and the CLI predicts with any task, knowing only this
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from rtgen.core.checkpoint import check_and_load, load_weights
+from rtgen.core.checkpoint import check_and_load, load_weights, read_config, resolve_checkpoint
 from rtgen.core.errors import ConfigError
 from rtgen.core.registry import MODELS, TASKS
 from rtgen.core.schema import validate_section
@@ -149,3 +150,34 @@ def task_from_checkpoint(config: dict, source: str = "config.json") -> Task:
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ConfigError(source, "model.name is missing")
     return task_class(config.get("task"), model["name"], source).from_checkpoint(config, source)
+
+
+def load_run(run: str | Path, what: str, source: str) -> tuple[Task, torch.nn.Module, dict]:
+    """(task, network, config.json) of a run folder (or hub:<name>), for a frozen part of another model
+    (an autoencoder, a prior); `what` names the config key that pointed at it, for the error."""
+    if isinstance(run, str) and run.startswith("hub:"):  # a model folder shipped inside the package
+        from importlib import resources
+
+        run = Path(str(resources.files("rtgen"))) / "hub" / run[4:]
+    if not run:
+        raise ConfigError(source, f"{what} is not set (a run folder)")
+    weights, config_path = resolve_checkpoint(run)
+    config = read_config(config_path)
+    task = task_from_checkpoint(config, str(config_path))
+    return task, task.load_model(weights), config
+
+
+def copy_run(run: str | Path, dest: Path) -> None:
+    """Copy a run's weights and config.json into `dest` (a folder inside another run), whole or not at
+    all, so that the run which depends on it predicts from its own folder wherever it is moved."""
+    import shutil
+
+    if Path(dest).exists():
+        return
+    weights, config_path = resolve_checkpoint(run)
+    tmp = Path(dest).with_name(f".{Path(dest).name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(weights, tmp / weights.name)
+    shutil.copy2(config_path, tmp / "config.json")
+    tmp.rename(dest)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ from rtgen.diffusion.nft import optimality_from_rewards, scardnft_objective
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.dosimetry.gdp_hmm import gdp_hmm_mae
 from rtgen.dosimetry.scorecard import Scorecard, reward
-from rtgen.tasks.base import Task, task_from_checkpoint
+from rtgen.tasks.base import Task, copy_run, load_run
 
 VAE_DIR = "vae"  # the run folder keeps its frozen autoencoder here (weights + config.json)
 LORA_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.0", "ffn.2")  # ScardNFT adapters (paper B.5)
@@ -160,21 +159,6 @@ class NFTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# ---------------------------------------------------------------- helpers
-def load_run(run: str | Path, what: str, source: str) -> tuple[Task, torch.nn.Module, dict]:
-    """(task, network, config.json) of a run folder (or hub:<name>), for a frozen part."""
-    if isinstance(run, str) and run.startswith("hub:"):  # a model folder shipped inside the package
-        from importlib import resources
-
-        run = Path(str(resources.files("rtgen"))) / "hub" / run[4:]
-    if not run:
-        raise ConfigError(source, f"{what} is not set (a run folder)")
-    weights, config_path = resolve_checkpoint(run)
-    config = read_config(config_path)
-    task = task_from_checkpoint(config, str(config_path))
-    return task, task.load_model(weights), config
 
 
 # ---------------------------------------------------------------- the task
@@ -633,16 +617,7 @@ class DiffKT3DTask(Task):
         return merge_lora(model) if merged else model  # merged: the base network's speed at prediction
 
     def write_run_files(self, run_dir) -> None:
-        dst = Path(run_dir) / VAE_DIR
-        if dst.exists():
-            return
-        weights, config_path = resolve_checkpoint(self._vae_source())
-        tmp = Path(run_dir) / f".{VAE_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        shutil.copy2(weights, tmp / weights.name)
-        shutil.copy2(config_path, tmp / "config.json")
-        tmp.rename(dst)
+        copy_run(self._vae_source(), Path(run_dir) / VAE_DIR)
 
     def model_card(self, summary: dict) -> str:
         t, v = summary["training"], summary.get("validation", {})

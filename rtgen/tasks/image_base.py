@@ -61,6 +61,7 @@ class PairSlices:
     body: np.ndarray  # (N, S, S) bool
     pair: ImagePair = field(repr=False)
     ct_latent: np.ndarray | None = field(default=None, repr=False)  # latent tasks: the encoded CT, made once
+    prior: np.ndarray | None = field(default=None, repr=False)  # tasks refining a prior: its MR slices, made once
 
 
 def pair_slices(pair: ImagePair, spec: SliceSpec) -> PairSlices:

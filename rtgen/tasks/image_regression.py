@@ -62,3 +62,13 @@ class ImageRegressionTask(ImageTask):
                 out.append(model(x[:, None]).float()[:, 0].clamp(0, 1).cpu().numpy())
         model.train(was)
         return np.concatenate(out)
+
+    def predict_flip_average(self, model, ct: np.ndarray, device, batch_size: int) -> np.ndarray:
+        """The mean of the predictions of the slices as given and flipped along each in-plane axis and
+        both (each flipped back): a smoother estimate of the conditional mean, for 4x the time."""
+        out = np.zeros_like(ct, dtype=np.float32)
+        for axes in ((), (-1,), (-2,), (-1, -2)):
+            flipped = np.ascontiguousarray(np.flip(ct, axes)) if axes else ct
+            pred = self.predict_slices(model, flipped, device, batch_size)
+            out += np.flip(pred, axes) if axes else pred
+        return out / 4

@@ -10,6 +10,14 @@ is first pre-trained alone with the cross InfoNCE loss (paper eq. 7-8) for
 Prediction samples the MR latent with any of rtgen's samplers (default: the probability-flow ODE
 in `diffusion.val_steps` steps), decodes it and puts the slices back on the CT's grid. The MR of
 a patient is never an input: only the CT is encoded at prediction time.
+
+With `prior.run` (not in the paper), an image regression (the UNet baseline) is run on the CT
+first, and the diffusion refines its MR: the prior's latent joins the CT latent as the condition,
+and the network's x0 prediction is the prior's latent plus its output. Why: the latent regressions
+learnt by every diffusion row stopped at 29-34 % SSIM, below the image-space UNet (46-48 %); with
+the prior, an untrained network (zero-initialised output) samples the prior exactly, and training
+can only add what the UNet missed. The decoded MR is the prior plus the change the sample makes to
+the prior's decoding (`prior.decode_as_change`), so the autoencoder's own blur is not added to it.
 """
 
 from __future__ import annotations
@@ -26,13 +34,16 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from rtgen.core.atomic import atomic_path
-from rtgen.core.errors import ConfigError
+from rtgen.core.checkpoint import resolve_checkpoint
+from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import register_task
 from rtgen.diffusion import NoiseSchedule, diffusion_loss, sample
+from rtgen.tasks.base import copy_run, load_run
 from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches
 
 
 VAE_DIR = "vae"  # where a run folder keeps its trained autoencoder
+PRIOR_DIR = "prior"  # where a run folder keeps its prior (an image_regression run)
 
 
 def _autoencoder_run(run: str, source: str) -> tuple[Path, Path, dict]:
@@ -61,6 +72,16 @@ class LatentConfig:
 
 
 @dataclass
+class SynthPriorConfig:
+    run: str = ""  # an image_regression run folder whose MR the diffusion refines; "": none (the paper's DiffMa)
+    decode_as_change: bool = True  # MR = prior + D(z) - D(E(prior)), not D(z): zero change gives the prior back
+    flip_average: bool = False  # the prior is the mean of its predictions of the slice and its 3 in-plane flips
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class SynthDiffusionConfig:
     schedule: Literal["linear", "cosine"] = "linear"
     timesteps: Annotated[int, Field(ge=2, le=100_000)] = 1000
@@ -71,6 +92,9 @@ class SynthDiffusionConfig:
     embedder_lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
     tau: Annotated[float, Field(gt=0, le=10)] = 0.07  # InfoNCE temperature
     seed: Annotated[int, Field(ge=0)] = 0  # noise of validation sampling (predictions are deterministic per seed)
+    # below 1 (with a prior, ddim only): start from the prior's latent noised to start_strength * T (SDEdit)
+    # instead of pure noise, and spend every step below that
+    start_strength: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     @property
     def schedule_obj(self) -> NoiseSchedule:
@@ -85,16 +109,24 @@ class ImageSynthesisTask(ImageTask):
     """Latent diffusion from CT slices to MR slices, scored by SSIM/PSNR on each patient's grid."""
 
     sections: ClassVar[dict[str, type]] = {"data": ImageDataConfig, "latent": LatentConfig,
-                                           "diffusion": SynthDiffusionConfig}
-    checkpoint_sections: ClassVar[tuple[str, ...]] = ("data", "latent", "diffusion")
+                                           "diffusion": SynthDiffusionConfig, "prior": SynthPriorConfig}
+    checkpoint_sections: ClassVar[tuple[str, ...]] = ("data", "latent", "diffusion", "prior")
     stochastic: ClassVar[bool] = True
     latent: LatentConfig
     diffusion: SynthDiffusionConfig
+    prior: SynthPriorConfig
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.schedule = self.diffusion.schedule_obj
         self._vae = None
+        self._prior_model = None
+        if self.prior.run and self.diffusion.prediction != "sample":
+            raise ConfigError(self.source, "prior.run refines a prior's latent through the x0 prediction: it needs "
+                                           f"diffusion.prediction: sample, not {self.diffusion.prediction}")
+        if self.diffusion.start_strength < 1 and not (self.prior.run and self.diffusion.val_sampler == "ddim"):
+            raise ConfigError(self.source, "diffusion.start_strength below 1 starts sampling from the prior: it needs "
+                                           "prior.run and diffusion.val_sampler: ddim")
 
     def implied_architecture(self) -> dict:
         latent = self.settings["latent"]
@@ -103,7 +135,9 @@ class ImageSynthesisTask(ImageTask):
         else:  # read from the trained autoencoder's config, without loading its weights
             arch = _autoencoder_run(latent.vae_run, self.source)[2]["model"]["architecture"]
             channels, factor = int(arch["latent_channels"]), 2 ** (len(arch["channels"]) - 1)
-        return {"in_channels": channels, "ct_channels": channels, "latent_size": self.settings["data"].size // factor}
+        with_prior = 2 if self.settings["prior"].run else 1  # the prior's latent joins the CT's as condition
+        return {"in_channels": channels, "ct_channels": with_prior * channels,
+                "latent_size": self.settings["data"].size // factor}
 
     # ---- the autoencoder
     @property
@@ -139,6 +173,39 @@ class ImageSynthesisTask(ImageTask):
         vae = self.vae.to(latents.device)
         return vae.decode(latents.float())[:, 0].float().cpu().numpy()  # float: autocast may make it bf16
 
+    # ---- the prior
+    def prior_model(self):
+        """(task, network) of `prior.run`, loaded once; it must be an image_regression run."""
+        if self._prior_model is None:
+            task, model, config = load_run(self.prior.run, "prior.run", self.source)
+            if config.get("task") != "image_regression":
+                raise ConfigError(self.source, f"prior.run: {self.prior.run} is a {config.get('task')!r} run, not an "
+                                               "image_regression one (e.g. configs/diffma_unet_baseline.yaml)")
+            if task.data.spec != self.data.spec:
+                raise ConfigError(self.source, f"prior.run: {self.prior.run} was trained on slices {task.data.spec}, "
+                                               f"this model on {self.data.spec}: they must match")
+            # frozen here, so its weights may take the memory order CPU convolutions prefer (the UNet: 2x
+            # faster on 2 cores in `python benchmarks/bench_taef2.py --unet RUN`)
+            self._prior_model = (task, model.eval().requires_grad_(False).to(memory_format=torch.channels_last))
+        return self._prior_model
+
+    def prior_slices(self, ct01: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The prior's MR slices in [0, 1] for CT slices in [0, 1]."""
+        task, model = self.prior_model()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.prior.flip_average:
+            return task.predict_flip_average(model.to(device), ct01, device, batch_size)
+        return task.predict_slices(model.to(device), ct01, device, batch_size)
+
+    def condition(self, ct01: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scaled condition latents, prior MR slices or None) of CT slices: the CT latent, and with a
+        prior the prior's latent after it on the channel axis."""
+        ct = self._scaled(self.encode(ct01, batch_size))
+        if not self.prior.run:
+            return ct, None
+        prior = self.prior_slices(ct01, batch_size)
+        return np.concatenate([ct, self._scaled(self.encode(prior, batch_size))], 1), prior
+
     def _encoded(self, pairs: list[PairSlices], what: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """Raw (MR, CT) latents of all slices of `pairs`, read from or written to `data.cache`."""
         vae_id = self.latent.vae
@@ -167,8 +234,31 @@ class ImageSynthesisTask(ImageTask):
         if self.latent.shift is None or self.latent.scale is None:  # measured once, then kept in config.json
             self.latent.shift = float(mr.mean())
             self.latent.scale = float(1.0 / max(mr.std(), 1e-6))
-        # scaled (MR, CT) latent pairs of every training slice
-        return FlippedSlices({"x0": self._scaled(mr), "ct": self._scaled(ct)}, self.data.flip, seed + rank)
+        cond = self._scaled(ct)
+        if self.prior.run:  # the prior of a training slice comes from a model that saw it (README: DiffMa)
+            prior = self._prior_latents(pairs, progress)
+            cond = np.concatenate([cond, self._scaled(prior)], 1)
+        # scaled (MR, condition) latent pairs of every training slice
+        return FlippedSlices({"x0": self._scaled(mr), "ct": cond}, self.data.flip, seed + rank)
+
+    def _prior_latents(self, pairs: list[PairSlices], progress: bool) -> np.ndarray:
+        """Raw latents of the prior's MR for all slices of `pairs`, cached beside the others."""
+        weights = resolve_checkpoint(self.prior.run)[0]
+        prior_id = [hashlib.sha1(weights.read_bytes()).hexdigest(), self.prior.flip_average]
+        key = hashlib.sha1(json.dumps([self.latent.vae, prior_id, asdict(self.data.spec),
+                                       [(p.id, p.ct.shape, float(p.ct.sum())) for p in pairs]],
+                                      default=str).encode()).hexdigest()[:16]
+        path = Path(self.data.cache) / f"prior-{key}.npz" if self.data.cache else None
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                return z["prior"]
+        ct = np.concatenate([p.ct for p in pairs])
+        prior = self.encode(self.prior_slices(ct), progress=progress)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, prior=prior)
+        return prior
 
     # ---- training
     def prepare_model(self, model, train_set, device, pretrain: bool, progress: bool = True) -> None:
@@ -196,19 +286,24 @@ class ImageSynthesisTask(ImageTask):
     def loss(self, model, batch: dict) -> torch.Tensor:
         d = self.diffusion
         ct = batch["ct"]
-        return diffusion_loss(lambda x_t, t: model(x_t, t, ct).float(), batch["x0"], self.schedule, d.prediction)
+        base = self._base(ct)
+        return diffusion_loss(lambda x_t, t: model(x_t, t, ct).float() + base, batch["x0"], self.schedule,
+                              d.prediction)
+
+    def _base(self, cond: torch.Tensor) -> torch.Tensor | float:
+        """What the network's output is added to: the prior's latent (the condition's second half), or 0."""
+        return cond[:, cond.shape[1] // 2:].float() if self.prior.run else 0.0
 
     # ---- checkpoints
     def write_run_files(self, run_dir: Path) -> None:
-        """A trained autoencoder is copied into the run folder (`vae/`): predicting needs nothing else."""
-        if self.latent.vae != "autoencoder_kl":
-            return
-        import shutil
-
-        weights, config, _ = _autoencoder_run(self.latent.vae_run, self.source)
-        for src in (weights, config):
-            with atomic_path(Path(run_dir) / VAE_DIR / src.name) as tmp:
-                shutil.copyfile(src, tmp)
+        """A trained autoencoder (`vae/`) and a prior (`prior/`) are copied into the run folder:
+        predicting needs nothing else."""
+        if self.latent.vae == "autoencoder_kl":
+            _autoencoder_run(self.latent.vae_run, self.source)  # checks it is an autoencoder run
+            copy_run(self.latent.vae_run, Path(run_dir) / VAE_DIR)
+        if self.prior.run:
+            self.prior_model()  # checks it is an image_regression run
+            copy_run(self.prior.run, Path(run_dir) / PRIOR_DIR)
 
     @classmethod
     def from_checkpoint(cls, config: dict, source: str = "config.json") -> "ImageSynthesisTask":
@@ -216,31 +311,39 @@ class ImageSynthesisTask(ImageTask):
         beside = Path(source).parent / VAE_DIR
         if latent.get("vae") == "autoencoder_kl" and (beside / "config.json").is_file():
             latent["vae_run"] = str(beside)  # the copy made at training time, wherever the run folder moved
-        return super().from_checkpoint({**config, "latent": latent}, source)
+        prior = dict(config.get("prior") or {})
+        if prior.get("run"):
+            prior["run"] = str(Path(source).parent / PRIOR_DIR)  # likewise; a missing copy is a clear error on use
+        return super().from_checkpoint({**config, "latent": latent, "prior": prior}, source)
 
     # ---- prediction
     def val_data(self, progress: bool = True) -> list[PairSlices]:
         """The validation patients with their CT encoded once (not again every epoch)."""
         data = super().val_data(progress)
         for ps in data:
-            ps.ct_latent = self._scaled(self.encode(ps.ct))
+            ps.ct_latent, ps.prior = self.condition(ps.ct)
         return data
 
     def predict_case(self, model, ps: PairSlices, device, batch_size: int, autocast=None) -> np.ndarray:
-        return self.sample_mr(model, ps.ct_latent, device, batch_size, None, autocast)
+        return self.sample_mr(model, ps.ct_latent, device, batch_size, None, autocast, ps.prior)
 
     def predict_slices(self, model, ct: np.ndarray, device, batch_size: int, sampling=None,
                        autocast=None) -> np.ndarray:
         """CT slices in [0, 1] -> sampled MR slices in [0, 1] (deterministic for a seed)."""
-        return self.sample_mr(model, self._scaled(self.encode(ct, batch_size)), device, batch_size, sampling, autocast)
+        cond, prior = self.condition(ct, batch_size)
+        return self.sample_mr(model, cond, device, batch_size, sampling, autocast, prior)
 
     @torch.no_grad()
     def sample_mr(self, model, ct_latent: np.ndarray, device, batch_size: int, sampling=None,
-                  autocast=None) -> np.ndarray:
-        """Scaled CT latents -> sampled MR slices in [0, 1]."""
+                  autocast=None, prior: np.ndarray | None = None) -> np.ndarray:
+        """Scaled condition latents (and the prior's MR slices, with a prior) -> sampled MR slices in [0, 1]."""
         import contextlib
 
-        sampler = sampling.sampler if sampling is not None else self.diffusion.val_sampler
+        sampler = (sampling.sampler if sampling is not None else None) or self.diffusion.val_sampler
+        strength = self.diffusion.start_strength
+        if strength < 1 and sampler != "ddim":
+            raise RtgenError(f"this model starts sampling from its prior (diffusion.start_strength {strength}), which "
+                             f"only the ddim sampler can do: use --sampler ddim, not {sampler}")
         steps = sampling.steps if sampling is not None else self.diffusion.val_steps
         seed = sampling.seed if sampling is not None else self.diffusion.seed
         cond_all = torch.from_numpy(ct_latent)
@@ -253,19 +356,39 @@ class ImageSynthesisTask(ImageTask):
                 cond = cond_all[i:i + batch_size].to(device)
                 embedded = model.embedder(cond) if hasattr(model, "denoise") else None
 
-                def denoise(x_t, t, cond=cond, embedded=embedded):
-                    t = t.to(device)
-                    return (model.denoise(x_t, t, embedded) if embedded is not None else model(x_t, t, cond)).float()
+                base = self._base(cond)
 
-                z = sample(denoise, tuple(cond.shape), self.schedule, sampler, steps, self.diffusion.prediction,
-                           generator=gen, device=device)
-                out.append(self.decode(z.float() / self.latent.scale + self.latent.shift))
+                def denoise(x_t, t, cond=cond, embedded=embedded, base=base):
+                    t = t.to(device)
+                    out = model.denoise(x_t, t, embedded) if embedded is not None else model(x_t, t, cond)
+                    return out.float() + base
+
+                shape = (cond.shape[0], self.vae_channels(cond), *cond.shape[2:])
+                z = sample(denoise, shape, self.schedule, sampler, steps, self.diffusion.prediction,
+                           generator=gen, device=device, start=base if strength < 1 else None, strength=strength)
+                mr = self.decode(self._raw(z))
+                if prior is not None and self.prior.decode_as_change:
+                    mr = np.clip(prior[i:i + batch_size] + mr - self.decode(self._raw(base)), 0.0, 1.0)
+                out.append(mr)
         model.train(was)
         return np.concatenate(out)
 
+    def vae_channels(self, cond: torch.Tensor) -> int:
+        return cond.shape[1] // 2 if self.prior.run else cond.shape[1]
+
+    def _raw(self, z: torch.Tensor) -> torch.Tensor:
+        return z.float() / self.latent.scale + self.latent.shift
+
     def model_card_data(self) -> list[str]:
         d = self.diffusion
-        return super().model_card_data() + [
+        prior = ([f"- Prior (not in the paper): the image regression copied in `{PRIOR_DIR}/` runs on the CT first"
+                  f"{' (the mean over the slice and its 3 in-plane flips)' if self.prior.flip_average else ''}; the "
+                  "diffusion refines its MR (its latent joins the condition, and the x0 prediction is its latent plus "
+                  "the network's output)."] if self.prior.run else [])
+        if d.start_strength < 1:
+            prior.append(f"- Sampling starts from the prior's latent noised to t = {d.start_strength * d.timesteps:.0f} "
+                         "(SDEdit), not from pure noise.")
+        return super().model_card_data() + prior + [
             f"- Latents: {self.latent.vae} (frozen), scaled by ({self.latent.shift:.4f}, {self.latent.scale:.4f}) "
             "(shift, scale) measured on the training MR latents.",
             f"- Diffusion: {d.schedule} schedule, {d.timesteps} steps, {d.prediction} prediction; validation samples with "

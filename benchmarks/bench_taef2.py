@@ -1,0 +1,67 @@
+"""TAEF2 encode and decode of 64 grey 128 px slices on the CPU, in PyTorch's default (contiguous)
+memory order and in channels-last (what `rtgen.models.codecs.TAEF2Codec` uses), side by side.
+
+    python benchmarks/bench_taef2.py [--threads 2] [--repeats 3] [--unet RUN]
+
+With `--unet RUN` (an image_regression run) its forward pass is timed the same way: a DiffMa with
+a prior runs it on every slice (4 times with `prior.flip_average`), in channels-last.
+
+Why: the autoencoder, not the diffusion network, dominates DiffMa's prediction time on a CPU (two
+encodes and two decodes per slice with a prior), so its layout decides the seconds per patient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from rtgen.models.taef2 import load_taef2
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--unet", default=None, help="an image_regression run whose forward pass is timed too")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model = load_taef2().eval()
+    x = torch.rand(64, 3, 128, 128)
+    print(f"{platform.processor() or platform.machine()}, {a.threads} threads, 64 slices of 128 px, median of {a.repeats}")
+    rows = {}
+    with torch.no_grad():
+        z = model.encode(x)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            model = model.to(memory_format=layout)
+            xi, zi = x.contiguous(memory_format=layout), z.contiguous(memory_format=layout)
+            enc = [timed(lambda: model.encode(xi)) for _ in range(a.repeats + 1)][1:]  # the first warms up
+            dec = [timed(lambda: model.decode(zi)) for _ in range(a.repeats + 1)][1:]
+            rows[str(layout)] = (statistics.median(enc), statistics.median(dec))
+    base = rows[str(torch.contiguous_format)]
+    for name, (enc, dec) in rows.items():
+        print(f"{name:24s} encode {enc:6.2f} s ({base[0] / enc:.2f}x)  decode {dec:6.2f} s ({base[1] / dec:.2f}x)")
+    if a.unet:
+        from rtgen.inference import load_predictor
+
+        unet, grey = load_predictor(a.unet, "cpu").model.eval(), x[:, :1].contiguous()
+        times = {}
+        with torch.no_grad():
+            for layout in (torch.contiguous_format, torch.channels_last):
+                unet = unet.to(memory_format=layout)
+                times[str(layout)] = statistics.median([timed(lambda: unet(grey)) for _ in range(a.repeats + 1)][1:])
+        for name, t in times.items():
+            print(f"UNet {name:19s} forward {t:6.2f} s ({times[str(torch.contiguous_format)] / t:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Score one trained CT -> MR diffusion run on a split under several samplers, step counts and start
+strengths, with issue #13's protocol (the scores `rtgen predict` + `rtgen evaluate` give).
+
+    python benchmarks/diffma_sampling.py RUN DATA/validation ode:1 ode:10 ddim:10 ddim:10@0.1
+
+Each setting is SAMPLER:STEPS[@STRENGTH]; a strength below 1 starts from the run's prior (a run
+trained with `prior.run`, see configs/diffma_prior_cpu.yaml), 1 (the default) from pure noise.
+An image_regression run (the UNet) takes the settings `once` and `flips` (the mean over the slice
+and its three in-plane flips, as `prior.flip_average` runs a prior).
+Why: the runs' validation records one sampling setting, and how much the sampler costs or adds is
+the question the README's DiffMa sections answer with these rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtgen.data.sources.image_pairs import find_pairs, load_pair
+from rtgen.data.transforms.slices import slices_to_volume, volume_to_slices
+from rtgen.inference import load_predictor
+from rtgen.tasks.dose_base import SamplingConfig
+from rtgen.tasks.image_base import score_volume
+
+
+def predict(pred, pair, setting: str) -> np.ndarray:
+    task = pred.task
+    if task.name == "image_regression":
+        if setting not in ("once", "flips"):
+            raise SystemExit(f"{setting}: a regression run takes the settings once and flips")
+        ct = volume_to_slices(pair.ct, pair.spacing, task.data.spec, "ct")
+        mr = (task.predict_flip_average(pred.model, ct, "cpu", 64) if setting == "flips"
+              else task.predict_slices(pred.model, ct, "cpu", 64))
+        return slices_to_volume(mr, pair.ct.shape, pair.spacing, task.data.spec)
+    head, _, strength = setting.partition("@")
+    sampler, steps = head.split(":")
+    task.diffusion.start_strength = float(strength or 1.0)
+    return task.predict_pair(pred.model, pair, "cpu", 64, SamplingConfig(sampler, int(steps), 1, 0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("split", type=Path)
+    ap.add_argument("settings", nargs="+", help="SAMPLER:STEPS[@STRENGTH], e.g. ode:10 or ddim:10@0.1")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    pred = load_predictor(a.run, "cpu")
+    pairs = [load_pair(f) for f in find_pairs(a.split)]
+    for setting in a.settings:
+        t0, rows = time.perf_counter(), []
+        for pair in pairs:
+            rows.append(score_volume(predict(pred, pair, setting), pair))
+        mean = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
+        print(json.dumps({"setting": setting, **mean, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
