@@ -130,3 +130,32 @@ def test_diffma_refining_a_prior_starts_from_the_prior_and_carries_it(pairs, tmp
                                      f"prior.run={unet}", bad, "--out", str(tmp_path / "bad")])
         assert result.exit_code != 0 and match in result.output and "Traceback" not in result.output
         assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_out_of_fold_priors_come_from_a_run_that_did_not_see_the_patient(pairs, tmp_path):
+    """`prior.train_runs`: each training patient's prior comes from the first run not trained on it."""
+    import shutil
+
+    from rtgen.core.errors import ConfigError
+
+    folds = {"A": ["P0"], "B": ["P1", "P2"]}
+    runs = {}
+    for fold, members in folds.items():
+        for m in members:
+            shutil.copytree(pairs / "train" / m, tmp_path / fold / m)
+        runs[fold] = tmp_path / f"lut_{fold}"
+        result = runner.invoke(app, ["train", "configs/diffma_lookup_baseline.yaml", f"data.train={tmp_path / fold}",
+                                     f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5",
+                                     "train.epochs=3", "train.batch_size=5", "train.lr=0.05", "--out", str(runs[fold])])
+        assert result.exit_code == 0, result.output
+    tiny = ["model.hidden_size=32", "model.depth=2", "model.d_state=4", "train.epochs=1", "train.batch_size=4",
+            "diffusion.embedder_pretrain_steps=2", "diffusion.val_steps=2", f"data.cache={tmp_path / 'cache'}"]
+    _train("configs/diffma_prior_cpu.yaml", pairs, tmp_path / "oof", *tiny, f"prior.run={runs['A']}",
+           f"prior.train_runs=[{runs['A']},{runs['B']}]")
+    from rtgen.engine.config import load_config
+
+    task = load_config(tmp_path / "oof" / "resolved_config.yaml").task
+    assert task._fold_run("P0") == str(runs["B"]) and task._fold_run("P1") == str(runs["A"])
+    task.prior.train_runs = (str(runs["A"]),)  # A saw P0 and is the only run: refused, naming the patient
+    with pytest.raises(ConfigError, match="every run was trained on patient P0"):
+        task._fold_run("P0")

@@ -37,6 +37,7 @@ from rtgen.core.atomic import atomic_path
 from rtgen.core.checkpoint import resolve_checkpoint
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import register_task
+from rtgen.data.sources.image_pairs import find_pairs
 from rtgen.diffusion import NoiseSchedule, diffusion_loss, sample
 from rtgen.tasks.base import copy_run, load_run
 from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches
@@ -76,6 +77,9 @@ class SynthPriorConfig:
     run: str = ""  # an image_regression run folder whose MR the diffusion refines; "": none (the paper's DiffMa)
     decode_as_change: bool = True  # MR = prior + D(z) - D(E(prior)), not D(z): zero change gives the prior back
     flip_average: bool = False  # the prior is the mean of its predictions of the slice and its 3 in-plane flips
+    # image_regression runs trained on parts of data.train: a training slice's prior comes from the first that
+    # did not see its patient (out of fold), so it is as wrong in training as on new patients; () uses `run`
+    train_runs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,24 +178,38 @@ class ImageSynthesisTask(ImageTask):
         return vae.decode(latents.float())[:, 0].float().cpu().numpy()  # float: autocast may make it bf16
 
     # ---- the prior
-    def prior_model(self):
-        """(task, network) of `prior.run`, loaded once; it must be an image_regression run."""
+    def prior_model(self, run: str | None = None, what: str = "prior.run"):
+        """(task, network) of `prior.run` (or another prior run), loaded once; it must be an
+        image_regression run trained on slices like this model's."""
+        run = run or self.prior.run
         if self._prior_model is None:
-            task, model, config = load_run(self.prior.run, "prior.run", self.source)
+            self._prior_model = {}
+        if run not in self._prior_model:
+            task, model, config = load_run(run, what, self.source)
             if config.get("task") != "image_regression":
-                raise ConfigError(self.source, f"prior.run: {self.prior.run} is a {config.get('task')!r} run, not an "
+                raise ConfigError(self.source, f"{what}: {run} is a {config.get('task')!r} run, not an "
                                                "image_regression one (e.g. configs/diffma_unet_baseline.yaml)")
             if task.data.spec != self.data.spec:
-                raise ConfigError(self.source, f"prior.run: {self.prior.run} was trained on slices {task.data.spec}, "
+                raise ConfigError(self.source, f"{what}: {run} was trained on slices {task.data.spec}, "
                                                f"this model on {self.data.spec}: they must match")
             # frozen here, so its weights may take the memory order CPU convolutions prefer (the UNet: 2x
             # faster on 2 cores in `python benchmarks/bench_taef2.py --unet RUN`)
-            self._prior_model = (task, model.eval().requires_grad_(False).to(memory_format=torch.channels_last))
-        return self._prior_model
+            self._prior_model[run] = (task, model.eval().requires_grad_(False).to(memory_format=torch.channels_last))
+        return self._prior_model[run]
 
-    def prior_slices(self, ct01: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """The prior's MR slices in [0, 1] for CT slices in [0, 1]."""
-        task, model = self.prior_model()
+    def _fold_run(self, patient: str) -> str:
+        """The first of `prior.train_runs` whose training folder does not hold `patient`."""
+        for run in self.prior.train_runs:
+            task = self.prior_model(run, "prior.train_runs")[0]
+            seen = find_pairs(task.data.train)[:task.data.max_train_patients or None]
+            if patient not in {p.name for p in seen}:
+                return run
+        raise ConfigError(self.source, f"prior.train_runs: every run was trained on patient {patient}; each training "
+                                       "patient needs a run that did not see it (train them on disjoint folds)")
+
+    def prior_slices(self, ct01: np.ndarray, batch_size: int = 32, run: str | None = None) -> np.ndarray:
+        """The prior's MR slices in [0, 1] for CT slices in [0, 1] (from `prior.run`, or `run`)."""
+        task, model = self.prior_model(run)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.prior.flip_average:
             return task.predict_flip_average(model.to(device), ct01, device, batch_size)
@@ -235,7 +253,7 @@ class ImageSynthesisTask(ImageTask):
             self.latent.shift = float(mr.mean())
             self.latent.scale = float(1.0 / max(mr.std(), 1e-6))
         cond = self._scaled(ct)
-        if self.prior.run:  # the prior of a training slice comes from a model that saw it (README: DiffMa)
+        if self.prior.run:  # without prior.train_runs, from a model that saw the slice (README: DiffMa)
             prior = self._prior_latents(pairs, progress)
             cond = np.concatenate([cond, self._scaled(prior)], 1)
         # scaled (MR, condition) latent pairs of every training slice
@@ -243,8 +261,9 @@ class ImageSynthesisTask(ImageTask):
 
     def _prior_latents(self, pairs: list[PairSlices], progress: bool) -> np.ndarray:
         """Raw latents of the prior's MR for all slices of `pairs`, cached beside the others."""
-        weights = resolve_checkpoint(self.prior.run)[0]
-        prior_id = [hashlib.sha1(weights.read_bytes()).hexdigest(), self.prior.flip_average]
+        runs = self.prior.train_runs or (self.prior.run,)
+        prior_id = [[hashlib.sha1(resolve_checkpoint(r)[0].read_bytes()).hexdigest() for r in runs],
+                    self.prior.flip_average]
         key = hashlib.sha1(json.dumps([self.latent.vae, prior_id, asdict(self.data.spec),
                                        [(p.id, p.ct.shape, float(p.ct.sum())) for p in pairs]],
                                       default=str).encode()).hexdigest()[:16]
@@ -252,8 +271,11 @@ class ImageSynthesisTask(ImageTask):
         if path is not None and path.is_file():
             with np.load(path, allow_pickle=False) as z:
                 return z["prior"]
-        ct = np.concatenate([p.ct for p in pairs])
-        prior = self.encode(self.prior_slices(ct), progress=progress)
+        if self.prior.train_runs:  # out of fold: each patient's prior from a run that did not see it
+            slices = np.concatenate([self.prior_slices(p.ct, run=self._fold_run(p.id)) for p in pairs])
+        else:
+            slices = self.prior_slices(np.concatenate([p.ct for p in pairs]))
+        prior = self.encode(slices, progress=progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
