@@ -124,7 +124,7 @@ class ImageSynthesisTask(ImageTask):
         super().__init__(*args, **kwargs)
         self.schedule = self.diffusion.schedule_obj
         self._vae = None
-        self._prior_model = None
+        self._prior_model: dict[str, tuple] = {}  # run folder -> (task, frozen network), loaded once each
         if self.prior.run and self.diffusion.prediction != "sample":
             raise ConfigError(self.source, "prior.run refines a prior's latent through the x0 prediction: it needs "
                                            f"diffusion.prediction: sample, not {self.diffusion.prediction}")
@@ -182,8 +182,6 @@ class ImageSynthesisTask(ImageTask):
         """(task, network) of `prior.run` (or another prior run), loaded once; it must be an
         image_regression run trained on slices like this model's."""
         run = run or self.prior.run
-        if self._prior_model is None:
-            self._prior_model = {}
         if run not in self._prior_model:
             task, model, config = load_run(run, what, self.source)
             if config.get("task") != "image_regression":
