@@ -125,6 +125,7 @@ class ImageSynthesisTask(ImageTask):
         self.schedule = self.diffusion.schedule_obj
         self._vae = None
         self._prior_model: dict[str, tuple] = {}  # run folder -> (task, frozen network), loaded once each
+        self._fold_patients: dict[str, set[str]] = {}  # prior.train_runs folder -> the patients it trained on
         if self.prior.run and self.diffusion.prediction != "sample":
             raise ConfigError(self.source, "prior.run refines a prior's latent through the x0 prediction: it needs "
                                            f"diffusion.prediction: sample, not {self.diffusion.prediction}")
@@ -198,9 +199,11 @@ class ImageSynthesisTask(ImageTask):
     def _fold_run(self, patient: str) -> str:
         """The first of `prior.train_runs` whose training folder does not hold `patient`."""
         for run in self.prior.train_runs:
-            task = self.prior_model(run, "prior.train_runs")[0]
-            seen = find_pairs(task.data.train)[:task.data.max_train_patients or None]
-            if patient not in {p.name for p in seen}:
+            if run not in self._fold_patients:  # listed once per run, not once per patient
+                task = self.prior_model(run, "prior.train_runs")[0]
+                seen = find_pairs(task.data.train)[:task.data.max_train_patients or None]
+                self._fold_patients[run] = {p.name for p in seen}
+            if patient not in self._fold_patients[run]:
                 return run
         raise ConfigError(self.source, f"prior.train_runs: every run was trained on patient {patient}; each training "
                                        "patient needs a run that did not see it (train them on disjoint folds)")
@@ -222,24 +225,30 @@ class ImageSynthesisTask(ImageTask):
         prior = self.prior_slices(ct01, batch_size)
         return np.concatenate([ct, self._scaled(self.encode(prior, batch_size))], 1), prior
 
-    def _encoded(self, pairs: list[PairSlices], what: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (MR, CT) latents of all slices of `pairs`, read from or written to `data.cache`."""
+    def _cached(self, name: str, key: list, make) -> dict[str, np.ndarray]:
+        """Arrays `make()` returns, read from or written (atomically) to `data.cache` under a key of the
+        autoencoder, the slice settings and `key`; "" as the cache folder recomputes every run."""
         vae_id = self.latent.vae
         if self.latent.vae == "autoencoder_kl":  # a retrained autoencoder must not reuse old latents
             vae_id = hashlib.sha1(_autoencoder_run(self.latent.vae_run, self.source)[0].read_bytes()).hexdigest()
-        key = hashlib.sha1(json.dumps([vae_id, asdict(self.data.spec), [
-            (p.id, p.ct.shape, float(p.ct.sum()), float(p.mr.sum())) for p in pairs]], default=str).encode()).hexdigest()[:16]
-        path = Path(self.data.cache) / f"latents-{what}-{key}.npz" if self.data.cache else None
+        digest = hashlib.sha1(json.dumps([vae_id, asdict(self.data.spec), key], default=str).encode()).hexdigest()[:16]
+        path = Path(self.data.cache) / f"{name}-{digest}.npz" if self.data.cache else None
         if path is not None and path.is_file():
             with np.load(path, allow_pickle=False) as z:
-                return z["mr"], z["ct"]
-        mr = self.encode(np.concatenate([p.mr for p in pairs]), progress=progress)
-        ct = self.encode(np.concatenate([p.ct for p in pairs]), progress=progress)
+                return {k: z[k] for k in z.files}
+        arrays = make()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, mr=mr, ct=ct)
-        return mr, ct
+                np.savez(f, **arrays)
+        return arrays
+
+    def _encoded(self, pairs: list[PairSlices], what: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (MR, CT) latents of all slices of `pairs`, cached (`_cached`)."""
+        z = self._cached(f"latents-{what}", [(p.id, p.ct.shape, float(p.ct.sum()), float(p.mr.sum())) for p in pairs],
+                         lambda: {"mr": self.encode(np.concatenate([p.mr for p in pairs]), progress=progress),
+                                  "ct": self.encode(np.concatenate([p.ct for p in pairs]), progress=progress)})
+        return z["mr"], z["ct"]
 
     def _scaled(self, z: np.ndarray) -> np.ndarray:
         return ((z - self.latent.shift) * self.latent.scale).astype(np.float32)
@@ -258,27 +267,18 @@ class ImageSynthesisTask(ImageTask):
         return FlippedSlices({"x0": self._scaled(mr), "ct": cond}, self.data.flip, seed + rank)
 
     def _prior_latents(self, pairs: list[PairSlices], progress: bool) -> np.ndarray:
-        """Raw latents of the prior's MR for all slices of `pairs`, cached beside the others."""
+        """Raw latents of the prior's MR for all slices of `pairs`, cached (`_cached`)."""
         runs = self.prior.train_runs or (self.prior.run,)
-        prior_id = [[hashlib.sha1(resolve_checkpoint(r)[0].read_bytes()).hexdigest() for r in runs],
-                    self.prior.flip_average]
-        key = hashlib.sha1(json.dumps([self.latent.vae, prior_id, asdict(self.data.spec),
-                                       [(p.id, p.ct.shape, float(p.ct.sum())) for p in pairs]],
-                                      default=str).encode()).hexdigest()[:16]
-        path = Path(self.data.cache) / f"prior-{key}.npz" if self.data.cache else None
-        if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                return z["prior"]
-        if self.prior.train_runs:  # out of fold: each patient's prior from a run that did not see it
-            slices = np.concatenate([self.prior_slices(p.ct, run=self._fold_run(p.id)) for p in pairs])
-        else:
-            slices = self.prior_slices(np.concatenate([p.ct for p in pairs]))
-        prior = self.encode(slices, progress=progress)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, prior=prior)
-        return prior
+        key = [[hashlib.sha1(resolve_checkpoint(r)[0].read_bytes()).hexdigest() for r in runs], self.prior.flip_average,
+               [(p.id, p.ct.shape, float(p.ct.sum())) for p in pairs]]
+
+        def make() -> dict[str, np.ndarray]:
+            if self.prior.train_runs:  # out of fold: each patient's prior from a run that did not see it
+                slices = np.concatenate([self.prior_slices(p.ct, run=self._fold_run(p.id)) for p in pairs])
+            else:
+                slices = self.prior_slices(np.concatenate([p.ct for p in pairs]))
+            return {"prior": self.encode(slices, progress=progress)}
+        return self._cached("prior", key, make)["prior"]
 
     # ---- training
     def prepare_model(self, model, train_set, device, pretrain: bool, progress: bool = True) -> None:
