@@ -1,5 +1,6 @@
 """TAEF2 encode and decode of 64 grey 128 px slices on the CPU, in PyTorch's default (contiguous)
-memory order and in channels-last (what `rtgen.models.codecs.TAEF2Codec` uses), side by side.
+memory order, in channels-last (what `rtgen.models.codecs.TAEF2Codec` uses), and in channels-last
+under bfloat16 autocast (`latent.cpu_bf16`, on CPUs with native bf16), side by side.
 
     python benchmarks/bench_taef2.py [--threads 2] [--repeats 3] [--unet RUN]
 
@@ -39,17 +40,22 @@ def main() -> None:
     x = torch.rand(64, 3, 128, 128)
     print(f"{platform.processor() or platform.machine()}, {a.threads} threads, 64 slices of 128 px, median of {a.repeats}")
     rows = {}
+    from rtgen.models.codecs import native_cpu_bf16
+
     with torch.no_grad():
         z = model.encode(x)
-        for layout in (torch.contiguous_format, torch.channels_last):
+        settings = [(torch.contiguous_format, False), (torch.channels_last, False)]
+        settings += [(torch.channels_last, True)] if native_cpu_bf16() else []
+        for layout, bf16 in settings:
             model = model.to(memory_format=layout)
             xi, zi = x.contiguous(memory_format=layout), z.contiguous(memory_format=layout)
-            enc = [timed(lambda: model.encode(xi)) for _ in range(a.repeats + 1)][1:]  # the first warms up
-            dec = [timed(lambda: model.decode(zi)) for _ in range(a.repeats + 1)][1:]
-            rows[str(layout)] = (statistics.median(enc), statistics.median(dec))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                enc = [timed(lambda: model.encode(xi)) for _ in range(a.repeats + 1)][1:]  # the first warms up
+                dec = [timed(lambda: model.decode(zi)) for _ in range(a.repeats + 1)][1:]
+            rows[str(layout) + (" + bf16" if bf16 else "")] = (statistics.median(enc), statistics.median(dec))
     base = rows[str(torch.contiguous_format)]
     for name, (enc, dec) in rows.items():
-        print(f"{name:24s} encode {enc:6.2f} s ({base[0] / enc:.2f}x)  decode {dec:6.2f} s ({base[1] / dec:.2f}x)")
+        print(f"{name:31s} encode {enc:6.2f} s ({base[0] / enc:.2f}x)  decode {dec:6.2f} s ({base[1] / dec:.2f}x)")
     if a.unet:
         from rtgen.inference import load_predictor
 

@@ -7,6 +7,8 @@ Each setting is SAMPLER:STEPS[@STRENGTH]; a strength below 1 starts from the run
 trained with `prior.run`, see configs/diffma_prior_cpu.yaml), 1 (the default) from pure noise.
 An image_regression run (the UNet) takes the settings `once` and `flips` (the mean over the slice
 and its three in-plane flips, as `prior.flip_average` runs a prior).
+`--fp32` keeps TAEF2 in float32 where the run asks for bfloat16 (`latent.cpu_bf16`).
+`--no-fov` also synthesises the MR's zero padding (`data.mr_fov=false`), which scores it against zeros.
 Why: the runs' validation records one sampling setting, and how much the sampler costs or adds is
 the question the README's DiffMa sections answer with these rows.
 """
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from rtgen.data.sources.image_pairs import find_pairs, load_pair
-from rtgen.data.transforms.slices import slices_to_volume, volume_to_slices
+from rtgen.data.transforms.slices import volume_to_slices
 from rtgen.inference import load_predictor
 from rtgen.tasks.dose_base import SamplingConfig
 from rtgen.tasks.image_base import score_volume
@@ -36,7 +38,7 @@ def predict(pred, pair, setting: str) -> np.ndarray:
         ct = volume_to_slices(pair.ct, pair.spacing, task.data.spec, "ct")
         mr = (task.predict_flip_average(pred.model, ct, "cpu", 64) if setting == "flips"
               else task.predict_slices(pred.model, ct, "cpu", 64))
-        return slices_to_volume(mr, pair.ct.shape, pair.spacing, task.data.spec)
+        return task.on_grid(mr, pair)
     head, _, strength = setting.partition("@")
     sampler, steps = head.split(":")
     task.diffusion.start_strength = float(strength or 1.0)
@@ -49,16 +51,26 @@ def main() -> None:
     ap.add_argument("split", type=Path)
     ap.add_argument("settings", nargs="+", help="SAMPLER:STEPS[@STRENGTH], e.g. ode:10 or ddim:10@0.1")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-fov", action="store_true", help="synthesise the MR's zero padding too (data.mr_fov=false)")
+    ap.add_argument("--fp32", action="store_true", help="TAEF2 in float32 even if the run sets latent.cpu_bf16")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     pred = load_predictor(a.run, "cpu")
+    pred.task.data.mr_fov = not a.no_fov
+    if a.fp32 and hasattr(pred.task, "latent"):
+        pred.task.latent.cpu_bf16 = False
     pairs = [load_pair(f) for f in find_pairs(a.split)]
     for setting in a.settings:
-        t0, rows = time.perf_counter(), []
+        t0, rows, seconds = time.perf_counter(), [], []
         for pair in pairs:
-            rows.append(score_volume(predict(pred, pair, setting), pair))
+            t1 = time.perf_counter()
+            vol = predict(pred, pair, setting)
+            seconds.append(time.perf_counter() - t1)
+            rows.append(score_volume(vol, pair))
         mean = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
-        print(json.dumps({"setting": setting, **mean, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+        each = {p.id: [round(r["ssim"], 1), round(r["psnr"], 2), round(s, 1)] for p, r, s in zip(pairs, rows, seconds)}
+        print(json.dumps({"setting": setting, **mean, "seconds": round(time.perf_counter() - t0, 1),
+                          "patients (ssim, psnr, seconds to predict)": each}), flush=True)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def time_cpu(runs: Path, patient: Path, steps: int = 10) -> None:
     from rtgen.tasks.dose_base import SamplingConfig
 
     torch.set_num_threads(2)
-    pair = load_pair(patient, need_mr=False, with_mr=False)
+    pair = load_pair(patient, need_mr=False, mr_geometry_only=True)  # as `rtgen predict` reads it
     print(f"CPU timing on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"patient {pair.id} ({pair.ct.shape[2]} slices)")
     for run in sorted(p for p in runs.iterdir() if (p / "config.json").is_file()):

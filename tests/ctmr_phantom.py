@@ -23,10 +23,12 @@ def phantom(seed: int, shape=(40, 36, 5)) -> tuple[np.ndarray, np.ndarray]:
     return ct.astype(np.float32), mr.astype(np.float32)
 
 
-def write_pair(folder, seed: int, mr_affine=None) -> None:
-    """`folder/{ct,mr}.nii.gz`, on one grid unless `mr_affine` moves the MR."""
+def write_pair(folder, seed: int, mr_affine=None, padded_slices: int = 0) -> None:
+    """`folder/{ct,mr}.nii.gz`, on one grid unless `mr_affine` moves the MR; the MR's first
+    `padded_slices` slices zero padding, as in cropped clinical MRs."""
     folder.mkdir(parents=True)
     ct, mr = phantom(seed)
+    mr[..., :padded_slices] = 0.0
     affine = np.diag([*SPACING, 1.0])
     nib.save(nib.Nifti1Image(ct, affine), str(folder / "ct.nii.gz"))
     nib.save(nib.Nifti1Image(mr, affine if mr_affine is None else mr_affine), str(folder / "mr.nii.gz"))

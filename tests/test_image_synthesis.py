@@ -76,6 +76,44 @@ def test_the_lookup_table_learns_the_hu_to_intensity_mapping(pairs, tmp_path):
     assert soft > bone + 0.3  # bright tissue, dark cortical bone, as the phantom's MR
 
 
+def test_the_mr_zero_padding_is_neither_trained_on_nor_synthesised(tmp_path):
+    for i in range(2):
+        write_pair(tmp_path / "train" / f"P{i}", i, padded_slices=2)
+    write_pair(tmp_path / "val" / "P9", 9, padded_slices=2)
+    run = tmp_path / "lut"
+    _train("configs/diffma_lookup_baseline.yaml", tmp_path, run, "train.epochs=2", "train.batch_size=3", "train.lr=0.05")
+    assert json.loads((run / "config.json").read_text())["training"]["train_slices"] == 2 * (5 - 2)
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", "--model", str(run), "--patients", str(tmp_path / "val"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    vol = np.asarray(nib.load(str(out / "P9.nii.gz")).dataobj)
+    assert (vol[..., :2] == 0).all() and (vol[..., 2:].max(axis=(0, 1)) > 0.05).all()
+    # without an MR beside the CT, every slice is synthesised
+    (tmp_path / "val" / "P9" / "mr.nii.gz").unlink()
+    result = runner.invoke(app, ["predict", "--model", str(run), "--patients", str(tmp_path / "val"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (np.asarray(nib.load(str(out / "P9.nii.gz")).dataobj).max(axis=(0, 1)) > 0.05).all()
+
+
+def test_a_2_5d_unet_sees_the_neighbouring_ct_slices(pairs, tmp_path):
+    from rtgen.inference import load_predictor
+    from rtgen.tasks.image_base import pair_slices
+
+    run = tmp_path / "unet"
+    _train("configs/diffma_unet_baseline.yaml", pairs, run, "data.context_slices=1", "model.channels=[4,8,8,8]",
+           "train.epochs=1", "train.batch_size=8")
+    pred = load_predictor(run, "cpu")
+    assert json.loads((run / "config.json").read_text())["model"]["architecture"]["in_channels"] == 3
+    ct = pair_slices(load_pair(find_pairs(pairs / "val")[0]), pred.task.data.spec).ct
+    before = pred.task.predict_slices(pred.model, ct, "cpu", 8)
+    changed = ct.copy()
+    changed[3] = 1.0 - changed[3]
+    after = pred.task.predict_slices(pred.model, changed, "cpu", 8)
+    assert before.shape == ct.shape
+    assert np.abs(after[2] - before[2]).max() > 1e-4 and np.abs(after[4] - before[4]).max() > 1e-4  # neighbours
+    assert np.abs(after[0] - before[0]).max() == 0  # two slices away: unseen
+
+
 def test_a_pair_on_two_grids_is_refused_with_a_pointer_to_register(tmp_path):
     write_pair(tmp_path / "X", 0, mr_affine=np.diag([2.0, 2.0, 3.0, 1.0]))
     with pytest.raises(DataError, match="rtgen register"):
@@ -124,7 +162,8 @@ def test_diffma_refining_a_prior_starts_from_the_prior_and_carries_it(pairs, tmp
     # a prior that is not an image regression, or a parameterisation that cannot carry it, is refused
     for bad, match in ((f"prior.run={moved}", "not an image_regression"),
                        ("diffusion.prediction=epsilon", "needs diffusion.prediction: sample"),
-                       ("diffusion.val_sampler=ode", "needs prior.run and diffusion.val_sampler: ddim")):
+                       ("diffusion.val_sampler=ode", "needs prior.run and diffusion.val_sampler: ddim"),
+                       ("data.context_slices=1", "one CT slice at a time")):
         result = runner.invoke(app, ["train", "configs/diffma_prior_cpu.yaml", f"data.train={pairs / 'train'}",
                                      f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5", *tiny,
                                      f"prior.run={unet}", bad, "--out", str(tmp_path / "bad")])

@@ -7,7 +7,9 @@ import pytest
 from scipy import ndimage
 
 from rtgen.core.errors import ConfigError, RtgenError
-from rtgen.data.transforms.slices import (SliceSpec, body_mask_ct, body_mask_mr, mask_to_slices, normalise_mr, pad_or_crop,
+from rtgen.data.transforms.slices import (SliceSpec, body_mask_ct, body_mask_mr, mask_to_slices, mr_field_of_view,
+                                          with_context,
+                                          normalise_mr, pad_or_crop,
                                           resample_inplane, slices_to_volume, to_rgb, uncrop, volume_to_slices,
                                           window_ct)
 
@@ -171,3 +173,28 @@ def test_an_off_centre_object_keeps_its_distance_from_the_centre_in_mm():
     assert cx - ox == pytest.approx((50 - 34.5) * 0.977 / 1.5, abs=0.05)
     back = slices_to_volume(s, shape, spacing, spec)
     np.testing.assert_allclose(_centroid(back[..., 0]), [20, 50], atol=0.15)  # 0.1 voxel: two linear resamplings
+
+
+def test_the_mr_field_of_view_drops_only_the_zero_planes_padding_each_border():
+    mr = np.full((6, 5, 7), 7.0, np.float32)
+    mr[:, :, :2] = 0  # two padded slices at the start
+    mr[:, :, 6] = 0  # and one at the end
+    mr[:, :, 4] = 0  # an empty plane inside is data, not padding
+    mr[0] = 0  # a padded row
+    mr[2, 2, 3] = 0  # a dark voxel is data
+    fov = mr_field_of_view(mr)
+    expected = np.ones(mr.shape, bool)
+    expected[:, :, [0, 1, 6]] = False
+    expected[0] = False
+    assert np.array_equal(fov, expected)
+    assert not mr_field_of_view(np.zeros((3, 3, 3))).any()
+    with pytest.raises(RtgenError, match="3D"):
+        mr_field_of_view(np.ones((3, 3)))
+
+
+def test_slice_context_stacks_neighbours_in_z_order_and_repeats_the_ends():
+    s = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    c = with_context(s, 1)
+    assert c.shape == (4, 3, 2, 2)
+    assert c[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+    assert with_context(s, 0).shape == (4, 1, 2, 2)

@@ -113,7 +113,8 @@ def predict(
 
 def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, sampling) -> None:
     """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid.
-    Only the CT is read as input; an MR in the patient folder is ignored."""
+    Only the CT is a model input; of an MR in the patient folder (on the same grid: registered) only
+    its field of view is used, to leave its zero padding blank (`data.mr_fov`)."""
     from tqdm.auto import tqdm
 
     from rtgen.data.sources.image_pairs import find_pairs, load_pair
@@ -124,7 +125,7 @@ def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, s
     task = predictor.task
 
     def predict_one(path: Path) -> None:
-        pair = load_pair(path, need_mr=False, with_mr=False)  # the MR is never an input
+        pair = load_pair(path, need_mr=False, mr_geometry_only=True)  # the MR is never an input
         volume = task.predict_pair(predictor.model, pair, predictor.device, batch_size,
                                    sampling if task.stochastic else None)
         write_image(out_dir, pair.id, volume, pair.affine)

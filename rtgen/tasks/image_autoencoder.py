@@ -100,7 +100,7 @@ class ImageAutoencoderTask(ImageTask):
         arch, nan = summary["model"]["architecture"], float("nan")
         return "\n".join([
             f"# {summary['model']['name']}: latent autoencoder of CT and MR slices ({self.name})", "",
-            *self.model_card_data(),
+            *self.model_card_data()[:1],  # the slices; the rest is about synthesising an MR
             f"- Latents: {arch.get('latent_channels')} channels at 1/{2 ** (len(arch.get('channels', [])) - 1)} of the "
             f"slice side; L1 + {self.loss_cfg.kl_weight:g} x KL, no adversarial or perceptual loss.",
             f"- Trained on {t.get('train_slices', '?')} CT and MR slices, {t['epochs_run']} epochs, "

@@ -43,6 +43,8 @@ class ImageDataConfig:
     mr_percentiles: tuple[float, float] = (0.5, 99.5)  # per-scan MR normalisation
     flip: bool = True  # random in-plane flips of a training pair
     cache: str = ""  # folder for encoded slices (latent tasks); "" recomputes each run
+    mr_fov: bool = True  # outside the MR's field of view (its zero padding): no training, blank predictions
+    context_slices: Annotated[int, Field(ge=0, le=4)] = 0  # CT neighbours on each side as input channels (2.5D)
 
     @property
     def spec(self) -> SliceSpec:
@@ -60,6 +62,7 @@ class PairSlices:
     mr: np.ndarray | None
     body: np.ndarray  # (N, S, S) bool
     pair: ImagePair = field(repr=False)
+    fov: np.ndarray | None = field(default=None, repr=False)  # (N, S, S) bool: where the MR holds data
     ct_latent: np.ndarray | None = field(default=None, repr=False)  # latent tasks: the encoded CT, made once
     prior: np.ndarray | None = field(default=None, repr=False)  # tasks refining a prior: its MR slices, made once
 
@@ -69,7 +72,14 @@ def pair_slices(pair: ImagePair, spec: SliceSpec) -> PairSlices:
     mr = volume_to_slices(pair.mr, pair.spacing, spec, "mr") if pair.mr is not None else None
     body = pair.body if pair.body is not None else (body_mask_mr(pair.mr) if pair.mr is not None else None)
     return PairSlices(pair.id, ct, mr, mask_to_slices(body, pair.spacing, spec) if body is not None
-                      else np.ones_like(ct, bool), pair)
+                      else np.ones_like(ct, bool), pair,
+                      mask_to_slices(pair.fov, pair.spacing, spec) if pair.fov is not None else np.ones_like(ct, bool))
+
+
+def training_slices(pairs: list[PairSlices], use_fov: bool) -> np.ndarray:
+    """Which slices of `pairs` (concatenated) train a model: those with MR data in view when
+    `use_fov`, else all. An MR slice of zero padding is no target: its CT shows tissue."""
+    return np.concatenate([p.fov.any(axis=(1, 2)) if use_fov else np.ones(len(p.ct), bool) for p in pairs])
 
 
 def score_volume(pred01: np.ndarray, pair: ImagePair) -> dict[str, float]:
@@ -91,7 +101,7 @@ class ImageTask(Task):
     data: ImageDataConfig
 
     def implied_architecture(self) -> dict:
-        return {"in_channels": 1}  # one grey slice; latent tasks override it with the codec's channels
+        return {"in_channels": 1 + 2 * self.data.context_slices}  # grey slices; latent tasks: the codec's channels
 
     # ---- data
     def load_split(self, folder: str, limit: int | None, what: str, progress: bool) -> list[PairSlices]:
@@ -124,16 +134,30 @@ class ImageTask(Task):
         """A synthetic MR in [0, 1] on the pair's CT grid (x, y, z), float32."""
         device = device or next(model.parameters()).device
         ct = volume_to_slices(pair.ct, pair.spacing, self.data.spec, "ct")
-        mr = self.predict_slices(model, ct, device, batch_size, sampling, autocast)
-        return slices_to_volume(mr, pair.ct.shape, pair.spacing, self.data.spec)
+        mr = np.zeros_like(ct)
+        seen = self._in_view(pair, len(ct))
+        if seen.any():  # slices wholly outside the MR's field of view are not synthesised at all
+            mr[seen] = self.predict_slices(model, ct[seen], device, batch_size, sampling, autocast)
+        return self.on_grid(mr, pair)
+
+    def _in_view(self, pair: ImagePair, n: int) -> np.ndarray:
+        """(N,) bool: the slices with MR data in view (all of them without an MR or with data.mr_fov off)."""
+        if pair.fov is None or not self.data.mr_fov:
+            return np.ones(n, bool)
+        return pair.fov.any(axis=(0, 1))
+
+    def on_grid(self, slices: np.ndarray, pair: ImagePair) -> np.ndarray:
+        """Predicted slices back on the pair's grid, blank outside the MR's field of view when one is
+        known (`data.mr_fov`): the output grid is the MR's, and its zero padding holds no image."""
+        vol = slices_to_volume(slices, pair.ct.shape, pair.spacing, self.data.spec)
+        return vol * pair.fov if pair.fov is not None and self.data.mr_fov else vol
 
     def validate(self, model, data: list[PairSlices], device, batch_size: int, autocast=None) -> tuple[dict, Any]:
         """Mean image scores over the validation patients, and one (reference, prediction) for figures."""
         rows, example = [], None
         for ps in data:
             pred = self.predict_case(model, ps, device, batch_size, autocast)
-            vol = slices_to_volume(pred, ps.pair.ct.shape, ps.pair.spacing, self.data.spec)
-            rows.append(score_volume(vol, ps.pair))
+            rows.append(score_volume(self.on_grid(pred, ps.pair), ps.pair))
             if example is None:
                 example = (ps, pred)
         metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -141,8 +165,15 @@ class ImageTask(Task):
 
     def model_card_data(self) -> list[str]:
         d = self.data
-        return [f"- Slices: {d.size} x {d.size} px at {d.spacing_mm} mm in-plane; CT window {tuple(d.ct_window)} HU "
-                f"-> [0, 1]; MR by its {tuple(d.mr_percentiles)} percentiles -> [0, 1]."]
+        lines = [f"- Slices: {d.size} x {d.size} px at {d.spacing_mm} mm in-plane; CT window {tuple(d.ct_window)} HU "
+                 f"-> [0, 1]; MR by its {tuple(d.mr_percentiles)} percentiles -> [0, 1]."]
+        if d.context_slices:
+            lines.append(f"- Input: each CT slice with its {d.context_slices} neighbour(s) on each side (2.5D).")
+        if d.mr_fov:
+            lines.append("- MR field of view: an MR's zero padding (all-zero planes at its borders) is left out of "
+                         "training; predictions leave it blank when the patient folder holds the (registered) MR. "
+                         "Only the MR's extent is read, never its intensities.")
+        return lines
 
     def model_card(self, summary: dict) -> str:
         t, v = summary["training"], summary.get("validation", {})

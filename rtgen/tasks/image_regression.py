@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from rtgen.core.registry import register_task
-from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, as_batches
+from rtgen.data.transforms.slices import with_context
+from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, as_batches, training_slices
 
 
 @dataclass
@@ -38,15 +39,22 @@ class ImageRegressionTask(ImageTask):
 
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> FlippedSlices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
-        arrays = {k: np.concatenate([getattr(p, k) for p in pairs])[:, None] for k in ("ct", "mr", "body")}
+        keep = training_slices(pairs, self.data.mr_fov)
+        names = ("mr", "body", "fov") if self.data.mr_fov else ("mr", "body")
+        arrays = {k: np.concatenate([getattr(p, k) for p in pairs])[keep, None] for k in names}
+        arrays["ct"] = np.concatenate([with_context(p.ct, self.data.context_slices) for p in pairs])[keep]
         return FlippedSlices(arrays, self.data.flip, seed + rank)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
+        """The mean error over the pixels that count: inside the body (`loss.in_body`) or the whole
+        slice, either way only where the MR holds data (`data.mr_fov`)."""
         err = model(batch["ct"]).float() - batch["mr"]
         err = err.abs() if self.loss_cfg.kind == "l1" else err.pow(2)
-        if not self.loss_cfg.in_body:
+        m = batch["body"] if self.loss_cfg.in_body else None
+        if "fov" in batch:
+            m = batch["fov"] if m is None else m * batch["fov"]
+        if m is None:
             return err.mean()
-        m = batch["body"]
         return (err * m).sum() / m.sum().clamp(min=1.0)
 
     @torch.no_grad()
@@ -58,8 +66,8 @@ class ImageRegressionTask(ImageTask):
         model.eval()
         out = []
         with autocast or contextlib.nullcontext():
-            for x in as_batches(ct, batch_size, device):
-                out.append(model(x[:, None]).float()[:, 0].clamp(0, 1).cpu().numpy())
+            for x in as_batches(with_context(ct, self.data.context_slices), batch_size, device):
+                out.append(model(x).float()[:, 0].clamp(0, 1).cpu().numpy())
         model.train(was)
         return np.concatenate(out)
 

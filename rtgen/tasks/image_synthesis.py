@@ -40,7 +40,8 @@ from rtgen.core.registry import register_task
 from rtgen.data.sources.image_pairs import find_pairs
 from rtgen.diffusion import NoiseSchedule, diffusion_loss, sample
 from rtgen.tasks.base import copy_run, load_run
-from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches
+from rtgen.tasks.image_base import (FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches,
+                                   training_slices)
 
 
 VAE_DIR = "vae"  # where a run folder keeps its trained autoencoder
@@ -67,6 +68,7 @@ class LatentConfig:
     vae_run: str = ""  # for autoencoder_kl: an image_autoencoder run folder (rtgen train configs/diffma_vae.yaml)
     shift: float | None = None  # latent mean over training MR slices; None: measured when training starts
     scale: float | None = None  # 1 / latent std over training MR slices; None: measured likewise
+    cpu_bf16: bool = False  # predict and validate with TAEF2 in bfloat16 where the CPU has it natively (README)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +131,9 @@ class ImageSynthesisTask(ImageTask):
         if self.prior.run and self.diffusion.prediction != "sample":
             raise ConfigError(self.source, "prior.run refines a prior's latent through the x0 prediction: it needs "
                                            f"diffusion.prediction: sample, not {self.diffusion.prediction}")
+        if self.data.context_slices:
+            raise ConfigError(self.source, "data.context_slices: the latent model encodes one CT slice at a time; a "
+                                           "2.5D CT reaches it through a prior run trained with context (prior.run)")
         if self.diffusion.start_strength < 1 and not (self.prior.run and self.diffusion.val_sampler == "ddim"):
             raise ConfigError(self.source, "diffusion.start_strength below 1 starts sampling from the prior: it needs "
                                            "prior.run and diffusion.val_sampler: ddim")
@@ -149,9 +154,10 @@ class ImageSynthesisTask(ImageTask):
     def vae(self):
         """The frozen codec (rtgen.models.codecs): TAEF2, or the AutoencoderKL run `latent.vae_run`."""
         if self._vae is None:
-            from rtgen.models.codecs import TAEF2Codec
+            from rtgen.models.codecs import TAEF2Codec, native_cpu_bf16
 
-            self._vae = TAEF2Codec() if self.latent.vae == "taef2" else self._trained_vae()
+            self._vae = (TAEF2Codec(cpu_bf16=self.latent.cpu_bf16 and native_cpu_bf16()) if self.latent.vae == "taef2"
+                         else self._trained_vae())
         return self._vae
 
     def _trained_vae(self):
@@ -162,14 +168,21 @@ class ImageSynthesisTask(ImageTask):
         return AutoencoderKLCodec(task_from_checkpoint(config, str(config_path)).load_model(weights))
 
     @torch.no_grad()
-    def encode(self, slices01: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """(N, S, S) in [0, 1] -> (N, C, S/f, S/f) raw latents (float32)."""
+    def encode(self, slices01: np.ndarray, batch_size: int = 32, progress: bool = False,
+               exact: bool = False) -> np.ndarray:
+        """(N, S, S) in [0, 1] -> (N, C, S/f, S/f) raw latents (float32). `exact`: in float32 even with
+        `latent.cpu_bf16`, as for the training latents, so that training targets and the cache are one
+        kind whatever the CPU; bf16 speeds up prediction (and validation, which measures it)."""
         out = []
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a fixed preprocessing: wherever it is fastest
         vae = self.vae.to(device)
-        for x in tqdm(as_batches(slices01, batch_size, device), desc="encoding", unit="batch", disable=not progress,
-                      leave=False):
-            out.append(vae.encode(x[:, None]).float().cpu().numpy())
+        fast, vae.cpu_bf16 = getattr(vae, "cpu_bf16", False), getattr(vae, "cpu_bf16", False) and not exact
+        try:
+            for x in tqdm(as_batches(slices01, batch_size, device), desc="encoding", unit="batch",
+                          disable=not progress, leave=False):
+                out.append(vae.encode(x[:, None]).float().cpu().numpy())
+        finally:
+            vae.cpu_bf16 = fast
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -246,8 +259,8 @@ class ImageSynthesisTask(ImageTask):
     def _encoded(self, pairs: list[PairSlices], what: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """Raw (MR, CT) latents of all slices of `pairs`, cached (`_cached`)."""
         z = self._cached(f"latents-{what}", [(p.id, p.ct.shape, float(p.ct.sum()), float(p.mr.sum())) for p in pairs],
-                         lambda: {"mr": self.encode(np.concatenate([p.mr for p in pairs]), progress=progress),
-                                  "ct": self.encode(np.concatenate([p.ct for p in pairs]), progress=progress)})
+                         lambda: {"mr": self.encode(np.concatenate([p.mr for p in pairs]), progress=progress, exact=True),
+                                  "ct": self.encode(np.concatenate([p.ct for p in pairs]), progress=progress, exact=True)})
         return z["mr"], z["ct"]
 
     def _scaled(self, z: np.ndarray) -> np.ndarray:
@@ -255,7 +268,9 @@ class ImageSynthesisTask(ImageTask):
 
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> FlippedSlices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
-        mr, ct = self._encoded(pairs, "train", progress)
+        mr, ct = self._encoded(pairs, "train", progress)  # cached for every slice
+        keep = training_slices(pairs, self.data.mr_fov)  # not the MR's zero padding
+        mr = mr[keep]
         if self.latent.shift is None or self.latent.scale is None:  # measured once, then kept in config.json
             self.latent.shift = float(mr.mean())
             self.latent.scale = float(1.0 / max(mr.std(), 1e-6))
@@ -264,7 +279,7 @@ class ImageSynthesisTask(ImageTask):
             prior = self._prior_latents(pairs, progress)
             cond = np.concatenate([cond, self._scaled(prior)], 1)
         # scaled (MR, condition) latent pairs of every training slice
-        return FlippedSlices({"x0": self._scaled(mr), "ct": cond}, self.data.flip, seed + rank)
+        return FlippedSlices({"x0": self._scaled(mr), "ct": cond[keep]}, self.data.flip, seed + rank)
 
     def _prior_latents(self, pairs: list[PairSlices], progress: bool) -> np.ndarray:
         """Raw latents of the prior's MR for all slices of `pairs`, cached (`_cached`)."""
@@ -277,7 +292,7 @@ class ImageSynthesisTask(ImageTask):
                 slices = np.concatenate([self.prior_slices(p.ct, run=self._fold_run(p.id)) for p in pairs])
             else:
                 slices = self.prior_slices(np.concatenate([p.ct for p in pairs]))
-            return {"prior": self.encode(slices, progress=progress)}
+            return {"prior": self.encode(slices, progress=progress, exact=True)}
         return self._cached("prior", key, make)["prior"]
 
     # ---- training

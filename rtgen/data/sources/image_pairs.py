@@ -12,12 +12,14 @@ The MR is optional when predicting: it is never a model input.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rtgen.core.errors import DataError
+from rtgen.core.errors import DataError, RtgenWarning
+from rtgen.data.transforms.slices import mr_field_of_view
 from rtgen.data.validate import check_real
 
 CT_NAMES = ("ct.nii.gz", "ct.nii")
@@ -38,6 +40,7 @@ class ImagePair:
     affine: np.ndarray  # 4 x 4, voxel -> world (written back with predictions)
     mr: np.ndarray | None = None  # float32, scanner units
     body: np.ndarray | None = None  # bool
+    fov: np.ndarray | None = None  # bool: where the MR holds data (not its zero padding); None without an MR
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -95,9 +98,10 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.
     return arr, spacing, affine  # type: ignore[return-value]
 
 
-def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True) -> ImagePair:
+def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True, mr_geometry_only: bool = False) -> ImagePair:
     """One patient folder. `need_mr`: a missing MR is an error (training, scoring); `with_mr=False`
-    does not even read it (prediction: the MR is never a model input)."""
+    does not even read it. `mr_geometry_only` (prediction: the MR is never a model input) keeps only
+    where the MR holds data (`fov`) and drops its intensities."""
     folder = Path(folder)
     ct_path = _first(folder, CT_NAMES)
     if ct_path is None:
@@ -110,11 +114,19 @@ def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True) ->
     if mr_path is None and need_mr:
         raise DataError(folder, "no MR (mr.nii.gz or mr_t1.nii.gz) to learn from or score against")
     if mr_path is not None:
-        mr, mr_spacing, mr_affine = read_volume(mr_path)
-        if mr.shape != ct.shape or not np.allclose(mr_affine, affine, atol=1e-3):
-            raise DataError(mr_path, f"is on another grid than {ct_path.name} ({mr.shape} vs {ct.shape}): register "
-                                     "the pair first (rtgen register)")
-        pair.mr = mr
+        try:
+            mr, mr_spacing, mr_affine = read_volume(mr_path)
+            if mr.shape != ct.shape or not np.allclose(mr_affine, affine, atol=1e-3):
+                raise DataError(mr_path, f"is on another grid than {ct_path.name} ({mr.shape} vs {ct.shape}): "
+                                         "register the pair first (rtgen register)")
+        except DataError as e:
+            if not mr_geometry_only:
+                raise
+            # prediction needs only the CT: an MR it cannot use costs its field of view, not the patient
+            warnings.warn(f"{e}; synthesising without the MR's field of view", RtgenWarning, stacklevel=2)
+        else:
+            pair.fov = mr_field_of_view(mr)
+            pair.mr = None if mr_geometry_only else mr
     body_path = _first(folder, BODY_NAMES)
     if body_path is not None:
         body, _, _ = read_volume(body_path)

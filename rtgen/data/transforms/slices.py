@@ -105,6 +105,30 @@ def _body_mask(above: np.ndarray) -> np.ndarray:
     return out
 
 
+def mr_field_of_view(mr: np.ndarray) -> np.ndarray:
+    """Where an MR (x, y, z) holds data: everything but the all-zero planes that pad it from its
+    borders inward, along each axis. Scans cropped to a fixed box (the sarcoma data: 6 of 28 MRs have
+    1 to 12 empty slices, others empty rows or columns) are padded with exact zeros, which no
+    acquired voxel has (MR noise keeps air above 0); an MR synthesised there would be scored against
+    zeros that no scanner measured, so predictions blank it and training leaves it out."""
+    v = np.asarray(mr)
+    if v.ndim != 3:
+        raise RtgenError(f"MR field of view: expected a 3D volume (x, y, z), got shape {v.shape}")
+    inside = np.ones(v.shape, bool)
+    for axis in range(3):
+        empty = ~np.any(v != 0, axis=tuple(a for a in range(3) if a != axis))
+        keep = np.ones(v.shape[axis], bool)
+        for order in (range(len(empty)), range(len(empty) - 1, -1, -1)):  # from each border inward
+            for i in order:
+                if not empty[i]:
+                    break
+                keep[i] = False
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        inside &= keep.reshape(shape)
+    return inside
+
+
 def _same_grid_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     m = np.asarray(mask, bool)
     if m.shape != tuple(shape):
@@ -216,6 +240,19 @@ def volume_to_slices(volume: np.ndarray, spacing, spec: SliceSpec = SliceSpec(),
     x = resample_inplane(x, sp[:2], spec.spacing_mm, spec.order)
     slices = pad_or_crop(np.moveaxis(x, 2, 0), spec.size, fill=0.0)
     return np.clip(slices, 0.0, 1.0).astype(np.float32)
+
+
+def with_context(slices: np.ndarray, k: int) -> np.ndarray:
+    """(N, S, S) consecutive slices of one scan -> (N, 1 + 2k, S, S): each slice between its k
+    neighbours on each side (channels in z order, the slice itself in the middle), the end slices
+    repeated past the scan's ends. A 2D network then sees the anatomy above and below (2.5D)."""
+    s = np.asarray(slices)
+    if s.ndim != 3:
+        raise RtgenError(f"slice context: expected (N, S, S) slices, got shape {s.shape}")
+    if k == 0:
+        return s[:, None]
+    idx = np.clip(np.arange(len(s))[:, None] + np.arange(-k, k + 1)[None, :], 0, len(s) - 1)
+    return s[idx]
 
 
 def mask_to_slices(mask: np.ndarray, spacing, spec: SliceSpec = SliceSpec()) -> np.ndarray:
