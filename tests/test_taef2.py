@@ -104,3 +104,6 @@ def test_the_bf16_codec_reconstructs_as_the_float32_one():
     assert (zb - z).abs().mean() < 0.2 * z.abs().mean()
     assert (rb - r).abs().max() < 0.02 and (rb - r).abs().mean() < 0.005
     assert (rb - x).abs().mean() < 1.2 * (r - x).abs().mean()
+    with torch.no_grad(), fast.exact():  # training latents: float32 whatever the CPU
+        assert torch.equal(fast.encode(x), z)
+    assert fast.cpu_bf16

@@ -9,6 +9,8 @@ grey slice is replicated to 3 channels, the decoded channels averaged), or a MON
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -16,6 +18,17 @@ import torch.nn as nn
 class Codec(nn.Module):
     channels: int = 0
     factor: int = 8
+    cpu_bf16: bool = False  # bfloat16 arithmetic on the CPU (a codec that supports it sets it)
+
+    @contextlib.contextmanager
+    def exact(self):
+        """float32 inside the block, whatever `cpu_bf16` says: for latents that must not depend on the
+        CPU (training targets, caches)."""
+        fast, self.cpu_bf16 = self.cpu_bf16, False
+        try:
+            yield self
+        finally:
+            self.cpu_bf16 = fast
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -22,6 +22,7 @@ the prior's decoding (`prior.decode_as_change`), so the autoencoder's own blur i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -176,13 +177,10 @@ class ImageSynthesisTask(ImageTask):
         out = []
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a fixed preprocessing: wherever it is fastest
         vae = self.vae.to(device)
-        fast, vae.cpu_bf16 = getattr(vae, "cpu_bf16", False), getattr(vae, "cpu_bf16", False) and not exact
-        try:
+        with vae.exact() if exact else contextlib.nullcontext():
             for x in tqdm(as_batches(slices01, batch_size, device), desc="encoding", unit="batch",
                           disable=not progress, leave=False):
                 out.append(vae.encode(x[:, None]).float().cpu().numpy())
-        finally:
-            vae.cpu_bf16 = fast
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -372,8 +370,6 @@ class ImageSynthesisTask(ImageTask):
     def sample_mr(self, model, ct_latent: np.ndarray, device, batch_size: int, sampling=None,
                   autocast=None, prior: np.ndarray | None = None) -> np.ndarray:
         """Scaled condition latents (and the prior's MR slices, with a prior) -> sampled MR slices in [0, 1]."""
-        import contextlib
-
         sampler = (sampling.sampler if sampling is not None else None) or self.diffusion.val_sampler
         strength = self.diffusion.start_strength
         if strength < 1 and sampler != "ddim":
