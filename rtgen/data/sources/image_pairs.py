@@ -98,10 +98,10 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.
     return arr, spacing, affine  # type: ignore[return-value]
 
 
-def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True, mr_geometry_only: bool = False) -> ImagePair:
-    """One patient folder. `need_mr`: a missing MR is an error (training, scoring); `with_mr=False`
-    does not even read it. `mr_geometry_only` (prediction: the MR is never a model input) keeps only
-    where the MR holds data (`fov`) and drops its intensities."""
+def load_pair(folder: str | Path, need_mr: bool = True, mr_geometry_only: bool = False) -> ImagePair:
+    """One patient folder. `need_mr`: a missing MR is an error (training, scoring).
+    `mr_geometry_only` (prediction: the MR is never a model input) keeps only where the MR holds
+    data (`fov`) and drops its intensities."""
     folder = Path(folder)
     ct_path = _first(folder, CT_NAMES)
     if ct_path is None:
@@ -110,7 +110,7 @@ def load_pair(folder: str | Path, need_mr: bool = True, with_mr: bool = True, mr
     if np.nanmax(ct) > 10_000 or np.nanmin(ct) < -5_000:
         raise DataError(ct_path, f"values {np.nanmin(ct):.0f} to {np.nanmax(ct):.0f} are not Hounsfield units")
     pair = ImagePair(folder.name, ct, spacing, affine)
-    mr_path = _first(folder, MR_NAMES) if with_mr or need_mr else None
+    mr_path = _first(folder, MR_NAMES)
     if mr_path is None and need_mr:
         raise DataError(folder, "no MR (mr.nii.gz or mr_t1.nii.gz) to learn from or score against")
     if mr_path is not None:
