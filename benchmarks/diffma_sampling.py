@@ -35,10 +35,10 @@ def predict(pred, pair, setting: str) -> np.ndarray:
     if task.name == "image_regression":
         if setting not in ("once", "flips"):
             raise SystemExit(f"{setting}: a regression run takes the settings once and flips")
+        if setting == "once":
+            return task.predict_pair(pred.model, pair, "cpu", 64)  # as `rtgen predict` makes it
         ct = volume_to_slices(pair.ct, pair.spacing, task.data.spec, "ct")
-        mr = (task.predict_flip_average(pred.model, ct, "cpu", 64) if setting == "flips"
-              else task.predict_slices(pred.model, ct, "cpu", 64))
-        return task.on_grid(mr, pair)
+        return task.on_grid(task.predict_flip_average(pred.model, ct, "cpu", 64), pair)
     head, _, strength = setting.partition("@")
     sampler, steps = head.split(":")
     task.diffusion.start_strength = float(strength or 1.0)
