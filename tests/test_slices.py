@@ -192,6 +192,27 @@ def test_the_mr_field_of_view_drops_only_the_zero_planes_padding_each_border():
         mr_field_of_view(np.ones((3, 3)))
 
 
+def test_the_mr_field_of_view_leaves_out_the_wedge_an_oblique_acquisition_leaves_on_the_grid():
+    rng = np.random.default_rng(0)
+    x, y, z = np.meshgrid(np.arange(30), np.arange(24), np.arange(10), indexing="ij")
+    acquired = x + 0.5 * y + 2 * z <= 40  # an oblique face of the acquisition box
+    mr = np.where(acquired, rng.uniform(1, 100, acquired.shape), 0.0)
+    mr[5, 5, 5] = 0  # a zero inside the scan (noise in the air, a dark voxel) is data
+    mr[10:12, 3, 2:4] = 0
+    fov = mr_field_of_view(mr)
+    assert np.array_equal(fov, acquired)  # the wedge's voxels, and none of the scan's
+    mr[:, :, 9] = 0  # padded slices and the wedge together
+    expected = acquired.copy()
+    expected[:, :, 9] = False
+    assert np.array_equal(mr_field_of_view(mr), expected)
+    flat = np.zeros((6, 6, 6))
+    flat[1:4, 2:5, 3] = 5.0
+    flat[2, 3, 3] = 0  # one acquired plane: the hull is flat, its bounding box is the field of view
+    expected = np.zeros(flat.shape, bool)
+    expected[1:4, 2:5, 3] = True
+    assert np.array_equal(mr_field_of_view(flat), expected)
+
+
 def test_slice_context_stacks_neighbours_in_z_order_and_repeats_the_ends():
     s = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
     c = with_context(s, 1)
