@@ -114,7 +114,7 @@ def predict(
 def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, sampling) -> None:
     """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid.
     Only the CT is a model input; of an MR in the patient folder (on the same grid: registered) only
-    its field of view is used, to leave its zero padding blank (`data.mr_fov`)."""
+    its field of view is used, to leave blank what it did not acquire (`data.mr_fov`)."""
     from tqdm.auto import tqdm
 
     from rtgen.data.sources.image_pairs import find_pairs, load_pair

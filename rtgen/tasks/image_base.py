@@ -43,7 +43,7 @@ class ImageDataConfig:
     mr_percentiles: tuple[float, float] = (0.5, 99.5)  # per-scan MR normalisation
     flip: bool = True  # random in-plane flips of a training pair
     cache: str = ""  # folder for encoded slices (latent tasks); "" recomputes each run
-    mr_fov: bool = True  # outside the MR's field of view (its zero padding): no training, blank predictions
+    mr_fov: bool = True  # outside the MR's field of view (its exact zeros: padding, oblique wedges): no training, blank predictions
     context_slices: Annotated[int, Field(ge=0, le=4)] = 0  # CT neighbours on each side as input channels (2.5D)
 
     @property
@@ -170,7 +170,7 @@ class ImageTask(Task):
         if d.context_slices:
             lines.append(f"- Input: each CT slice with its {d.context_slices} neighbour(s) on each side (2.5D).")
         if d.mr_fov:
-            lines.append("- MR field of view: an MR's zero padding (all-zero planes at its borders) is left out of "
+            lines.append("- MR field of view: outside an MR's field of view (the convex hull of its non-zero voxels) is left out of "
                          "training; predictions leave it blank when the patient folder holds the (registered) MR. "
                          "Only the MR's extent is read, never its intensities.")
         return lines

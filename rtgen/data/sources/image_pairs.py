@@ -40,7 +40,7 @@ class ImagePair:
     affine: np.ndarray  # 4 x 4, voxel -> world (written back with predictions)
     mr: np.ndarray | None = None  # float32, scanner units
     body: np.ndarray | None = None  # bool
-    fov: np.ndarray | None = None  # bool: where the MR holds data (not its zero padding); None without an MR
+    fov: np.ndarray | None = None  # bool: where the MR holds data (`mr_field_of_view`); None without an MR
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
