@@ -78,7 +78,7 @@ def pair_slices(pair: ImagePair, spec: SliceSpec) -> PairSlices:
 
 def training_slices(pairs: list[PairSlices], use_fov: bool) -> np.ndarray:
     """Which slices of `pairs` (concatenated) train a model: those with MR data in view when
-    `use_fov`, else all. An MR slice of zero padding is no target: its CT shows tissue."""
+    `use_fov`, else all. An MR slice it did not acquire is no target: its CT shows tissue."""
     return np.concatenate([p.fov.any(axis=(1, 2)) if use_fov else np.ones(len(p.ct), bool) for p in pairs])
 
 
@@ -148,7 +148,7 @@ class ImageTask(Task):
 
     def on_grid(self, slices: np.ndarray, pair: ImagePair) -> np.ndarray:
         """Predicted slices back on the pair's grid, blank outside the MR's field of view when one is
-        known (`data.mr_fov`): the output grid is the MR's, and its zero padding holds no image."""
+        known (`data.mr_fov`): the output grid is the MR's, and what it did not acquire holds no image."""
         vol = slices_to_volume(slices, pair.ct.shape, pair.spacing, self.data.spec)
         return vol * pair.fov if pair.fov is not None and self.data.mr_fov else vol
 
@@ -170,9 +170,9 @@ class ImageTask(Task):
         if d.context_slices:
             lines.append(f"- Input: each CT slice with its {d.context_slices} neighbour(s) on each side (2.5D).")
         if d.mr_fov:
-            lines.append("- MR field of view: outside an MR's field of view (the convex hull of its non-zero voxels) is left out of "
-                         "training; predictions leave it blank when the patient folder holds the (registered) MR. "
-                         "Only the MR's extent is read, never its intensities.")
+            lines.append("- MR field of view: what an MR did not acquire (outside the convex hull of its non-zero voxels) "
+                         "is left out of training; predictions leave it blank when the patient folder holds the "
+                         "(registered) MR. Only where the MR holds data is read from it, never its intensities.")
         return lines
 
     def model_card(self, summary: dict) -> str:

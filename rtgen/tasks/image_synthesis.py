@@ -267,7 +267,7 @@ class ImageSynthesisTask(ImageTask):
     def train_dataset(self, seed: int, rank: int = 0, progress: bool = True) -> FlippedSlices:
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
         mr, ct = self._encoded(pairs, "train", progress)  # cached for every slice
-        keep = training_slices(pairs, self.data.mr_fov)  # not the MR's zero padding
+        keep = training_slices(pairs, self.data.mr_fov)  # not where the MR acquired nothing
         mr = mr[keep]
         if self.latent.shift is None or self.latent.scale is None:  # measured once, then kept in config.json
             self.latent.shift = float(mr.mean())
