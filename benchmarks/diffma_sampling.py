@@ -6,7 +6,7 @@ strengths, with issue #13's protocol (the scores `rtgen predict` + `rtgen evalua
 Each setting is SAMPLER:STEPS[@STRENGTH]; a strength below 1 starts from the run's prior (a run
 trained with `prior.run`, see configs/diffma_prior_cpu.yaml), 1 (the default) from pure noise.
 An image_regression run (the UNet) takes the settings `once` and `flips` (the mean over the slice
-and its three in-plane flips, as `prior.flip_average` runs a prior).
+and its three in-plane flips: `predict.flip_average`, as `prior.flip_average` runs a prior).
 `--fp32` keeps TAEF2 in float32 where the run asks for bfloat16 (`latent.cpu_bf16`).
 `--no-fov` also synthesises the MR's zero padding (`data.mr_fov=false`), which scores it against zeros.
 Why: the runs' validation records one sampling setting, and how much the sampler costs or adds is
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from rtgen.data.sources.image_pairs import find_pairs, load_pair
-from rtgen.data.transforms.slices import volume_to_slices
 from rtgen.inference import load_predictor
 from rtgen.tasks.dose_base import SamplingConfig
 from rtgen.tasks.image_base import score_volume
@@ -35,10 +34,8 @@ def predict(pred, pair, setting: str) -> np.ndarray:
     if task.name == "image_regression":
         if setting not in ("once", "flips"):
             raise SystemExit(f"{setting}: a regression run takes the settings once and flips")
-        if setting == "once":
-            return task.predict_pair(pred.model, pair, "cpu", 64)  # as `rtgen predict` makes it
-        ct = volume_to_slices(pair.ct, pair.spacing, task.data.spec, "ct")
-        return task.on_grid(task.predict_flip_average(pred.model, ct, "cpu", 64), pair)
+        task.predict.flip_average = setting == "flips"
+        return task.predict_pair(pred.model, pair, "cpu", 64)  # as `rtgen predict` makes it
     head, _, strength = setting.partition("@")
     sampler, steps = head.split(":")
     task.diffusion.start_strength = float(strength or 1.0)

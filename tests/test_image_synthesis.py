@@ -114,6 +114,25 @@ def test_a_2_5d_unet_sees_the_neighbouring_ct_slices(pairs, tmp_path):
     assert np.abs(after[0] - before[0]).max() == 0  # two slices away: unseen
 
 
+def test_a_unet_shipped_with_flip_averaging_predicts_the_mean_over_its_four_flips(pairs, tmp_path):
+    from rtgen.inference import load_predictor
+    from rtgen.tasks.image_base import pair_slices
+
+    run = tmp_path / "unet"
+    _train("configs/diffma_unet_baseline.yaml", pairs, run, "predict.flip_average=true", "model.channels=[4,8,8,8]",
+           "train.epochs=1", "train.batch_size=8")
+    assert json.loads((run / "config.json").read_text())["predict"] == {"flip_average": True}
+    pred = load_predictor(run, "cpu")
+    with torch.no_grad():  # one epoch leaves the output mostly below 0, where the clamp hides any flip
+        pred.model.head.bias += 0.5
+    ct = pair_slices(load_pair(find_pairs(pairs / "val")[0]), pred.task.data.spec).ct
+    averaged = pred.task.predict_slices(pred.model, ct, "cpu", 8)
+    by_hand = np.mean([np.flip(pred.task.predict_once(pred.model, np.ascontiguousarray(np.flip(ct, axes)), "cpu", 8), axes)
+                       for axes in ((), (-1,), (-2,), (-1, -2))], axis=0)
+    np.testing.assert_allclose(averaged, by_hand, atol=1e-6)
+    assert np.abs(averaged - pred.task.predict_once(pred.model, ct, "cpu", 8)).max() > 1e-4  # a flip changes it
+
+
 def test_a_pair_on_two_grids_is_refused_with_a_pointer_to_register(tmp_path):
     write_pair(tmp_path / "X", 0, mr_affine=np.diag([2.0, 2.0, 3.0, 1.0]))
     with pytest.raises(DataError, match="rtgen register"):
