@@ -128,7 +128,7 @@ def test_predict_model_hub_names_a_shipped_model(tmp_path, examples_dir):
     r = runner.invoke(app, ["predict", "--model", "hub:no_such_model", "--patients", str(examples_dir / "pt_204"),
                             "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "no shipped model 'no_such_model'" in r.output and "diffkt3d_openkbp" in r.output
-    r = runner.invoke(app, ["predict", "--model", "hub:lightgbm_dose_openkbp", "--patients",
+    r = runner.invoke(app, ["predict", "--model", "hub:mamba_unet_v2_openkbp", "--patients",
                             str(examples_dir / "pt_204"), "--out", str(tmp_path / "pred")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "pred" / "pt_204.csv").is_file()
