@@ -217,3 +217,20 @@ def test_out_of_fold_priors_come_from_a_run_that_did_not_see_the_patient(pairs, 
     task.prior.train_runs = (str(runs["A"]),)  # A saw P0 and is the only run: refused, naming the patient
     with pytest.raises(ConfigError, match="every run was trained on patient P0"):
         task._fold_run("P0")
+
+
+def test_predict_without_a_model_picks_the_shipped_ct_to_mr_model_for_image_pairs(tmp_path):
+    """A folder of CT/MR patients gets the shipped CT -> MR model, not the dose model's error."""
+    from pathlib import Path
+
+    from rtgen.data.sources.image_pairs import holds_image_pairs
+    from rtgen.data.examples import example_patients_dir
+
+    data = Path(__file__).parent / "data"
+    assert holds_image_pairs(data) and holds_image_pairs(data / "sts_018")
+    assert not holds_image_pairs(example_patients_dir())  # OpenKBP CSV patients
+    result = runner.invoke(app, ["predict", "--patients", str(data), "--out", str(tmp_path / "synth")])
+    assert result.exit_code == 0, result.output
+    assert "the shipped default, unet_sts" in result.output
+    mr = nib.load(tmp_path / "synth" / "sts_018.nii.gz").get_fdata()
+    assert mr.shape == load_pair(data / "sts_018").ct.shape and 0 <= mr.min() and mr.max() <= 1 and mr.max() > 0.5

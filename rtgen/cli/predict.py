@@ -23,7 +23,7 @@ class PredFormat(str, Enum):
 def predict(
     patients: Path = typer.Option(..., "--patients", help="A split folder of patients, or one patient: an OpenKBP CSV or NIfTI folder, an .npz, or a DICOM export (CT series + RTSTRUCT)."),
     out_dir: Path = typer.Option(..., "--out", help="Where pt_N.csv (pt_N.nii.gz, or <id>_RTDOSE.dcm) predictions go."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Run directory, model.safetensors (config.json beside it) or hub:NAME (a model shipped in rtgen). Default: the shipped default dose model."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Run directory, model.safetensors (config.json beside it) or hub:NAME (a model shipped in rtgen). Default: the shipped default dose model, or for CT/MR patients (ct.nii.gz, no possible dose mask) the shipped CT -> MR model, hub:unet_sts."),
     fmt: PredFormat = typer.Option(PredFormat.csv, "--format", help="csv (OpenKBP submission), nifti, or dicom (an RTDOSE on the patient's CT frame of reference; DICOM patients only)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower)."),
@@ -62,8 +62,10 @@ def predict(
 
             check_report_path(out_dir / "report.html")
             page = ReportPage(title="rtgen predictions", sources={"patients": str(patients.resolve())})
-        if model is None:
-            model = shipped_model_dir(default_model("dose"))
+        if model is None:  # the best shipped model for the data: dose, or CT -> MR for image pairs
+            from rtgen.data.sources.image_pairs import holds_image_pairs
+
+            model = shipped_model_dir(default_model("image_regression" if holds_image_pairs(patients) else "dose"))
             out.print(f"model: the shipped default, {model.name}")
         elif str(model).startswith("hub:"):  # a model shipped inside rtgen, e.g. hub:diffkt3d_openkbp
             model = shipped_model_dir(str(model)[len("hub:"):])

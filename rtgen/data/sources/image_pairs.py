@@ -73,6 +73,17 @@ def find_pairs(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: str(p.relative_to(root)))
 
 
+def holds_image_pairs(root: str | Path) -> bool:
+    """Whether `root` is, or holds, CT/MR patients rather than dose patients: its first patient folder
+    has a CT or MR NIfTI and no possible dose mask (an OpenKBP NIfTI patient has both). Why: `rtgen
+    predict` without --model picks the shipped model of the data it is given."""
+    try:
+        first = find_pairs(root)[0]
+    except DataError:
+        return False
+    return not (first / "possible_dose_mask.nii.gz").exists()
+
+
 def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     import nibabel as nib
 
