@@ -49,6 +49,7 @@ def test_shipped_default_dose_model_predicts_as_when_it_was_shipped():
         assert dose[index] == pytest.approx(gy, abs=1e-3), index
 
 
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
 def test_shipped_diffkt3d_predicts_a_dose_near_its_prior_and_the_plan():
     """The shipped DiffKT3D writes its dose as a change to the shipped lightgbm prior (prior + D(z) -
     D(z_prior)). On pt_204, with 2 Euler steps and the best of 2: a dose inside the possible dose

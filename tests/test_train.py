@@ -207,6 +207,7 @@ def test_predict_cli_and_checkpoint_checks(tmp_path, tiny_config):
         load_predictor(tmp_path / "bad.safetensors", "cpu")
 
 
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
 def test_distributed_training_with_gloo_two_processes(tmp_path, tiny_config):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
