@@ -107,8 +107,8 @@ def _body_mask(above: np.ndarray) -> np.ndarray:
 
 
 def mr_field_of_view(mr: np.ndarray) -> np.ndarray:
-    """Where an MR (x, y, z) holds data: the convex hull of its non-zero voxels, which also drops the
-    all-zero planes that pad it from its borders inward.
+    """Where an MR (x, y, z) holds data: the convex hull of its non-zero voxels, which lies inside
+    their bounding box (so the all-zero planes that pad it from its borders are out).
 
     Why: an MR resampled onto a grid leaves exact zeros wherever its acquisition did not reach, which
     no acquired voxel has (MR noise keeps air above 0). In the sarcoma data 16 of the 28 MRs have
@@ -123,18 +123,9 @@ def mr_field_of_view(mr: np.ndarray) -> np.ndarray:
     if v.ndim != 3:
         raise RtgenError(f"MR field of view: expected a 3D volume (x, y, z), got shape {v.shape}")
     nonzero = v != 0
-    inside = np.ones(v.shape, bool)
-    for axis in range(3):
-        empty = ~np.any(nonzero, axis=tuple(a for a in range(3) if a != axis))
-        keep = np.ones(v.shape[axis], bool)
-        for order in (range(len(empty)), range(len(empty) - 1, -1, -1)):  # from each border inward
-            for i in order:
-                if not empty[i]:
-                    break
-                keep[i] = False
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        inside &= keep.reshape(shape)
+    if not nonzero.any():
+        return nonzero
+    inside = _bounding_box(nonzero)  # what the all-zero planes at the borders leave
     if nonzero[inside].all():  # a box of data (the common case): the hull is the box
         return inside
     return inside & _convex_hull_mask(nonzero)
