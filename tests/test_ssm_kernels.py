@@ -121,9 +121,10 @@ def test_ssd_long_sequence_finite():
 
 @pytest.mark.parametrize(
     "setting,available,on_cuda,fused_ok,expected",
-    [("auto", True, True, False, "cuda"), ("auto", True, False, False, "torch"), ("auto", False, True, False, "torch"),
+    [("auto", True, True, False, "cuda"), ("auto", True, False, False, "torch"), ("auto", False, True, False, "chunked"),
      ("torch", True, True, False, "torch"), ("cuda", True, True, False, "cuda"), ("auto", False, False, True, "numba"),
-     ("auto", True, True, True, "cuda"), ("torch", False, False, True, "torch"), ("numba", False, False, True, "numba")],
+     ("auto", True, True, True, "cuda"), ("torch", False, False, True, "torch"), ("numba", False, False, True, "numba"),
+     ("chunked", False, False, True, "chunked"), ("chunked", True, True, False, "chunked")],
 )
 def test_dispatch_decision(setting, available, on_cuda, fused_ok, expected):
     assert dispatch.choose(setting, available, on_cuda, fused_ok) == expected
@@ -407,3 +408,28 @@ def test_fused_scan_folds_the_dt_projection_with_gradients(b, d, n, L, R):
         ref = low64.grad if k == "low" else l64[k].grad
         assert v.grad.shape == ref.shape, k
         assert torch.allclose(v.grad.double(), ref, atol=2e-4 * (1 + ref.abs().max().item()), rtol=1e-3), k
+
+
+def test_chunked_backend_runs_the_chunked_scan_with_the_reference_result():
+    """`use_backend("chunked")` (the GPU default without mamba_ssm) gives the plain recurrence's
+    output and gradients, through the same `selective_scan` entry the blocks call."""
+    from rtgen.ssm.scan import selective_scan_ref
+
+    g = torch.Generator().manual_seed(0)
+    b, d, n, L = 2, 6, 4, 37
+    args = [torch.randn(b, d, L, generator=g, dtype=torch.float64), torch.randn(b, d, L, generator=g, dtype=torch.float64),
+            -torch.rand(d, n, generator=g, dtype=torch.float64) * 2 - 0.1,
+            torch.randn(b, n, L, generator=g, dtype=torch.float64), torch.randn(b, n, L, generator=g, dtype=torch.float64),
+            torch.randn(d, generator=g, dtype=torch.float64), torch.randn(b, d, L, generator=g, dtype=torch.float64),
+            torch.randn(d, generator=g, dtype=torch.float64)]
+    outs = []
+    for run in (lambda *a: dispatch.selective_scan(*a, delta_softplus=True),
+                lambda *a: selective_scan_ref(*a, delta_softplus=True)):
+        leaves = [a.clone().requires_grad_() for a in args]
+        with dispatch.use_backend("chunked"):
+            assert dispatch._scan_backend(*leaves[:7], leaves[7]) == "chunked"
+            y = run(*leaves)
+        y.square().sum().backward()
+        outs.append((y.detach(), [a.grad for a in leaves]))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-9)
+    assert all(torch.allclose(a, r, atol=1e-7) for a, r in zip(outs[0][1], outs[1][1]))

@@ -1,12 +1,15 @@
 """Choose between rtgen's PyTorch kernels, its fused numba CPU kernel and the CUDA kernels of `mamba_ssm`.
 
-Setting: "auto" (default: CUDA kernels when `mamba_ssm` imports and tensors are on a GPU; on the
-CPU the fused numba selective scan when numba compiles it and it takes the arguments, else the
-pure-PyTorch path), "torch" (always the pure-PyTorch path), "numba" (always the fused numba CPU
+Setting: "auto" (default: CUDA kernels when `mamba_ssm` imports and tensors are on a GPU, else on a
+GPU the chunked matmul scan; on the CPU the fused numba selective scan when numba compiles it and it
+takes the arguments, else the pure-PyTorch path), "torch" (always the pure-PyTorch path),
+"chunked" (always `selective_scan_chunked`, the scan as a few batched matmuls per call), "numba" (always the fused numba CPU
 selective scan, rtgen.ssm.fused, for float32/bf16/fp16, real A, ungrouped B and C; an error if
 impossible) or "cuda" (always mamba_ssm's; an error if impossible). The fused kernel is the CPU
 default because it measured 2-5x faster than the PyTorch path (`rtgen bench ssm`) and gives the shipped
-MD-Dose model's doses within 3e-5 Gy of it. RTGEN_DISABLE_NUMBA=1 turns it off. Set the backend with
+MD-Dose model's doses within 3e-5 Gy of it. On a GPU without `mamba_ssm` the chunked scan is the default:
+the PyTorch path's per-step loops launch tens of thousands of tiny kernels per training step, which
+left an H100 no faster than 2 CPU cores (README, "DiffMa-B on a GPU"). RTGEN_DISABLE_NUMBA=1 turns it off. Set the backend with
 `set_backend`, the `use_backend` context manager, or the RTGEN_SSM_BACKEND variable. Mamba2's SSD has
 no fused kernel: "numba" runs it on the PyTorch path.
 """
@@ -21,9 +24,10 @@ import threading
 
 from rtgen.core.errors import RtgenError
 from rtgen.ssm.scan import selective_scan_fast
+from rtgen.ssm.scan_chunked import selective_scan_chunked
 from rtgen.ssm.ssd import ssd_chunked
 
-BACKENDS = ("auto", "torch", "numba", "cuda")
+BACKENDS = ("auto", "torch", "chunked", "numba", "cuda")
 _backend = os.environ.get("RTGEN_SSM_BACKEND", "auto")
 
 
@@ -99,8 +103,8 @@ def choose(setting: str, available: bool, on_cuda: bool, fused_ok: bool = False)
     `fused_ok`: the fused CPU kernel compiled and supports these arguments."""
     if setting not in BACKENDS:
         raise RtgenError(f"unknown SSM backend {setting!r}; choose one of {BACKENDS}")
-    if setting == "torch":
-        return "torch"
+    if setting in ("torch", "chunked"):
+        return setting
     if setting == "cuda":
         if not available:
             raise RtgenError("SSM backend 'cuda' requested but mamba_ssm is not installed (pip install mamba-ssm)")
@@ -112,9 +116,9 @@ def choose(setting: str, available: bool, on_cuda: bool, fused_ok: bool = False)
             raise RtgenError("SSM backend 'numba' requested but the fused kernel cannot run here (numba missing or "
                              "failing to compile, or tensors it does not take: CUDA, float64, complex, grouped B/C)")
         return "numba"
-    if available and on_cuda:
-        return "cuda"
-    return "numba" if fused_ok and not on_cuda else "torch"
+    if on_cuda:
+        return "cuda" if available else "chunked"
+    return "numba" if fused_ok else "torch"
 
 
 def _scan_backend(u, delta, A, B, C, D, z, delta_bias) -> str:
@@ -135,6 +139,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if which == "numba":
         return _fused().selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if which == "chunked":
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
