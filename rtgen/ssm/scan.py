@@ -41,7 +41,7 @@ def linear_scan(
     """
     Bsz, L = x.shape[:2]
     rest = x.shape[2:]
-    T = chunk or _chunk_len(L)
+    T = chunk or min(_chunk_len(L), L)  # a short sequence (e.g. chunk carries) is one chunk, unpadded
     nc = -(-L // T)
     pad = nc * T - L
     if pad:  # identity steps at the far end
