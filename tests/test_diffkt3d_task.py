@@ -212,3 +212,24 @@ def test_any2any_curriculum_goes_from_all_conditions_to_subsets_and_stage_b_alwa
     assert min(len(slots) for slots, _ in later) == 2 and max(len(slots) for slots, _ in later) == 6
     dose = DiffKT3DTask("diffkt3d", arch, {"any2any": {"stage": "dose"}})
     assert all(SLOTS[s[p]] == "dose" and len(s) == 6 for s, p in (dose._draw_slots(6) for _ in range(20)))
+
+
+def test_stage_c_resumes_as_if_uninterrupted(runs, tmp_path):
+    """`rtgen train --resume` of a ScardNFT run: the frozen starting policy comes from train.init
+    again (not from the freshly built network), so the resumed run ends where an uninterrupted one does."""
+    from rtgen.core.checkpoint import load_weights
+    from rtgen.engine.config import load_config
+    from rtgen.engine.trainer import Trainer
+
+    straight = Trainer(load_config(runs / "c.yaml", ["train.epochs=2"]), tmp_path / "straight", progress=False)
+    straight.fit()
+    interrupted = Trainer(load_config(runs / "c.yaml", ["train.epochs=2"]), tmp_path / "resumed", progress=False)
+    interrupted.fit(stop_after=1)
+    resumed = Trainer(load_config(tmp_path / "resumed" / "resolved_config.yaml"), tmp_path / "resumed", resume=True,
+                      progress=False)
+    resumed.fit()
+    a = load_weights(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_weights(tmp_path / "resumed" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and any("lora" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]

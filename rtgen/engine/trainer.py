@@ -118,7 +118,8 @@ class Trainer:
     def setup(self) -> None:
         cfg, task = self.cfg, self.task
         seed_everything(cfg.train.seed)
-        init = check_init(cfg.train.init, task, cfg.source) if cfg.train.init and not self.resume else None
+        init = (check_init(cfg.train.init, task, cfg.source)
+                if cfg.train.init and (not self.resume or task.init_on_resume) else None)
         self.train_set = task.train_dataset(cfg.train.seed, self.rank, self.progress)
         self.val_data = task.val_data(self.progress) if self.main else []
         self.model = task.build_model().to(self.device)
@@ -223,6 +224,7 @@ class Trainer:
         transform = getattr(self.train_set, "transform", None)
         if transform is not None and hasattr(transform, "set_random_state"):  # draws depend on (seed, epoch, rank)
             transform.set_random_state(cfg.seed * 1000 + self.epoch * 17 + self.rank)
+        self.task.start_epoch(cfg.seed, self.epoch, self.step, self.rank)
         loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                             collate_fn=self.task.collate, **self.task.loader_options())
         self.ddp.train()

@@ -38,6 +38,9 @@ class Task:
     sections: ClassVar[dict[str, type]] = {}
     selection_metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
+    # the trainer loads `train.init` also when a run resumes: the task keeps a frozen copy of the starting
+    # network beside the trained one (DiffKT3D's ScardNFT stage), which the run's checkpoint does not hold
+    init_on_resume: ClassVar[bool] = False
     metric_units: ClassVar[str] = ""
     item_name: ClassVar[str] = "items"  # what one training example is, for throughput (slices/s)
     checkpoint_sections: ClassVar[tuple[str, ...]] = ()  # sections config.json keeps to rebuild the task
@@ -77,6 +80,11 @@ class Task:
         optimiser sees its parameters: e.g. pre-train a part with its own loss, then freeze it
         (`requires_grad_(False)` keeps it out of the optimiser). `pretrain` is False when a run
         resumes: its checkpoint already holds the stage's result, so only the freezing is redone."""
+
+    def start_epoch(self, seed: int, epoch: int, step: int, rank: int) -> None:
+        """Called before each training epoch. A task with random draws or counters of its own (DiffKT3D:
+        noise, slot draws, the curriculum's step count) sets them from these, so that a resumed run
+        draws what an uninterrupted one would."""
 
     def epoch_stats(self) -> dict:
         """Training statistics of the task's own for the epoch just ended (DiffKT3D's ScardNFT stage:

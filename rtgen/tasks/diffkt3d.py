@@ -190,6 +190,15 @@ class DiffKT3DTask(Task):
         self._generator = torch.Generator().manual_seed(0)
         self._rewards: list[list[float]] = []  # stage C: this epoch's candidate rewards, one list per patient
 
+    @property
+    def init_on_resume(self) -> bool:
+        """Stage C's frozen starting policy (`_old_model`) is train.init's network, also on --resume."""
+        return self.any2any.stage == "scardnft"
+
+    def start_epoch(self, seed: int, epoch: int, step: int, rank: int) -> None:
+        self._generator.manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+        self._steps = step
+
     def metric_unit(self, name: str) -> str:
         name = name.removeprefix("val_")
         return "" if name == "scorecard" else "s" if name.startswith("seconds") else "Gy"
