@@ -234,3 +234,31 @@ def test_predict_without_a_model_picks_the_shipped_ct_to_mr_model_for_image_pair
     assert "the shipped default, unet_sts" in result.output
     mr = nib.load(tmp_path / "synth" / "sts_018.nii.gz").get_fdata()
     assert mr.shape == load_pair(data / "sts_018").ct.shape and 0 <= mr.min() and mr.max() <= 1 and mr.max() > 0.5
+
+
+def test_the_random_affine_moves_image_and_masks_together_and_is_refused_for_latents(pairs, tmp_path):
+    """`data.rotate_deg` / `data.scale`: every array of a training item gets the same rotation and
+    zoom (masks by nearest neighbour, still binary), drawn anew per item; a latent model refuses them."""
+    from rtgen.engine.config import load_config
+
+    cfg = load_config("configs/diffma_unet_baseline.yaml", [f"data.train={pairs / 'train'}", "data.size=48",
+                                                            "data.spacing_mm=2.5", "data.rotate_deg=30",
+                                                            "data.scale=0.2", "data.flip=false"])
+    ds = cfg.task.train_dataset(0, progress=False)
+    plain = load_config("configs/diffma_unet_baseline.yaml", [f"data.train={pairs / 'train'}", "data.size=48",
+                                                              "data.spacing_mm=2.5", "data.flip=false"])
+    reference = plain.task.train_dataset(0, progress=False)
+    i = int(np.argmax([a.sum() for a in reference.arrays["body"]]))  # a slice with much body in it
+    items = [ds[i] for _ in range(20)]
+    original = reference[i]
+    assert all(type(v) is torch.Tensor for v in items[0].values())  # plain tensors, not MONAI's MetaTensor
+    moved = [it for it in items if not torch.equal(it["body"], original["body"])]
+    assert 4 <= len(moved) <= 16  # the affine runs on about half of the items (prob 0.5)
+    for it in items:
+        assert set(torch.unique(it["body"]).tolist()) <= {0.0, 1.0} and set(torch.unique(it["fov"]).tolist()) <= {0.0, 1.0}
+        assert it["ct"].shape == original["ct"].shape and it["mr"].shape == original["mr"].shape
+        # the CT's body and the body mask move as one: the CT stays air (0) far outside the moved mask
+        outside = torch.nn.functional.max_pool2d(it["body"][None], 5, 1, 2)[0] == 0
+        assert it["ct"][outside].max() < 0.2 + original["ct"][original["body"] == 0].max()
+    with pytest.raises(Exception, match="rotate_deg"):
+        load_config("configs/diffma_cpu.yaml", ["data.rotate_deg=10"])

@@ -59,7 +59,8 @@ class ImageAutoencoderTask(ImageTask):
         pairs = self.load_split(self.data.train, self.data.max_train_patients, "train", progress)
         mr = [p.mr for p in pairs if p.mr is not None]
         # grey slices, CT and MR alike
-        return FlippedSlices({"x": np.concatenate([p.ct for p in pairs] + mr)[:, None]}, self.data.flip, seed + rank)
+        return FlippedSlices({"x": np.concatenate([p.ct for p in pairs] + mr)[:, None]}, self.data.flip, seed + rank,
+                             self.affine(("x",), (), seed + rank))
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         x = batch["x"]

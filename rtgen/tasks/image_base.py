@@ -45,6 +45,8 @@ class ImageDataConfig:
     cache: str = ""  # folder for encoded slices (latent tasks); "" recomputes each run
     mr_fov: bool = True  # outside the MR's field of view (its exact zeros: padding, oblique wedges): no training, blank predictions
     context_slices: Annotated[int, Field(ge=0, le=4)] = 0  # CT neighbours on each side as input channels (2.5D)
+    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 0.0  # image_regression training: random rotation within +-this
+    scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # image_regression training: random zoom within 1 +- this
 
     @property
     def spec(self) -> SliceSpec:
@@ -114,6 +116,16 @@ class ImageTask(Task):
 
     def val_data(self, progress: bool = True) -> list[PairSlices]:
         return self.load_split(self.data.val, self.data.max_val_patients, "val", progress)
+
+    def affine(self, image_keys: tuple[str, ...], mask_keys: tuple[str, ...], seed: int):
+        """The training items' random affine (`data.rotate_deg`, `data.scale`), or None when both are 0."""
+        if not (self.data.rotate_deg or self.data.scale):
+            return None
+        from rtgen.data.transforms.augment import slice_affine
+
+        transform = slice_affine(image_keys, mask_keys, self.data.rotate_deg, self.data.scale)
+        transform.set_random_state(seed)
+        return transform
 
     def data_summary(self, train_set, val_data) -> dict:
         return {"train_slices": len(train_set), "val_patients": len(val_data),
@@ -191,10 +203,11 @@ class ImageTask(Task):
 
 class FlippedSlices(torch.utils.data.Dataset):
     """Training items of the image tasks: item i of every named array (N, ..., H, W), all flipped
-    in-plane by the same random draw (`flip`); boolean masks come out as float32."""
+    in-plane by the same random draw (`flip`), then through `transform` (a MONAI dictionary
+    transform, e.g. `slice_affine`; the trainer seeds it per epoch); boolean masks come out as float32."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], flip: bool, seed: int):
-        self.arrays, self.flip = arrays, flip
+    def __init__(self, arrays: dict[str, np.ndarray], flip: bool, seed: int, transform=None):
+        self.arrays, self.flip, self.transform = arrays, flip, transform
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -205,8 +218,12 @@ class FlippedSlices(torch.utils.data.Dataset):
         for axis in (-1, -2):
             if self.flip and self.rng.random() < 0.5:
                 items = {k: np.flip(a, axis) for k, a in items.items()}
-        return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32 if a.dtype == bool else a.dtype))
-                for k, a in items.items()}
+        items = {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32 if a.dtype == bool else a.dtype))
+                 for k, a in items.items()}
+        if self.transform is not None:
+            items = {k: (v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)).contiguous()
+                     for k, v in self.transform(items).items()}  # plain tensors, not MONAI's MetaTensor
+        return items
 
 
 def as_batches(x: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:

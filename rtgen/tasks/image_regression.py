@@ -55,7 +55,8 @@ class ImageRegressionTask(ImageTask):
         names = ("mr", "body", "fov") if self.data.mr_fov else ("mr", "body")
         arrays = {k: np.concatenate([getattr(p, k) for p in pairs])[keep, None] for k in names}
         arrays["ct"] = np.concatenate([with_context(p.ct, self.data.context_slices) for p in pairs])[keep]
-        return FlippedSlices(arrays, self.data.flip, seed + rank)
+        return FlippedSlices(arrays, self.data.flip, seed + rank,
+                             self.affine(("ct", "mr"), tuple(k for k in names if k != "mr"), seed + rank))
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """The mean error over the pixels that count: inside the body (`loss.in_body`) or the whole

@@ -132,6 +132,9 @@ class ImageSynthesisTask(ImageTask):
         if self.prior.run and self.diffusion.prediction != "sample":
             raise ConfigError(self.source, "prior.run refines a prior's latent through the x0 prediction: it needs "
                                            f"diffusion.prediction: sample, not {self.diffusion.prediction}")
+        if self.data.rotate_deg or self.data.scale:
+            raise ConfigError(self.source, "data.rotate_deg / data.scale: the latent model trains on latents encoded "
+                                           "once and cached; the random affine is for image_regression")
         if self.data.context_slices:
             raise ConfigError(self.source, "data.context_slices: the latent model encodes one CT slice at a time; a "
                                            "2.5D CT reaches it through a prior run trained with context (prior.run)")

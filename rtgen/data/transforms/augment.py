@@ -28,3 +28,15 @@ def default_augmentation(
             ),
         ]
     )
+
+
+def slice_affine(image_keys: tuple[str, ...], mask_keys: tuple[str, ...], rotate_deg: float, scale: float,
+                 prob: float = 0.5) -> RandAffined:
+    """A random in-plane rotation (within +-rotate_deg) and zoom (1 +- scale) about the slice centre,
+    the same for every key: bilinear for images, nearest for masks, zeros outside (air in a CT
+    windowed to [0, 1], nothing acquired in an MR, outside every mask). For CT -> MR regression
+    on few patients: limbs lie at other angles and sizes in new patients."""
+    keys = (*image_keys, *mask_keys)
+    return RandAffined(keys=keys, prob=prob, rotate_range=(np.deg2rad(rotate_deg),), scale_range=(scale, scale),
+                       mode=tuple(["bilinear"] * len(image_keys) + ["nearest"] * len(mask_keys)),
+                       padding_mode="zeros")
