@@ -3,13 +3,15 @@
 Setting: "auto" (default: CUDA kernels when `mamba_ssm` imports and tensors are on a GPU, else on a
 GPU the chunked matmul scan; on the CPU the fused numba selective scan when numba compiles it and it
 takes the arguments, else the pure-PyTorch path), "torch" (always the pure-PyTorch path),
-"chunked" (always `selective_scan_chunked`, the scan as a few batched matmuls per call), "numba" (always the fused numba CPU
-selective scan, rtgen.ssm.fused, for float32/bf16/fp16, real A, ungrouped B and C; an error if
+"chunked" (always `selective_scan_chunked`, the scan as a few batched matmuls per call), "numba"
+(always the fused numba CPU selective scan, rtgen.ssm.fused, for float32/bf16/fp16, real A, ungrouped B and C; an error if
 impossible) or "cuda" (always mamba_ssm's; an error if impossible). The fused kernel is the CPU
 default because it measured 2-5x faster than the PyTorch path (`rtgen bench ssm`) and gives the shipped
-MD-Dose model's doses within 3e-5 Gy of it. On a GPU without `mamba_ssm` the chunked scan is the default:
-the PyTorch path's per-step loops launch tens of thousands of tiny kernels per training step, which
-left an H100 no faster than 2 CPU cores (README, "DiffMa-B on a GPU"). RTGEN_DISABLE_NUMBA=1 turns it off. Set the backend with
+MD-Dose model's doses within 3e-5 Gy of it. On a GPU without `mamba_ssm` the chunked scan is the
+default: the PyTorch path's per-step loops launch tens of thousands of small kernels per training
+step, and an H100 trained DiffMa-B only 3.7x faster than 2 CPU cores on it (2.9x faster again on
+the chunked scan: README, DiffMa, "Seventh measurements"). RTGEN_DISABLE_NUMBA=1 turns the fused
+kernel off. Set the backend with
 `set_backend`, the `use_backend` context manager, or the RTGEN_SSM_BACKEND variable. Mamba2's SSD has
 no fused kernel: "numba" runs it on the PyTorch path.
 """

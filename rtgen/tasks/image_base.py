@@ -45,8 +45,9 @@ class ImageDataConfig:
     cache: str = ""  # folder for encoded slices (latent tasks); "" recomputes each run
     mr_fov: bool = True  # outside the MR's field of view (its exact zeros: padding, oblique wedges): no training, blank predictions
     context_slices: Annotated[int, Field(ge=0, le=4)] = 0  # CT neighbours on each side as input channels (2.5D)
-    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 0.0  # image_regression training: random rotation within +-this
-    scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # image_regression training: random zoom within 1 +- this
+    # training items of the pixel tasks (image_regression, image_autoencoder; the latent model refuses them):
+    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 0.0  # random in-plane rotation within +-this
+    scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # random zoom within 1 +- this
 
     @property
     def spec(self) -> SliceSpec:
