@@ -262,3 +262,36 @@ def test_the_random_affine_moves_image_and_masks_together_and_is_refused_for_lat
         assert it["ct"][outside].max() < 0.2 + original["ct"][original["body"] == 0].max()
     with pytest.raises(Exception, match="rotate_deg"):
         load_config("configs/diffma_cpu.yaml", ["data.rotate_deg=10"])
+
+
+def test_predict_tta_gives_a_regression_its_flip_average_and_is_refused_by_diffma(pairs, tmp_path):
+    """`rtgen predict --tta` on a CT -> MR regression writes the mean over its 4 in-plane flips (as a
+    run with predict.flip_average would); on DiffMa, which has no flip average, it is one clear error."""
+    from rtgen.inference import load_predictor
+
+    run = tmp_path / "unet"
+    _train("configs/diffma_unet_baseline.yaml", pairs, run, "model.channels=[4,8,8,8]", "train.epochs=1",
+           "train.batch_size=8")
+    from rtgen.core.checkpoint import load_weights, save_weights
+
+    weights = load_weights(run / "model.safetensors")  # one epoch leaves the output mostly below 0, where the
+    weights["head.bias"] += 0.5  # clamp hides any flip: lift it
+    save_weights(run / "model.safetensors", weights)
+    out = {}
+    for name, flag in (("once", "--no-tta"), ("tta", "--tta")):
+        r = runner.invoke(app, ["predict", "--model", str(run), "--patients", str(pairs / "val"), "--out",
+                                str(tmp_path / name), flag])
+        assert r.exit_code == 0, r.output
+        out[name] = np.asarray(nib.load(str(tmp_path / name / "P9.nii.gz")).dataobj)
+    pred = load_predictor(run, "cpu")
+    pred.task.predict.flip_average = True
+    want = pred.task.predict_pair(pred.model, load_pair(find_pairs(pairs / "val")[0]), "cpu", 32)
+    np.testing.assert_allclose(out["tta"], want, atol=1e-5)
+    assert np.abs(out["tta"] - out["once"]).max() > 1e-4
+    diffma = tmp_path / "diffma"
+    _train("configs/diffma_cpu.yaml", pairs, diffma, "model.hidden_size=16", "model.depth=1", "model.d_state=4",
+           "train.epochs=1", "train.batch_size=4", "diffusion.embedder_pretrain_steps=1", "diffusion.val_steps=1")
+    r = runner.invoke(app, ["predict", "--model", str(diffma), "--patients", str(pairs / "val"), "--out",
+                            str(tmp_path / "d"), "--tta"])
+    assert r.exit_code != 0 and "--tta" in r.output and "no flip averaging" in r.output
+    assert not (tmp_path / "d").exists()

@@ -26,7 +26,7 @@ def predict(
     model: Optional[Path] = typer.Option(None, "--model", help="Run directory, model.safetensors (config.json beside it) or hub:NAME (a model shipped in rtgen). Default: the shipped default dose model, or for CT/MR patients (ct.nii.gz, no possible dose mask) the shipped CT -> MR model, hub:unet_sts."),
     fmt: PredFormat = typer.Option(PredFormat.csv, "--format", help="csv (OpenKBP submission), nifti, or dicom (an RTDOSE on the patient's CT frame of reference; DICOM patients only)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower; a CT -> MR regression: its 4 flips, as predict.flip_average)."),
     batch_size: int = typer.Option(32, min=1, help="Slices per forward pass."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp or ode (default dpmpp; image models: their own); DiffKT3D: euler, heun or dpmpp (default: the model's own)."),
     steps: int = typer.Option(10, min=1, help="Diffusion models: sampling steps."),
@@ -77,6 +77,12 @@ def predict(
         image = getattr(predictor.task, "output_kind", "dose") == "image"
         sampler = sampler or (None if own or image else "dpmpp")  # None: the model's own (image models, DiffKT3D)
         if image:
+            if tta:  # a regression's own flip average; DiffMa has none (its prior may: prior.flip_average)
+                flips = getattr(predictor.task, "predict", None)
+                if not hasattr(flips, "flip_average"):
+                    raise RtgenError(f"--tta: {predictor.task.model_name} has no flip averaging; CT -> MR regressions "
+                                     "(image_regression) have it")
+                flips.flip_average = True
             return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
         diffusion = predictor.task.stochastic
         imputes = hasattr(predictor.task, "impute")
