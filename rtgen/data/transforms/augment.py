@@ -17,26 +17,18 @@ def default_augmentation(
         [
             RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
             RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
-            RandAffined(
-                keys=KEYS,
-                prob=prob,
-                rotate_range=(np.deg2rad(rotate_deg),),
-                scale_range=(scale, scale),
-                translate_range=(translate_px, translate_px),
-                mode=("bilinear", "bilinear", "nearest"),
-                padding_mode="border",
-            ),
+            slice_affine(("image", "dose"), ("mask",), rotate_deg, scale, prob, translate_px, padding_mode="border"),
         ]
     )
 
 
 def slice_affine(image_keys: tuple[str, ...], mask_keys: tuple[str, ...], rotate_deg: float, scale: float,
-                 prob: float = 0.5) -> RandAffined:
-    """A random in-plane rotation (within +-rotate_deg) and zoom (1 +- scale) about the slice centre,
-    the same for every key: bilinear for images, nearest for masks, zeros outside (air in a CT
-    windowed to [0, 1], nothing acquired in an MR, outside every mask). For CT -> MR regression
-    on few patients: limbs lie at other angles and sizes in new patients."""
-    keys = (*image_keys, *mask_keys)
-    return RandAffined(keys=keys, prob=prob, rotate_range=(np.deg2rad(rotate_deg),), scale_range=(scale, scale),
+                 prob: float = 0.5, translate_px: float = 0.0, padding_mode: str = "zeros") -> RandAffined:
+    """A random in-plane rotation (within +-rotate_deg), zoom (1 +- scale) and shift (+-translate_px)
+    about the slice centre, the same for every key: bilinear for images, nearest for masks. Zeros
+    outside by default: air in a CT windowed to [0, 1], nothing acquired in an MR, outside every
+    mask (CT -> MR regression on few patients, whose limbs lie at other angles and sizes)."""
+    return RandAffined(keys=(*image_keys, *mask_keys), prob=prob, rotate_range=(np.deg2rad(rotate_deg),),
+                       scale_range=(scale, scale), translate_range=(translate_px, translate_px),
                        mode=tuple(["bilinear"] * len(image_keys) + ["nearest"] * len(mask_keys)),
-                       padding_mode="zeros")
+                       padding_mode=padding_mode)
