@@ -1,7 +1,6 @@
 """One training step (loss, backward, AdamW) of DiffMa-B and the CPU-size DiffMa, batch 32, bf16
 autocast, on the PyTorch scan path and on the chunked matmul scan, alternating: ms per step."""
 import os, sys, time, numpy as np, torch
-sys.path.insert(0, os.getcwd())
 from rtgen.engine.config import load_config
 from rtgen.ssm.dispatch import use_backend
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

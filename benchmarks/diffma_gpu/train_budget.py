@@ -2,13 +2,18 @@
 prep.py (env LATENTS) with rtgen's Trainer: python train_budget.py NAME SECONDS RUN_DIR [overrides].
 The epoch count comes from a 25-step throughput probe, so the cosine schedule ends with the budget.
 No validation during the run: score afterwards with rtgen predict and rtgen evaluate."""
-import os, sys, time
-import numpy as np, torch
-sys.path.insert(0, os.getcwd())
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rtgen.core.devices import autocast_for
+from rtgen.core.hooks import Hook
 from rtgen.engine.config import load_config
 from rtgen.engine.trainer import Trainer
 from rtgen.tasks.image_base import FlippedSlices
-
 
 name, budget, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 t_start = time.time()
@@ -27,7 +32,7 @@ for i in range(25):
     if i == 5:
         torch.cuda.synchronize() if dev.type == "cuda" else None
         t0 = time.perf_counter()
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    with autocast_for(dev, cfg.train.amp, cfg.train.cpu_amp):
         loss = task.loss(probe, batch)
     opt.zero_grad(); loss.backward(); opt.step()
 torch.cuda.synchronize() if dev.type == "cuda" else None
@@ -40,19 +45,23 @@ cfg.train.epochs = epochs
 print(f"[{name}] {step_s * 1000:.1f} ms/step probe -> {epochs} epochs of {per_epoch} steps", flush=True)
 task.train_dataset = lambda seed, rank=0, progress=True: FlippedSlices({"x0": x0, "ct": ct}, task.data.flip, seed + rank)
 task.val_data = lambda progress=True: []
-tr = Trainer(cfg, out, progress=False)
-metric = task.selection_metric
-tr.validate = lambda: ({metric: float("nan")}, None)
-tr._improved = lambda v: False
-_epoch = tr.train_epoch
-def guarded_epoch():
-    stats = _epoch()
-    if time.time() - t_start > budget:  # over the wall-clock budget: stop after this epoch
-        print(f"[{name}] budget reached after epoch {tr.epoch + 1}", flush=True)
-        tr.stale = 10**9
-    return stats
-tr.train_epoch = guarded_epoch
-res = tr.fit()
+
+
+class WallClockBudget(Hook):
+    """Ends the run after the epoch that passes the budget (should the probe have been optimistic)."""
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        if time.time() - t_start > budget:
+            print(f"[{name}] budget reached after epoch {trainer.epoch}", flush=True)
+            trainer.stale = cfg.train.patience  # the trainer's own stop
+
+
+tr = Trainer(cfg, out, progress=False, hooks=[WallClockBudget()])
+# no validation data here: the one validation (after the last epoch) is skipped, and the EMA weights are
+# saved once at the end, with no metrics
+tr.validate = lambda: ({task.selection_metric: float("nan")}, None)
+tr._improved = lambda value: False
+tr.fit()
 tr._save_best({"note": "not validated during training; scored afterwards with rtgen predict and rtgen evaluate"})
 h = tr.history
 print(f"[{name}] done: {tr.epoch} epochs, {tr.step} steps, {tr.elapsed:.0f} s, loss first {h[0]['train_loss']:.4f} "
