@@ -114,6 +114,48 @@ def test_a_2_5d_unet_sees_the_neighbouring_ct_slices(pairs, tmp_path):
     assert np.abs(after[0] - before[0]).max() == 0  # two slices away: unseen
 
 
+def test_a_unet_with_a_soft_tissue_window_sees_fat_and_muscle_apart(pairs, tmp_path):
+    from rtgen.inference import load_predictor
+    from rtgen.tasks.image_base import pair_slices
+
+    run = tmp_path / "unet"
+    _train("configs/diffma_unet_baseline.yaml", pairs, run, "data.ct_windows=[[-200,300]]", "model.channels=[4,8,8,8]",
+           "train.epochs=1", "train.batch_size=8")
+    assert json.loads((run / "config.json").read_text())["model"]["architecture"]["in_channels"] == 2
+    pred = load_predictor(run, "cpu")
+    ct = pair_slices(load_pair(find_pairs(pairs / "val")[0]), pred.task.data.spec).ct
+    x = pred.task.inputs(ct)
+    assert x.shape == (len(ct), 2, *ct.shape[1:]) and np.array_equal(x[:, 0], ct)
+    assert pred.task.predict_slices(pred.model, ct, "cpu", 8).shape == ct.shape
+    # a window outside the slices' HU range, or backwards, is refused before any data is read
+    for bad in ("data.ct_windows=[[300,-200]]", "data.ct_windows=[[-2000,300]]"):
+        result = runner.invoke(app, ["train", "configs/diffma_unet_baseline.yaml", f"data.train={pairs / 'train'}",
+                                     f"data.val={pairs / 'val'}", bad, "--out", str(tmp_path / "bad")])
+        assert result.exit_code != 0 and "ct_windows: each (low, high)" in result.output
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "bad").exists()
+
+
+def test_a_resumed_unet_run_ends_where_an_uninterrupted_one_does(pairs, tmp_path):
+    """The random flips and affines of the image tasks are reseeded every epoch: `--resume` repeats them."""
+    from rtgen.core.checkpoint import load_weights
+    from rtgen.engine.config import load_config
+    from rtgen.engine.trainer import Trainer
+
+    overrides = [f"data.train={pairs / 'train'}", f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5",
+                 "model.channels=[4,8,8,8]", "train.epochs=2", "train.batch_size=8", "data.rotate_deg=10"]
+    straight = Trainer(load_config("configs/diffma_unet_baseline.yaml", overrides), tmp_path / "a", progress=False)
+    straight.fit()
+    interrupted = Trainer(load_config("configs/diffma_unet_baseline.yaml", overrides), tmp_path / "b", progress=False)
+    interrupted.fit(stop_after=1)
+    resumed = Trainer(load_config(tmp_path / "b" / "resolved_config.yaml"), tmp_path / "b", resume=True, progress=False)
+    resumed.fit()
+    a = load_weights(tmp_path / "a" / "last" / "model.safetensors")
+    b = load_weights(tmp_path / "b" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
 def test_a_unet_shipped_with_flip_averaging_predicts_the_mean_over_its_four_flips(pairs, tmp_path):
     from rtgen.inference import load_predictor
     from rtgen.tasks.image_base import pair_slices
@@ -182,7 +224,8 @@ def test_diffma_refining_a_prior_starts_from_the_prior_and_carries_it(pairs, tmp
     for bad, match in ((f"prior.run={moved}", "not an image_regression"),
                        ("diffusion.prediction=epsilon", "needs diffusion.prediction: sample"),
                        ("diffusion.val_sampler=ode", "needs prior.run and diffusion.val_sampler: ddim"),
-                       ("data.context_slices=1", "one CT slice at a time")):
+                       ("data.context_slices=1", "one CT slice at a time"),
+                       ("data.ct_windows=[[-200,300]]", "through its autoencoder")):
         result = runner.invoke(app, ["train", "configs/diffma_prior_cpu.yaml", f"data.train={pairs / 'train'}",
                                      f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5", *tiny,
                                      f"prior.run={unet}", bad, "--out", str(tmp_path / "bad")])

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.data.transforms.slices import (SliceSpec, body_mask_ct, body_mask_mr, mask_to_slices, mr_field_of_view,
-                                          with_context,
+                                          with_context, with_windows,
                                           normalise_mr, pad_or_crop,
                                           resample_inplane, slices_to_volume, to_rgb, uncrop, volume_to_slices,
                                           window_ct)
@@ -219,3 +219,16 @@ def test_slice_context_stacks_neighbours_in_z_order_and_repeats_the_ends():
     assert c.shape == (4, 3, 2, 2)
     assert c[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
     assert with_context(s, 0).shape == (4, 1, 2, 2)
+
+
+def test_ct_windows_add_one_rewindowed_copy_of_each_channel():
+    base = (-1000.0, 1500.0)
+    hu = np.array([-1000.0, -200.0, -100.0, 40.0, 300.0, 1500.0], np.float32)
+    c = ((hu - base[0]) / (base[1] - base[0])).reshape(1, 1, 2, 3)
+    w = with_windows(np.concatenate([c, c], axis=1), base, ((-200.0, 300.0),))
+    assert w.shape == (1, 4, 2, 3)
+    assert np.array_equal(w[:, :2], np.concatenate([c, c], axis=1))  # the given channels first, unchanged
+    soft = w[0, 2].ravel()
+    assert np.allclose(soft, [0.0, 0.0, 0.2, 0.48, 1.0, 1.0], atol=1e-5)  # fat 0.2, muscle 0.48: 0.28 apart, not 0.056
+    assert np.array_equal(w[0, 2], w[0, 3])
+    assert with_windows(c, base, ()).shape == c.shape

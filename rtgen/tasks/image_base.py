@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from rtgen.core.errors import RtgenError
 from rtgen.data.sources.image_pairs import ImagePair, find_pairs, load_pair
-from rtgen.data.transforms.slices import (SliceSpec, body_mask_mr, mask_to_slices, slices_to_volume,
-                                          volume_to_slices)
+from rtgen.data.transforms.slices import (SliceSpec, body_mask_mr, mask_to_slices, slices_to_volume, volume_to_slices,
+                                          with_context, with_windows)
 from rtgen.imaging.scores import image_scores
 from rtgen.tasks.base import Task
 
@@ -45,9 +45,21 @@ class ImageDataConfig:
     cache: str = ""  # folder for encoded slices (latent tasks); "" recomputes each run
     mr_fov: bool = True  # outside the MR's field of view (its exact zeros: padding, oblique wedges): no training, blank predictions
     context_slices: Annotated[int, Field(ge=0, le=4)] = 0  # CT neighbours on each side as input channels (2.5D)
+    # more input channels: the CT re-windowed to each (lo, hi) HU window, e.g. [[-200, 300]] for soft tissue
+    # (pixel tasks only; each window lies inside ct_window)
+    ct_windows: tuple[tuple[float, float], ...] = ()
     # training items of the pixel tasks (image_regression, image_autoencoder; the latent model refuses them):
     rotate_deg: Annotated[float, Field(ge=0, le=45)] = 0.0  # random in-plane rotation within +-this
     scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # random zoom within 1 +- this
+
+    def __post_init__(self):
+        lo, hi = self.ct_window
+        if not lo < hi:
+            raise ValueError(f"ct_window must be (low, high) HU with low < high, got {tuple(self.ct_window)}")
+        for w in self.ct_windows:
+            if not lo <= w[0] < w[1] <= hi:
+                raise ValueError(f"ct_windows: each (low, high) needs low < high, both inside ct_window {tuple(self.ct_window)}"
+                                 f" (the slices hold no HU outside it), got {tuple(w)}")
 
     @property
     def spec(self) -> SliceSpec:
@@ -104,7 +116,12 @@ class ImageTask(Task):
     data: ImageDataConfig
 
     def implied_architecture(self) -> dict:
-        return {"in_channels": 1 + 2 * self.data.context_slices}  # grey slices; latent tasks: the codec's channels
+        # grey slices (and their re-windowed copies); latent tasks: the codec's channels
+        return {"in_channels": (1 + 2 * self.data.context_slices) * (1 + len(self.data.ct_windows))}
+
+    def inputs(self, ct: np.ndarray) -> np.ndarray:
+        """(N, S, S) CT slices in [0, 1] -> (N, C, S, S) network input: 2.5D context, then extra windows."""
+        return with_windows(with_context(ct, self.data.context_slices), self.data.ct_window, self.data.ct_windows)
 
     # ---- data
     def load_split(self, folder: str, limit: int | None, what: str, progress: bool) -> list[PairSlices]:
@@ -182,6 +199,9 @@ class ImageTask(Task):
                  f"-> [0, 1]; MR by its {tuple(d.mr_percentiles)} percentiles -> [0, 1]."]
         if d.context_slices:
             lines.append(f"- Input: each CT slice with its {d.context_slices} neighbour(s) on each side (2.5D).")
+        if d.ct_windows:
+            lines.append(f"- Input: the CT also re-windowed to {', '.join(f'{lo:g}..{hi:g}' for lo, hi in d.ct_windows)} HU, "
+                         "one channel each.")
         if d.mr_fov:
             lines.append("- MR field of view: what an MR did not acquire (outside the convex hull of its non-zero voxels) "
                          "is left out of training; predictions leave it blank when the patient folder holds the "
@@ -205,19 +225,29 @@ class ImageTask(Task):
 class FlippedSlices(torch.utils.data.Dataset):
     """Training items of the image tasks: item i of every named array (N, ..., H, W), all flipped
     in-plane by the same random draw (`flip`), then through `transform` (a MONAI dictionary
-    transform, e.g. `slice_affine`; the trainer seeds it per epoch); boolean masks come out as float32."""
+    transform, e.g. `slice_affine`); boolean masks come out as float32.
+
+    The trainer reseeds it every epoch (`set_random_state`): an item's flips come from (state, index),
+    so they depend on neither the order items are drawn in nor the loader's workers, and `--resume`
+    draws what an uninterrupted run would have drawn."""
 
     def __init__(self, arrays: dict[str, np.ndarray], flip: bool, seed: int, transform=None):
         self.arrays, self.flip, self.transform = arrays, flip, transform
-        self.rng = np.random.default_rng(seed)
+        self.set_random_state(seed)
+
+    def set_random_state(self, seed: int) -> None:
+        self.state = seed
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         items = {k: a[i] for k, a in self.arrays.items()}
+        rng = np.random.default_rng([self.state, i])
         for axis in (-1, -2):
-            if self.flip and self.rng.random() < 0.5:
+            if self.flip and rng.random() < 0.5:
                 items = {k: np.flip(a, axis) for k, a in items.items()}
         items = {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32 if a.dtype == bool else a.dtype))
                  for k, a in items.items()}

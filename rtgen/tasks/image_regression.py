@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from rtgen.core.registry import register_task
-from rtgen.data.transforms.slices import with_context
 from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, as_batches, training_slices
 
 
@@ -54,7 +53,7 @@ class ImageRegressionTask(ImageTask):
         keep = training_slices(pairs, self.data.mr_fov)
         names = ("mr", "body", "fov") if self.data.mr_fov else ("mr", "body")
         arrays = {k: np.concatenate([getattr(p, k) for p in pairs])[keep, None] for k in names}
-        arrays["ct"] = np.concatenate([with_context(p.ct, self.data.context_slices) for p in pairs])[keep]
+        arrays["ct"] = np.concatenate([self.inputs(p.ct) for p in pairs])[keep]
         return FlippedSlices(arrays, self.data.flip, seed + rank,
                              self.affine(("ct", "mr"), tuple(k for k in names if k != "mr"), seed + rank))
 
@@ -85,7 +84,7 @@ class ImageRegressionTask(ImageTask):
         model.eval()
         out = []
         with autocast or contextlib.nullcontext():
-            for x in as_batches(with_context(ct, self.data.context_slices), batch_size, device):
+            for x in as_batches(self.inputs(ct), batch_size, device):
                 out.append(model(x).float()[:, 0].clamp(0, 1).cpu().numpy())
         model.train(was)
         return np.concatenate(out)

@@ -135,6 +135,9 @@ class ImageSynthesisTask(ImageTask):
         if self.data.rotate_deg or self.data.scale:
             raise ConfigError(self.source, "data.rotate_deg / data.scale: the latent model trains on latents encoded "
                                            "once and cached; the random affine is for image_regression")
+        if self.data.ct_windows:
+            raise ConfigError(self.source, "data.ct_windows: the latent model encodes the CT through its autoencoder; "
+                                           "extra CT windows reach it through a prior run trained with them (prior.run)")
         if self.data.context_slices:
             raise ConfigError(self.source, "data.context_slices: the latent model encodes one CT slice at a time; a "
                                            "2.5D CT reaches it through a prior run trained with context (prior.run)")

@@ -75,8 +75,7 @@ class CubeDataset(torch.utils.data.Dataset):
 
     def __init__(self, cases: list[dict], data: VolumeDataConfig, seed: int):
         self.cases, self.data = cases, data
-        self.state = seed
-        self.transform = self  # the trainer's per-epoch reseeding hook calls set_random_state
+        self.state = seed  # the trainer reseeds it every epoch (set_random_state)
 
     def set_random_state(self, seed: int) -> None:
         self.state = seed

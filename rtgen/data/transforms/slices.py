@@ -292,6 +292,25 @@ def with_context(slices: np.ndarray, k: int) -> np.ndarray:
     return s[idx]
 
 
+def with_windows(channels: np.ndarray, base: tuple[float, float],
+                 windows: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """(N, C, S, S) CT channels in [0, 1] under the `base` HU window -> (N, C * (1 + len(windows)), S, S):
+    the channels as given, then each re-windowed to every (lo, hi) HU window of `windows`.
+
+    Why: the base window (-1000..1500 HU) puts fat (-100 HU) and muscle (+40 HU), whose contrast is
+    most of a T1 MR's, 0.06 apart; a soft-tissue window spreads them over the input range, as a
+    radiologist's window does. The values are re-derived from the base channels, so no file is read twice."""
+    c = np.asarray(channels, dtype=np.float32)
+    if c.ndim != 4:
+        raise RtgenError(f"CT windows: expected (N, C, S, S) channels, got shape {c.shape}")
+    if not windows:
+        return c
+    b_lo, b_hi = base
+    hu = c * (b_hi - b_lo) + b_lo
+    extra = [np.clip((hu - lo) / (hi - lo), 0.0, 1.0) for lo, hi in windows]
+    return np.concatenate([c, *extra], axis=1).astype(np.float32)
+
+
 def mask_to_slices(mask: np.ndarray, spacing, spec: SliceSpec = SliceSpec()) -> np.ndarray:
     """A boolean (x, y, z) mask (the body, a tumour) cut as `volume_to_slices` cuts its image:
     (z, size, size) bool, linear resampling kept where >= 0.5."""
