@@ -73,6 +73,16 @@ def test_the_factor_follows_the_levels_and_bad_combinations_are_config_errors():
     assert MODELS.get("autoencoder_kl").task == "image_autoencoder"
 
 
+def test_the_autoencoder_refuses_regression_inputs_with_one_clear_error(pairs, tmp_path):
+    """2.5D context and extra CT windows are inputs of image_regression: the autoencoder, which
+    reconstructs one grey slice, names the setting instead of failing on its channel count."""
+    for bad in ("data.context_slices=1", "data.ct_windows=[[-200,300]]"):
+        result = runner.invoke(app, ["train", "configs/diffma_vae.yaml", f"data.train={pairs / 'train'}",
+                                     f"data.val={pairs / 'val'}", bad, "--out", str(tmp_path / "bad")])
+        assert result.exit_code != 0 and "reconstructs one grey slice" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
+
+
 def test_the_codec_freezes_the_model_and_keeps_slices_in_range():
     codec = AutoencoderKLCodec(build_model("autoencoder_kl", channels=(16, 16, 16), latent_channels=4))
     assert (codec.channels, codec.factor) == (4, 4)
