@@ -126,3 +126,20 @@ def test_config_errors_name_the_base_run(tmp_path, examples_dir):
         from_dict(raw)
     with pytest.raises(ConfigError, match="not a fitted dose_boosted run"):
         from_dict({**raw, "base": {"run": str(tmp_path)}})
+
+
+def test_patch_draws_are_a_function_of_the_epoch_seed_and_the_index():
+    """The trainer reseeds the patch dataset every epoch: the same seed draws the same patches in any
+    order (so `--resume` and loader workers repeat them), another seed draws others."""
+    from rtgen.tasks.dose_refine import PatchDataset
+
+    rng = np.random.default_rng(0)
+    case = {"inputs": rng.random((2, 20, 20, 20), dtype=np.float32), "dose": rng.random((20, 20, 20), dtype=np.float32),
+            "labels": np.zeros((20, 20, 20), np.int32)}
+    ds = PatchDataset([case], patch=8, per_patient=4, flip=False, seed=5)
+    first = [ds[i]["x"] for i in range(4)]
+    assert all(torch.equal(ds[i]["x"], first[i]) for i in reversed(range(4)))
+    ds.set_random_state(6)
+    assert not all(torch.equal(ds[i]["x"], first[i]) for i in range(4))
+    ds.set_random_state(5)
+    assert all(torch.equal(ds[i]["x"], first[i]) for i in range(4))

@@ -188,20 +188,6 @@ def _cached_case(args) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- training data
 
 
-class PatchDraws:
-    """The random state of the patch draws: the trainer reseeds it every epoch (`set_random_state`),
-    and each item derives its own generator from (state, index), so draws do not depend on workers."""
-
-    def __init__(self, seed: int):
-        self.state = seed
-
-    def set_random_state(self, seed: int) -> None:
-        self.state = seed
-
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.state, index])
-
-
 TARGET_BITS = sum(1 << k for k, name in enumerate(STRUCTURES) if name in TARGETS)
 
 
@@ -251,19 +237,25 @@ def swap_lr_channels(n: int) -> list[int]:
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """`patches_per_patient` random patches of every training patient per epoch."""
+    """`patches_per_patient` random patches of every training patient per epoch.
+
+    The trainer reseeds it every epoch (`set_random_state`), and each item derives its own generator
+    from (state, index), so the draws depend on neither the loader's workers nor a resume."""
 
     def __init__(self, cases: list[dict], patch: int, per_patient: int, flip: bool, seed: int,
                  target_fraction: float = 0.0):
         self.cases, self.patch, self.per_patient, self.flip = cases, patch, per_patient, flip
         self.target_fraction = target_fraction
-        self.transform = PatchDraws(seed)  # the trainer's per-epoch reseeding hook
+        self.state = seed
+
+    def set_random_state(self, seed: int) -> None:
+        self.state = seed
 
     def __len__(self) -> int:
         return len(self.cases) * self.per_patient
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return draw_patch(self.cases[i % len(self.cases)], self.patch, self.transform.rng(i), self.flip,
+        return draw_patch(self.cases[i % len(self.cases)], self.patch, np.random.default_rng([self.state, i]), self.flip,
                           self.target_fraction)
 
 
