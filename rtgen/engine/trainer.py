@@ -221,12 +221,10 @@ class Trainer:
                    if self.distributed else RandomSampler(self.train_set, generator=gen))
         if self.distributed:
             sampler.set_epoch(self.epoch)
-        # the training set's random draws depend on (seed, epoch, rank) only, so a resumed run repeats them:
-        # reseed the dataset where it has its own draws, else its transform (e.g. a MONAI Compose)
-        seeded = (self.train_set if hasattr(self.train_set, "set_random_state")
-                  else getattr(self.train_set, "transform", None))
-        if seeded is not None and hasattr(seeded, "set_random_state"):
-            seeded.set_random_state(cfg.seed * 1000 + self.epoch * 17 + self.rank)
+        # a training set with random draws (its own, or its transform's) has set_random_state: they depend
+        # on (seed, epoch, rank) only, so a resumed run repeats them
+        if hasattr(self.train_set, "set_random_state"):
+            self.train_set.set_random_state(cfg.seed * 1000 + self.epoch * 17 + self.rank)
         self.task.start_epoch(cfg.seed, self.epoch, self.step, self.rank)
         loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                             collate_fn=self.task.collate, **self.task.loader_options())

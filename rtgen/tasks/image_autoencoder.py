@@ -69,7 +69,7 @@ class ImageAutoencoderTask(ImageTask):
         mr = [p.mr for p in pairs if p.mr is not None]
         # grey slices, CT and MR alike
         return FlippedSlices({"x": np.concatenate([p.ct for p in pairs] + mr)[:, None]}, self.data.flip, seed + rank,
-                             self.affine(("x",), (), seed + rank))
+                             self.affine(("x",), ()))
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         x = batch["x"]

@@ -135,15 +135,14 @@ class ImageTask(Task):
     def val_data(self, progress: bool = True) -> list[PairSlices]:
         return self.load_split(self.data.val, self.data.max_val_patients, "val", progress)
 
-    def affine(self, image_keys: tuple[str, ...], mask_keys: tuple[str, ...], seed: int):
-        """The training items' random affine (`data.rotate_deg`, `data.scale`), or None when both are 0."""
+    def affine(self, image_keys: tuple[str, ...], mask_keys: tuple[str, ...]):
+        """The training items' random affine (`data.rotate_deg`, `data.scale`), or None when both are 0;
+        `FlippedSlices` seeds it."""
         if not (self.data.rotate_deg or self.data.scale):
             return None
         from rtgen.data.transforms.augment import slice_affine
 
-        transform = slice_affine(image_keys, mask_keys, self.data.rotate_deg, self.data.scale)
-        transform.set_random_state(seed)
-        return transform
+        return slice_affine(image_keys, mask_keys, self.data.rotate_deg, self.data.scale)
 
     def data_summary(self, train_set, val_data) -> dict:
         return {"train_slices": len(train_set), "val_patients": len(val_data),

@@ -55,7 +55,7 @@ class ImageRegressionTask(ImageTask):
         arrays = {k: np.concatenate([getattr(p, k) for p in pairs])[keep, None] for k in names}
         arrays["ct"] = np.concatenate([self.inputs(p.ct) for p in pairs])[keep]
         return FlippedSlices(arrays, self.data.flip, seed + rank,
-                             self.affine(("ct", "mr"), tuple(k for k in names if k != "mr"), seed + rank))
+                             self.affine(("ct", "mr"), tuple(k for k in names if k != "mr")))
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """The mean error over the pixels that count: inside the body (`loss.in_body`) or the whole

@@ -90,8 +90,8 @@ class SliceDataset(Dataset):
     ):
         self.config = config
         self.transform = transform
-        if transform is not None and seed is not None and hasattr(transform, "set_random_state"):
-            transform.set_random_state(seed)
+        if seed is not None:
+            self.set_random_state(seed)
         if patients and all(isinstance(p, PatientSlices) for p in patients):
             self.patients = list(patients)
         else:
@@ -101,6 +101,11 @@ class SliceDataset(Dataset):
             if ps.doses is None:
                 raise ValueError(f"patient {ps.id} has no dose; training slices need one")
             self.index += [(p, j) for j in range(len(ps.keep))]
+
+    def set_random_state(self, seed: int) -> None:
+        """Reseed the random transform (the trainer does it every epoch, so a resumed run repeats its draws)."""
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed)
 
     # views kept for tests and tools that poke at the stored arrays
     @property
