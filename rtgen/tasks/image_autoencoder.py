@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rtgen.core.errors import ConfigError, RtgenError
+from rtgen.core.errors import RtgenError
 from rtgen.core.registry import register_task
 from rtgen.data.transforms.slices import body_mask_ct, slices_to_volume, window_ct
 from rtgen.imaging.scores import image_scores
@@ -57,9 +57,8 @@ class ImageAutoencoderTask(ImageTask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.data.context_slices or self.data.ct_windows:
-            raise ConfigError(self.source, "data.context_slices / data.ct_windows: the autoencoder reconstructs one grey "
-                                           "slice at a time, CT or MR alike; they are inputs of image_regression")
+        self.refuse_data(("context_slices", "ct_windows"), "the autoencoder reconstructs one grey slice at a time, "
+                                                           "CT or MR alike; they are inputs of image_regression")
 
     def implied_architecture(self) -> dict:
         return {"in_channels": 1}  # one grey slice, CT or MR

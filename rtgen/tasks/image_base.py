@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from rtgen.core.errors import RtgenError
+from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.data.sources.image_pairs import ImagePair, find_pairs, load_pair
 from rtgen.data.transforms.slices import (SliceSpec, body_mask_mr, mask_to_slices, slices_to_volume, volume_to_slices,
                                           with_context, with_windows)
@@ -118,6 +118,13 @@ class ImageTask(Task):
     def implied_architecture(self) -> dict:
         # grey slices (and their re-windowed copies); latent tasks: the codec's channels
         return {"in_channels": (1 + 2 * self.data.context_slices) * (1 + len(self.data.ct_windows))}
+
+    def refuse_data(self, names: tuple[str, ...], why: str) -> None:
+        """One ConfigError naming the `data.<name>` settings in `names` that are set, for a task that
+        cannot honour them (e.g. inputs only a pixel regression takes); nothing when none is set."""
+        given = [f"data.{n}" for n in names if getattr(self.data, n)]
+        if given:
+            raise ConfigError(self.source, f"{' / '.join(given)}: {why}")
 
     def inputs(self, ct: np.ndarray) -> np.ndarray:
         """(N, S, S) CT slices in [0, 1] -> (N, C, S, S) network input: 2.5D context, then extra windows."""

@@ -132,15 +132,12 @@ class ImageSynthesisTask(ImageTask):
         if self.prior.run and self.diffusion.prediction != "sample":
             raise ConfigError(self.source, "prior.run refines a prior's latent through the x0 prediction: it needs "
                                            f"diffusion.prediction: sample, not {self.diffusion.prediction}")
-        if self.data.rotate_deg or self.data.scale:
-            raise ConfigError(self.source, "data.rotate_deg / data.scale: the latent model trains on latents encoded "
-                                           "once and cached; the random affine is for image_regression")
-        if self.data.ct_windows:
-            raise ConfigError(self.source, "data.ct_windows: the latent model encodes the CT through its autoencoder; "
-                                           "extra CT windows reach it through a prior run trained with them (prior.run)")
-        if self.data.context_slices:
-            raise ConfigError(self.source, "data.context_slices: the latent model encodes one CT slice at a time; a "
-                                           "2.5D CT reaches it through a prior run trained with context (prior.run)")
+        self.refuse_data(("rotate_deg", "scale"), "the latent model trains on latents encoded once and cached; the "
+                                                  "random affine is for image_regression")
+        self.refuse_data(("ct_windows",), "the latent model encodes the CT through its autoencoder; extra CT windows "
+                                          "reach it through a prior run trained with them (prior.run)")
+        self.refuse_data(("context_slices",), "the latent model encodes one CT slice at a time; a 2.5D CT reaches it "
+                                              "through a prior run trained with context (prior.run)")
         if self.diffusion.start_strength < 1 and not (self.prior.run and self.diffusion.val_sampler == "ddim"):
             raise ConfigError(self.source, "diffusion.start_strength below 1 starts sampling from the prior: it needs "
                                            "prior.run and diffusion.val_sampler: ddim")
