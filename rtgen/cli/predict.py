@@ -77,12 +77,8 @@ def predict(
         image = getattr(predictor.task, "output_kind", "dose") == "image"
         sampler = sampler or (None if own or image else "dpmpp")  # None: the model's own (image models, DiffKT3D)
         if image:
-            if tta:  # a regression's own flip average; DiffMa has none (its prior may: prior.flip_average)
-                flips = getattr(predictor.task, "predict", None)
-                if not hasattr(flips, "flip_average"):
-                    raise RtgenError(f"--tta: {predictor.task.model_name} has no flip averaging; CT -> MR regressions "
-                                     "(image_regression) have it")
-                flips.flip_average = True
+            if tta:
+                predictor.task.use_flip_average()
             return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
         diffusion = predictor.task.stochastic
         imputes = hasattr(predictor.task, "impute")

@@ -119,6 +119,12 @@ class ImageTask(Task):
         # grey slices (and their re-windowed copies); latent tasks: the codec's channels
         return {"in_channels": (1 + 2 * self.data.context_slices) * (1 + len(self.data.ct_windows))}
 
+    def use_flip_average(self) -> None:
+        """`rtgen predict --tta`: predict the mean over each slice's in-plane flips. Only a regression has
+        it (DiffMa's prior may: prior.flip_average); other image tasks refuse with one error."""
+        raise RtgenError(f"--tta: {self.model_name} has no flip averaging; CT -> MR regressions (image_regression) "
+                         "have it")
+
     def refuse_data(self, names: tuple[str, ...], why: str) -> None:
         """One ConfigError naming the `data.<name>` settings in `names` that are set, for a task that
         cannot honour them (e.g. inputs only a pixel regression takes); nothing when none is set."""

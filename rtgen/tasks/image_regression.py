@@ -69,6 +69,9 @@ class ImageRegressionTask(ImageTask):
             return err.mean()
         return (err * m).sum() / m.sum().clamp(min=1.0)
 
+    def use_flip_average(self) -> None:
+        self.predict.flip_average = True
+
     def predict_slices(self, model, ct: np.ndarray, device, batch_size: int, sampling=None,
                        autocast=None) -> np.ndarray:
         """CT slices in [0, 1] -> MR slices in [0, 1]: one pass, or the flip average (`predict.flip_average`)."""
