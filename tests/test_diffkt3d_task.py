@@ -68,7 +68,7 @@ def runs(tmp_path_factory):
                     "cache": str(root / "cache"), "max_val_patients": 1},
            "any2any": {"stage": "any2any", "curriculum_steps": 2},
            "sampling": {"steps": 2, "best_of": 2},
-           "nft": {"candidates": 2, "steps": 2, "lora_rank": 2, "explore": 0.1},
+           "nft": {"candidates": 2, "steps": 2, "lora_rank": 2, "explore": 0.1, "explore_structures": 0.05},
            "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 1, "max_steps_per_epoch": 2, "out": str(root / "a")}}
     run(["train", write(root / "a.yaml", dit)])
     dit["any2any"] = {"stage": "dose"}
@@ -149,6 +149,29 @@ def test_a_dose_latent_equal_to_the_priors_gives_back_the_prior_at_full_resoluti
     assert np.abs(blurred - prior).mean() > 10 * np.abs(task.dose_volumes(case, z)[0] - prior).mean() + 1e-4
     task.latent.dose_from_prior = False
     np.testing.assert_allclose(task.dose_volumes(case, z)[0], blurred, atol=1e-6)
+
+
+def test_structure_edits_scale_each_structures_dose_and_spread_the_candidates_rewards(runs):
+    """nft.explore_structures: a candidate's latent moves by E(edited dose) - E(dose); with no edit it
+    stays put, and with one the decoded doses change structure by structure and score differently."""
+    from rtgen.core.structures import unpack_structures
+
+    task = task_from_checkpoint(read_config(runs / "b" / "config.json"))
+    case = task.cached_case(EXAMPLES / "pt_204", str(runs / "priors"))
+    z = task.case_latents(case, ["prior"])
+    z = task.standardise(task.unstandardise(z, "prior"), "dose").expand(3, -1, -1, -1, -1).clone()
+    task._generator = torch.Generator().manual_seed(0)
+    task.nft.explore_structures = 1e-9
+    np.testing.assert_allclose(task.edit_by_structure(case, z).numpy(), z.numpy(), atol=1e-4)
+    task.nft.explore_structures = 0.2
+    edited = task.edit_by_structure(case, z)
+    before, after = task.dose_volumes(case, z), task.dose_volumes(case, edited)
+    gy_before, gy_after = decode_modality("dose", before[0]), decode_modality("dose", after[0])
+    ptv = unpack_structures(case["bits"])["PTV70"]
+    assert abs(gy_after[ptv].mean() / gy_before[ptv].mean() - 1) > 0.01  # the target's dose was scaled
+    assert not np.allclose(after[0], after[1], atol=1e-3)  # each candidate drew its own factors
+    rewards = [task.case_reward(case, decode_modality("dose", v), None) for v in after]
+    assert np.std(rewards) > 0
 
 
 def test_predicting_x0_an_untrained_network_generates_the_prior(runs):

@@ -55,7 +55,8 @@ from rtgen.core.structures import pack_structures, unpack_structures
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
 from rtgen.data.sources.openkbp import read_dose_csv
-from rtgen.data.transforms.modalities import Crop, decode_modality, patient_modalities, unit_to_dose
+from rtgen.data.transforms.dose_edits import structure_scale_field
+from rtgen.data.transforms.modalities import Crop, decode_modality, dose_to_unit, patient_modalities, unit_to_dose
 from rtgen.diffusion.flow import FLOW_SAMPLERS, FlowSchedule, as_velocity, flow_loss, sample_flow
 from rtgen.diffusion.nft import optimality_from_rewards, scardnft_objective
 from rtgen.dosimetry import OpenKBPScores
@@ -156,6 +157,12 @@ class NFTConfig:
     # units) before it is decoded and scored. A policy whose candidates barely differ gives eq. 10 nothing
     # to rank; the noise makes them differ, and the NFT loss then pulls towards the better-scored ones.
     explore: Annotated[float, Field(ge=0)] = 0.0
+    # Clinical exploration (not in the paper): each candidate's dose has every structure (and the rest of
+    # the body) scaled by its own factor 1 + N(0, explore_structures) before it is scored; the edit goes
+    # back into the candidate's latent (`rtgen.data.transforms.dose_edits`). It varies what the
+    # scorecard measures, so that eq. 10 has something to rank; 0 turns it off.
+    explore_structures: Annotated[float, Field(ge=0, le=0.3)] = 0.0
+    explore_targets: bool = True  # false: the targets keep their dose, only the organs at risk and the rest vary
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -442,6 +449,8 @@ class DiffKT3DTask(Task):
                 z = sample_flow(fn, (n, *conds.shape[2:]), schedule, self.nft.steps, "euler", generator=self._generator)
                 if self.nft.explore:
                     z = z + self.nft.explore * torch.randn(z.shape, generator=self._generator).to(z)
+                if self.nft.explore_structures:
+                    z = self.edit_by_structure(case, z)
             ref = case["dose"].astype(np.float32)
             case_rewards = [self.case_reward(case, decode_modality("dose", d), ref) for d in self.dose_volumes(case, z)]
             self._rewards.append(case_rewards)
@@ -457,6 +466,24 @@ class DiffKT3DTask(Task):
             torch.cat(samples), r, schedule, self.nft.beta, self.nft.lam, reference=x[:, dose_id],
             reference_velocity_fn=self.velocity(model, x[:, cond_ids], cond_ids, dose_id), generator=self._generator)
         return total
+
+    @torch.no_grad()
+    def edit_by_structure(self, case: dict, z: torch.Tensor) -> torch.Tensor:
+        """Candidate dose latents (n, C, d, h, w) with each candidate's dose scaled structure by structure
+        (`nft.explore_structures`): z + E(edited dose) - E(dose), in standardised units. The candidate
+        is then whatever that latent decodes to, and its reward is scored on that decode."""
+        doses = self.dose_volumes(case, z)
+        structures = unpack_structures(case["bits"])
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=self._generator)))
+        _, std = self._stats("dose", z)
+        out = []
+        for zk, unit in zip(z, doses):
+            field = structure_scale_field(structures, unit.shape, self.nft.explore_structures, rng,
+                                          targets=self.nft.explore_targets)
+            edited = dose_to_unit(unit_to_dose(unit) * field)
+            enc = self.encode({"before": unit, "after": edited}, ["before", "after"], z.device)
+            out.append(zk + torch.from_numpy(enc["after"] - enc["before"]).to(zk) / std)
+        return torch.stack(out)
 
     def epoch_stats(self) -> dict:
         """Stage C's training reward over the epoch (this process's patients): the mean candidate
