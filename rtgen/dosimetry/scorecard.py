@@ -309,7 +309,8 @@ class ScorecardResult:
 _RX_IN_NAME = re.compile(r"^PTV[_ ]?(\d+(?:\.\d+)?)$", re.IGNORECASE)
 
 
-def _prescription_from_name(name: str) -> float | None:
+def prescription_from_name(name: str) -> float | None:
+    """PTV70 -> 70.0 (OpenKBP names its targets by their prescription); None for any other name."""
     m = _RX_IN_NAME.match(name)
     return float(m.group(1)) if m else None
 
@@ -332,7 +333,7 @@ class Scorecard:
         rx = dict(self.template_prescriptions)
         for c in self.criteria:  # a target named with its dose (PTV70) needs no explicit prescription
             if c.scale_with is not None and c.scale_with not in rx:
-                guess = _prescription_from_name(c.scale_with)
+                guess = prescription_from_name(c.scale_with)
                 if guess is None:
                     raise ScorecardError(f"scorecard {self.name!r}: criterion {c.structure} {c.name} scales with "
                                          f"{c.scale_with!r}, which has no template prescription (give one in "
@@ -591,7 +592,7 @@ def _ptv(target: str, rx: float) -> list[dict]:
 
 DEFAULT_HN_SIB: dict = {
     "name": "HN-SIB 70/63/56 (approximates Varian HN-SIB-BPI)",
-    "template_prescriptions": {t: float(_prescription_from_name(t)) for t in TARGETS},
+    "template_prescriptions": {t: float(prescription_from_name(t)) for t in TARGETS},
     "criteria": [
         *_ptv("PTV70", 70.0),
         # hot spot: D0.03cc <= 105 % full points, 107 % (74.9 Gy) 8 points, 115 % none

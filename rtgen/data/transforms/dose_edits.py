@@ -10,12 +10,11 @@ near-maximum doses), so a handful of candidates per patient already says which w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
-_RX = re.compile(r"^PTV[_ ]?(\d+(?:\.\d+)?)$", re.IGNORECASE)
+from rtgen.dosimetry.scorecard import prescription_from_name
 
 
 def structure_scale_field(structures: Mapping[str, np.ndarray], shape: tuple[int, ...], sigma: float,
@@ -31,11 +30,11 @@ def structure_scale_field(structures: Mapping[str, np.ndarray], shape: tuple[int
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
     draw = lambda: float(np.clip(1.0 + sigma * rng.standard_normal(), 1.0 - limit, 1.0 + limit))  # noqa: E731
     field = np.full(shape, draw(), np.float32)
-    organs = sorted(n for n in structures if not _RX.match(n))
-    ptvs = sorted((n for n in structures if _RX.match(n)), key=lambda n: float(_RX.match(n).group(1)))
+    organs = sorted(n for n in structures if prescription_from_name(n) is None)
+    ptvs = sorted((n for n in structures if prescription_from_name(n) is not None), key=prescription_from_name)
     for name in organs + ptvs:
         mask = np.asarray(structures[name], bool)
         if mask.shape != tuple(shape):
             raise ValueError(f"structure {name}: shape {mask.shape}, expected {tuple(shape)}")
-        field[mask] = draw() if targets or not _RX.match(name) else 1.0
+        field[mask] = draw() if targets or prescription_from_name(name) is None else 1.0
     return field
