@@ -19,7 +19,8 @@ import numpy as np
 from scipy import ndimage
 
 from rtgen.data.sources import find_patients, load_patient
-from rtgen.dosimetry.scorecard import Scorecard
+from rtgen.dosimetry.openkbp import dose_score
+from rtgen.dosimetry.scorecard import Scorecard, prescription_from_name
 from rtgen.evaluation.dose import find_prediction, read_prediction
 
 EDITS = [("prediction", 1.0, 1.0), ("targets x 1.01", 1.01, 1.0), ("targets x 1.02", 1.02, 1.0),
@@ -45,13 +46,13 @@ def main() -> None:
         ptv = np.zeros(p.grid, bool)
         oar = np.zeros(p.grid, bool)
         for name, m in p.structures.items():
-            (ptv if name.upper().startswith("PTV") else oar)[...] |= m
+            (oar if prescription_from_name(name) is None else ptv)[...] |= m
         near_ptv = ndimage.binary_dilation(ptv, iterations=2)
         organs = oar & ~near_ptv
         for name, t, o in EDITS:
             d = np.where(near_ptv, dose * t, np.where(organs, dose * o, dose)) * mask
             sc = card.evaluate(d, p.structures, p.voxel_volume_mm3)
-            rows.setdefault(name, []).append((np.abs(d - p.dose)[mask].mean(), sc.fraction, sc.weighted_score))
+            rows.setdefault(name, []).append((dose_score(p.dose, d, mask), sc.fraction, sc.weighted_score))
         sc = card.evaluate(p.dose * mask, p.structures, p.voxel_volume_mm3)
         rows.setdefault("the plans", []).append((0.0, sc.fraction, sc.weighted_score))
     print(f"{len(rows['the plans'])} patients")

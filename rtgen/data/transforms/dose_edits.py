@@ -30,11 +30,12 @@ def structure_scale_field(structures: Mapping[str, np.ndarray], shape: tuple[int
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
     draw = lambda: float(np.clip(1.0 + sigma * rng.standard_normal(), 1.0 - limit, 1.0 + limit))  # noqa: E731
     field = np.full(shape, draw(), np.float32)
-    organs = sorted(n for n in structures if prescription_from_name(n) is None)
-    ptvs = sorted((n for n in structures if prescription_from_name(n) is not None), key=prescription_from_name)
+    rx = {n: prescription_from_name(n) for n in structures}  # None: an organ at risk
+    organs = sorted(n for n in structures if rx[n] is None)
+    ptvs = sorted((n for n in structures if rx[n] is not None), key=rx.get)
     for name in organs + ptvs:
         mask = np.asarray(structures[name], bool)
         if mask.shape != tuple(shape):
             raise ValueError(f"structure {name}: shape {mask.shape}, expected {tuple(shape)}")
-        field[mask] = draw() if targets or prescription_from_name(name) is None else 1.0
+        field[mask] = draw() if targets or rx[name] is None else 1.0
     return field
