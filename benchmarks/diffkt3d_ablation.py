@@ -4,9 +4,9 @@ For each run folder and each (steps, best_of) setting, every validation patient'
 from its cached condition latents (the same `DiffKT3DTask.generate` that `rtgen predict` uses; the
 prior slot read from --prior, the CSV predictions of the shipped lightgbm_dose, which is what
 `rtgen predict` computes on the fly) and scored: OpenKBP dose and DVH scores, mean scorecard
-fraction, GDP-HMM MAE, and seconds per patient for sampling + decoding + scorecard selection
-(the prior and the encoding of the conditions, paid once per patient whatever the setting, are
-timed by `rtgen predict` and reported beside the table).
+fraction and reward (eq. 9's weighted scorecard), GDP-HMM MAE, and seconds per patient for
+sampling + decoding + scorecard selection (the prior and the encoding of the conditions, paid once
+per patient whatever the setting, are timed by `rtgen predict` and reported beside the table).
 
     python benchmarks/diffkt3d_ablation.py --val data/openkbp/validation-pats --prior PRIORS \
         --run runs/diffkt3d_b --run runs/diffkt3d_c --setting 8x2 --setting 8x1 --setting 4x2 \

@@ -88,6 +88,7 @@ def test_every_stage_trains_and_validates_on_openkbp_scores(runs):
         assert (runs / stage / "vae" / "config.json").exists()  # the run carries its autoencoder
         if metrics:
             assert np.isfinite(metrics["dose_score"]) and 0 <= metrics["scorecard"] <= 1
+            assert 0 <= metrics["reward"] <= 1
 
 
 def test_stage_c_logs_its_training_reward_every_epoch(runs):
@@ -256,3 +257,51 @@ def test_stage_c_resumes_as_if_uninterrupted(runs, tmp_path):
     assert a.keys() == b.keys() and any("lora" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_stage_c_reuses_each_patients_scored_candidates_in_later_epochs_and_runs(runs, tmp_path):
+    """nft.reuse_rollouts: the frozen starting policy samples and scores a patient once, in its first
+    epoch; later epochs, and later runs from the same policy and settings (the rollouts are stored
+    beside the latent cache), train on the same candidates and rewards. Off, every epoch draws anew.
+    Stage C keeps its best epoch by the validation scorecard."""
+    from rtgen.engine.config import load_config
+    from rtgen.engine.trainer import Trainer
+
+    calls, kept = [], []
+    for name, reuse in (("first", True), ("again", True), ("off", False)):
+        trainer = Trainer(load_config(runs / "c.yaml", ["train.epochs=2", "train.max_steps_per_epoch=2",
+                                                         f"nft.reuse_rollouts={str(reuse).lower()}"]),
+                          tmp_path / name, progress=False)
+        task, drawn = trainer.task, []
+        real = task.rollout
+
+        def counted(case, *args, real=real, drawn=drawn):
+            drawn.append(str(case["id"]))
+            return real(case, *args)
+
+        task.rollout = counted
+        trainer.fit()
+        calls.append(drawn)
+        kept.append({i: (z.clone(), r) for i, (z, r) in task._rollouts.items()})
+        assert task.selection_metric == "scorecard" and task.higher_is_better
+    assert len(calls[0]) == 2 and len(set(calls[0])) == 2  # one draw per patient, over two epochs
+    assert calls[1] == []  # the second run read them from disk
+    assert kept[0].keys() == kept[1].keys() and all(
+        torch.equal(kept[0][i][0], kept[1][i][0]) and kept[0][i][1] == kept[1][i][1] for i in kept[0])
+    assert len(calls[2]) == 4 and kept[2] == {}  # off: drawn every epoch, nothing kept
+
+
+def test_a_stage_started_from_another_run_keeps_its_latent_standardisation(runs, tmp_path):
+    """train.init: stage C on a subset of the patients still standardises latents as stage B did (the
+    network learned in those units); statistics of the subset would shift every input."""
+    from rtgen.engine.config import load_config
+    from rtgen.engine.trainer import Trainer
+
+    trainer = Trainer(load_config(runs / "c.yaml", ["data.max_train_patients=1"]), tmp_path / "c1", progress=False)
+    trainer.setup()
+    assert len(trainer.train_set) == 1
+    assert trainer.task.latent_stats == read_config(runs / "b" / "config.json")["latent_stats"]
+    alone = Trainer(load_config(runs / "c.yaml", ["data.max_train_patients=1", "train.init="]), tmp_path / "c2",
+                    progress=False)
+    alone.task.train_dataset(0, 0, False)  # from scratch: the statistics of its own patients
+    assert alone.task.latent_stats != trainer.task.latent_stats

@@ -172,6 +172,28 @@ def test_scardnft_objective_adds_the_parts():
     assert torch.allclose(total, l_diff + 0.5 * l_nft)
 
 
+def test_nft_in_x0_units_is_the_velocity_loss_weighted_by_t_squared():
+    """prediction="sample": the implicit policies mix x0 predictions and regress the sample; at the same
+    draws that is the velocity-space loss (through v = (x_t - x0) / t) times t^2, per sample, so the
+    gradient is the same policy update without the 1/t^2 blow-up at small t."""
+    from rtgen.diffusion.flow import as_velocity
+
+    net = nn.Linear(3, 3)
+    x0_fn = lambda x, t: net(x) * (1 + t.view(-1, 1))
+    old_fn = lambda x, t: 0.8 * x0_fn(x, t)
+    x, r, s = torch.randn(5, 3), torch.tensor([1.0, 0.0, 0.5, 0.2, 0.9]), FlowSchedule(3.0)
+    got = nft_step_loss(x0_fn, old_fn, x, r, s, 0.7, generator=torch.Generator().manual_seed(0), prediction="sample")
+    g = torch.Generator().manual_seed(0)
+    t = s.sample_t(5, g, x.device, x.dtype)
+    g = torch.Generator().manual_seed(0)
+    weight = t.pow(2)
+    want = nft_step_loss(as_velocity(x0_fn, "sample"), as_velocity(old_fn, "sample"), x, r, s, 0.7, weight=weight,
+                         generator=g)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="prediction"):
+        nft_step_loss(x0_fn, old_fn, x, r, s, prediction="noise")
+
+
 # ---------------------------------------------------------------- NFT on a toy with a known reward
 
 class _ToyVelocity(nn.Module):

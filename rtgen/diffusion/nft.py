@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from rtgen.diffusion.flow import FlowSchedule, flow_loss
+from rtgen.diffusion.flow import FLOW_PREDICTIONS, FlowSchedule, flow_loss
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -160,31 +160,44 @@ def optimality_from_rewards(rewards: torch.Tensor, group: torch.Tensor | Sequenc
 
 def nft_step_loss(velocity_fn: VelocityFn, old_velocity_fn: VelocityFn, x0: torch.Tensor, r: torch.Tensor,
                   schedule: FlowSchedule = FlowSchedule(), beta: float = 0.1, weight: torch.Tensor | None = None,
-                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  prediction: str = "velocity") -> torch.Tensor:
     """L_nft on scored samples x0: draw t (schedule) and eps (CPU, `generator`), re-noise, evaluate the
-    old model without gradient and the current one with it, and apply `nft_loss`."""
+    old model without gradient and the current one with it, and apply `nft_loss`.
+
+    `prediction="sample"`: the two functions predict x0, and the implicit policies mix x0 predictions
+    and regress the sample itself. At the same x_t that is the velocity loss times t^2, since
+    v = (x_t - x0) / t is affine in x0: the same policies, with the loss weighted equally over t as
+    the network was trained (`flow_loss`). In velocity units an x0 error costs 1/t^2, and the
+    few draws of small t would dominate each step."""
+    if prediction not in FLOW_PREDICTIONS:
+        raise ValueError(f"prediction must be one of {FLOW_PREDICTIONS}, got {prediction!r}")
     t = schedule.sample_t(x0.shape[0], generator, x0.device, x0.dtype)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     x_t = schedule.add_noise(x0, eps, t)
     with torch.no_grad():
-        v_old = old_velocity_fn(x_t, t)
-    return nft_loss(velocity_fn(x_t, t), v_old, schedule.velocity_target(x0, eps), r, beta, weight, mask)
+        old = old_velocity_fn(x_t, t)
+    target = x0 if prediction == "sample" else schedule.velocity_target(x0, eps)
+    return nft_loss(velocity_fn(x_t, t), old, target, r, beta, weight, mask)
 
 
 def scardnft_objective(velocity_fn: VelocityFn, old_velocity_fn: VelocityFn, samples: torch.Tensor, r: torch.Tensor,
                        schedule: FlowSchedule = FlowSchedule(), beta: float = 0.1, lam: float = 1.0,
                        reference: torch.Tensor | None = None, reference_velocity_fn: VelocityFn | None = None,
-                       mask: torch.Tensor | None = None, generator: torch.Generator | None = None
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       prediction: str = "velocity") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 13: L = L_diffusion + lam * L_nft; returns (L, {"diffusion": ..., "nft": ...}) (parts detached).
 
     L_nft is `nft_step_loss` on the scored `samples`; L_diffusion the flow-matching loss on `reference`
     doses (0 when None), through `reference_velocity_fn` when their conditioning batch differs from the
-    samples' (default: `velocity_fn`). Both closures carry their own conditioning.
+    samples' (default: `velocity_fn`). Both closures carry their own conditioning. With
+    `prediction="sample"` the functions predict x0 and both terms are x0 losses (`nft_step_loss`).
     """
-    l_nft = nft_step_loss(velocity_fn, old_velocity_fn, samples, r, schedule, beta, mask=mask, generator=generator)
+    l_nft = nft_step_loss(velocity_fn, old_velocity_fn, samples, r, schedule, beta, mask=mask, generator=generator,
+                          prediction=prediction)
     if reference is not None:
-        l_diff = flow_loss(reference_velocity_fn or velocity_fn, reference, schedule, generator=generator)
+        l_diff = flow_loss(reference_velocity_fn or velocity_fn, reference, schedule, generator=generator,
+                           prediction=prediction)
     else:
         l_diff = torch.zeros((), dtype=l_nft.dtype, device=l_nft.device)
     total = l_diff + lam * l_nft

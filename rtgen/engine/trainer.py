@@ -79,8 +79,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
 
 
 def check_init(init: str, task, source: str):
-    """The weights file of `train.init`, a run of the same task and network; another task or model is
-    refused before any data is read, naming both."""
+    """(weights file, config.json) of `train.init`, a run of the same task and network; another task or
+    model is refused before any data is read, naming both."""
     from rtgen.core.checkpoint import read_config, resolve_checkpoint
 
     weights, config_path = resolve_checkpoint(init)
@@ -89,7 +89,7 @@ def check_init(init: str, task, source: str):
     if theirs != (task.name, task.model_name):
         raise ConfigError(source, f"train.init {init} is a {theirs[0]} run of {theirs[1]}, not a {task.name} run "
                                   f"of {task.model_name}")
-    return weights
+    return weights, config
 
 
 class Trainer:
@@ -118,8 +118,10 @@ class Trainer:
     def setup(self) -> None:
         cfg, task = self.cfg, self.task
         seed_everything(cfg.train.seed)
-        init = (check_init(cfg.train.init, task, cfg.source)
-                if cfg.train.init and (not self.resume or task.init_on_resume) else None)
+        init, init_config = (check_init(cfg.train.init, task, cfg.source)
+                             if cfg.train.init and (not self.resume or task.init_on_resume) else (None, None))
+        if init_config is not None:
+            task.start_from(init_config)
         self.train_set = task.train_dataset(cfg.train.seed, self.rank, self.progress)
         self.val_data = task.val_data(self.progress) if self.main else []
         self.model = task.build_model().to(self.device)

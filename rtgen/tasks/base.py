@@ -72,6 +72,10 @@ class Task:
         check_and_load(model, load_weights(weights), weights)
         return model
 
+    def start_from(self, init_config: dict) -> None:
+        """Called with `train.init`'s config.json before the data is read: what a fine-tuning run must
+        share with the run it starts from beyond its weights (DiffKT3D: the latent standardisation)."""
+
     def loss(self, model, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 

@@ -12,7 +12,9 @@ One task, three stages chosen by `any2any.stage`, each one `rtgen train` run:
   frozen but the modulation networks, paper B.5); each step samples `nft.candidates` doses per
   patient with the stage's frozen starting policy, scores them with the clinical scorecard
   (`rtgen.dosimetry.scorecard`, MAE anchor against the plan), turns rewards into eq. (10)
-  optimality probabilities within each patient and minimises L = L_flow + lambda L_nft (eq. 13).
+  optimality probabilities within each patient and minimises L = L_flow + lambda L_nft (eq. 13),
+  both terms in the network's own units (x0 for `flow.prediction: sample`, as stage B trained).
+  The stage keeps its best epoch by the validation scorecard, the quantity it is there to raise.
 
 Slots are `rtgen.data.transforms.modalities`: CT, PTV prescription map, OAR label map, body
 (possible dose mask), an optional dose prior, and the dose. Every slot is encoded once by the frozen
@@ -163,6 +165,12 @@ class NFTConfig:
     # scorecard measures, so that eq. 10 has something to rank; 0 turns it off.
     explore_structures: Annotated[float, Field(ge=0, le=0.3)] = 0.0
     explore_targets: bool = True  # false: the targets keep their dose, only the organs at risk and the rest vary
+    # Rollout reuse (not in the paper): the starting policy is frozen, so a patient's scored candidates
+    # stay samples of it. With reuse on, they are drawn and scored once, stored beside the latent cache,
+    # and re-noised (fresh t and eps) in every later epoch or run with the same starting policy and
+    # candidate settings: those skip sampling, decoding and scoring, the cost of a stage C step on a
+    # CPU. Off: every epoch draws new candidates.
+    reuse_rollouts: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,6 +204,9 @@ class DiffKT3DTask(Task):
         self._old_model = None
         self._generator = torch.Generator().manual_seed(0)
         self._rewards: list[list[float]] = []  # stage C: this epoch's candidate rewards, one list per patient
+        self._rollouts: dict[int, tuple[torch.Tensor, list[float]]] = {}  # nft.reuse_rollouts: patient -> (z, R)
+        if self.any2any.stage == "scardnft":  # stage C is there to raise the scorecard: keep its best epoch
+            self.selection_metric, self.higher_is_better = "scorecard", True
 
     @property
     def init_on_resume(self) -> bool:
@@ -206,9 +217,16 @@ class DiffKT3DTask(Task):
         self._generator.manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
         self._steps = step
 
+    def start_from(self, init_config: dict) -> None:
+        """A stage starting from another run's weights keeps that run's latent standardisation: the
+        network learned in those units, and statistics of another set of patients (stage C's subset)
+        would shift every input it sees."""
+        if init_config.get("latent_stats"):
+            self.latent_stats = init_config["latent_stats"]
+
     def metric_unit(self, name: str) -> str:
         name = name.removeprefix("val_")
-        return "" if name == "scorecard" else "s" if name.startswith("seconds") else "Gy"
+        return "" if name in ("scorecard", "reward") else "s" if name.startswith("seconds") else "Gy"
 
     # ---- the frozen autoencoder
     def implied_architecture(self) -> dict:
@@ -442,17 +460,9 @@ class DiffKT3DTask(Task):
         cond_ids = [i for i in range(len(self.modalities)) if i != dose_id]
         schedule, n = self.flow.schedule(), self.nft.candidates
         samples, rewards, groups, conds_all = [], [], [], []
-        for j, case in enumerate(cases):
+        for j, (index, case) in enumerate(zip(batch["index"].tolist(), cases)):
             conds = self.case_latents(case, [self.modalities[i] for i in cond_ids])[None]
-            fn = self.velocity(self._old_model, conds, cond_ids, dose_id)
-            with torch.no_grad():
-                z = sample_flow(fn, (n, *conds.shape[2:]), schedule, self.nft.steps, "euler", generator=self._generator)
-                if self.nft.explore:
-                    z = z + self.nft.explore * torch.randn(z.shape, generator=self._generator).to(z)
-                if self.nft.explore_structures:
-                    z = self.edit_by_structure(case, z)
-            ref = case["dose"].astype(np.float32)
-            case_rewards = [self.case_reward(case, decode_modality("dose", d), ref) for d in self.dose_volumes(case, z)]
+            z, case_rewards = self.scored_candidates(index, case, conds, cond_ids, dose_id)
             self._rewards.append(case_rewards)
             rewards += case_rewards
             samples.append(z)
@@ -461,11 +471,69 @@ class DiffKT3DTask(Task):
         r = optimality_from_rewards(torch.tensor(rewards, dtype=torch.float32), torch.tensor(groups))
         conds = torch.cat(conds_all)
         x = batch["latents"]  # the plans: L_flow keeps the policy anchored to the data (eq. 13)
+        # both losses in the network's own units (x0 for flow.prediction "sample"), as stages A and B trained
         total, _ = scardnft_objective(
-            self.velocity(model, conds, cond_ids, dose_id), self.velocity(self._old_model, conds, cond_ids, dose_id),
+            self.predictor(model, conds, cond_ids, dose_id), self.predictor(self._old_model, conds, cond_ids, dose_id),
             torch.cat(samples), r, schedule, self.nft.beta, self.nft.lam, reference=x[:, dose_id],
-            reference_velocity_fn=self.velocity(model, x[:, cond_ids], cond_ids, dose_id), generator=self._generator)
+            reference_velocity_fn=self.predictor(model, x[:, cond_ids], cond_ids, dose_id), generator=self._generator,
+            prediction=self.flow.prediction)
         return total
+
+    def scored_candidates(self, index: int, case: dict, conds: torch.Tensor, cond_ids: list[int], dose_id: int
+                          ) -> tuple[torch.Tensor, list[float]]:
+        """A patient's candidates and rewards: drawn now, or with nft.reuse_rollouts the ones drawn in an
+        earlier epoch (kept in memory, and on disk beside the latent cache so that another run from the
+        same starting policy and settings reuses them too)."""
+        if not self.nft.reuse_rollouts:
+            return self.rollout(case, conds, cond_ids, dose_id)
+        if index not in self._rollouts:
+            path = Path(self.data.cache) / "rollouts" / self.rollout_key() / f"{case['id']}.npz"
+            source = str(case.get("prior_source", ""))  # the conditions hold the prior's latent
+            stored = None
+            if path.exists():
+                with np.load(path) as f:
+                    if str(f["prior_source"]) == source:
+                        stored = (torch.from_numpy(f["z"]), [float(v) for v in f["rewards"]])
+            if stored:
+                self._rollouts[index] = stored
+            else:
+                z, rewards = self.rollout(case, conds, cond_ids, dose_id)
+                self._rollouts[index] = (z.cpu(), rewards)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, z=z.float().cpu().numpy(), rewards=np.array(rewards), prior_source=np.array(source))
+        z, rewards = self._rollouts[index]
+        return z.to(conds), rewards
+
+    def rollout_key(self) -> str:
+        """What a stored rollout depends on: the starting policy's weights, the latent cache (autoencoder)
+        and standardisation, and the settings that draw, edit and score the candidates."""
+        if not hasattr(self, "_rollout_key"):
+            h = hashlib.sha256(self.vae_key().encode())
+            for name, tensor in sorted(self._old_model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().float().cpu().numpy().tobytes())
+            settings = {k: v for k, v in self.nft.to_dict().items() if k not in ("beta", "lam", "lora_rank")}
+            h.update(repr((sorted(settings.items()), self.flow.to_dict(), self.latent.to_dict(),
+                           self.latent_stats)).encode())
+            self._rollout_key = h.hexdigest()[:12]
+        return self._rollout_key
+
+    @torch.no_grad()
+    def rollout(self, case: dict, conds: torch.Tensor, cond_ids: list[int], dose_id: int
+                ) -> tuple[torch.Tensor, list[float]]:
+        """nft.candidates dose latents of one patient from the frozen starting policy (with the configured
+        exploration) and their scorecard rewards, anchored to the plan."""
+        n = self.nft.candidates
+        fn = self.velocity(self._old_model, conds, cond_ids, dose_id)
+        z = sample_flow(fn, (n, *conds.shape[2:]), self.flow.schedule(), self.nft.steps, "euler",
+                        generator=self._generator)
+        if self.nft.explore:
+            z = z + self.nft.explore * torch.randn(z.shape, generator=self._generator).to(z)
+        if self.nft.explore_structures:
+            z = self.edit_by_structure(case, z)
+        ref = case["dose"].astype(np.float32)
+        return z, [self.case_reward(case, decode_modality("dose", d), ref) for d in self.dose_volumes(case, z)]
 
     @torch.no_grad()
     def edit_by_structure(self, case: dict, z: torch.Tensor) -> torch.Tensor:
@@ -606,8 +674,9 @@ class DiffKT3DTask(Task):
         return self.score_cases(model, data, sampling, device), None
 
     def score_cases(self, model, cases: list[dict], sampling: KT3DSamplingConfig, device="cpu") -> dict:
-        """OpenKBP dose and DVH scores, GDP-HMM MAE, mean scorecard fraction and seconds a patient
-        (sampling, decoding, best-of selection) of the doses generated for cached cases."""
+        """OpenKBP dose and DVH scores, GDP-HMM MAE, mean scorecard fraction, mean reward (the weighted
+        scorecard of eq. 9, without the anchors) and seconds a patient (sampling, decoding, best-of
+        selection) of the doses generated for cached cases."""
         scores, gdp, cards, seconds = OpenKBPScores(), [], [], []
         for case in cases:
             start = time.perf_counter()
@@ -622,9 +691,11 @@ class DiffKT3DTask(Task):
             vv = float(np.prod(case["spacing"]))
             scores.add(str(case["id"]), ref, gy, mask, structures, vv)
             gdp.append(gdp_hmm_mae(ref, gy, mask))
-            cards.append(self.scorecard.evaluate(gy, structures, vv).fraction)
+            card = self.scorecard.evaluate(gy, structures, vv)
+            cards.append((card.fraction, card.weighted_score))
+        fraction, weighted = np.mean(cards, axis=0)
         return {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score, "gdp_hmm_mae": float(np.mean(gdp)),
-                "scorecard": float(np.mean(cards)), "seconds_per_patient": float(np.mean(seconds))}
+                "scorecard": float(fraction), "reward": float(weighted), "seconds_per_patient": float(np.mean(seconds))}
 
     # ---- checkpoints
     def checkpoint_config(self) -> dict:
