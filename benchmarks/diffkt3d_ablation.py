@@ -11,6 +11,10 @@ per patient whatever the setting, are timed by `rtgen predict` and reported besi
     python benchmarks/diffkt3d_ablation.py --val data/openkbp/validation-pats --prior PRIORS \
         --run runs/diffkt3d_b --run runs/diffkt3d_c --setting 8x2 --setting 8x1 --setting 4x2 \
         --out ablation.json
+
+With more than one row, or `--baseline` (an earlier --out file), each row is compared patient by
+patient with the first (or the baseline's first): scorecard and dose error changes, and a
+Wilcoxon signed-rank test of the scorecard change.
 """
 
 from __future__ import annotations
@@ -35,10 +39,29 @@ def evaluate(run: Path, val: str, prior: str, settings: list[tuple[int, int]], l
     for steps, best_of in settings:
         sampling = KT3DSamplingConfig(task.sampling.method, steps, best_of, 0)
         row = {"run": str(run), "stage": task.any2any.stage, "steps": steps, "best_of": best_of,
-               "patients": len(cases), **task.score_cases(model, cases, sampling)}
-        print(json.dumps(row), flush=True)
+               "patients": len(cases), **task.score_cases(model, cases, sampling, per_patient=True)}
+        print(json.dumps({k: v for k, v in row.items() if k != "per_patient"}), flush=True)
         rows.append(row)
     return rows
+
+
+def paired(base: dict, others: list[dict]) -> str:
+    """Each row against the first, patient by patient: the mean change of scorecard and dose error,
+    how many patients went up, and the Wilcoxon signed-rank p-value of the scorecard change."""
+    from scipy.stats import wilcoxon
+
+    lines = []
+    for row in others:
+        ids = sorted(set(base["per_patient"]) & set(row["per_patient"]))
+        a, b = ([r["per_patient"][i] for i in ids] for r in (base, row))
+        card = [y["scorecard"] - x["scorecard"] for x, y in zip(a, b)]
+        dose = [y["dose_error"] - x["dose_error"] for x, y in zip(a, b)]
+        p = wilcoxon(card).pvalue if any(card) else 1.0
+        lines.append(f"{row['run']} {row['steps']}x{row['best_of']} against {base['run']}: scorecard "
+                     f"{100 * sum(card) / len(ids):+.2f} points (higher for {sum(c > 0 for c in card)} of {len(ids)}, "
+                     f"lower for {sum(c < 0 for c in card)}; Wilcoxon p = {p:.3f}), dose error "
+                     f"{sum(dose) / len(ids):+.3f} Gy")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -50,12 +73,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="an earlier --out file: the rows are compared patient by patient with its first row")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = [tuple(int(v) for v in s.split("x")) for s in (args.setting or ["8x2"])]
     rows = [r for run in args.run for r in evaluate(run, args.val, args.prior, settings, args.limit)]
-    if args.out:
+    if args.out:  # with each patient's scores, for paired comparisons
         args.out.write_text(json.dumps({"machine": "see README", "rows": rows}, indent=1))
+    base = json.loads(args.baseline.read_text())["rows"][0] if args.baseline else None
+    if base or len(rows) > 1:
+        print(paired(base, rows) if base else paired(rows[0], rows[1:]))
 
 
 if __name__ == "__main__":

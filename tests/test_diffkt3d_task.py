@@ -305,3 +305,19 @@ def test_a_stage_started_from_another_run_keeps_its_latent_standardisation(runs,
                     progress=False)
     alone.task.train_dataset(0, 0, False)  # from scratch: the statistics of its own patients
     assert alone.task.latent_stats != trainer.task.latent_stats
+
+
+def test_scoring_reports_each_patient_for_paired_comparisons(runs):
+    """score_cases(per_patient=True): each patient's dose error, scorecard and reward, which average
+    to the reported dose score, scorecard and reward."""
+    from rtgen.tasks.diffkt3d import KT3DSamplingConfig
+
+    config = read_config(runs / "c" / "config.json")
+    task = task_from_checkpoint(config)
+    model = task.load_model(runs / "c" / "model.safetensors").eval()
+    cases = [task.cached_case(EXAMPLES / pid, str(runs / "priors")) for pid in ("pt_204", "pt_219")]
+    out = task.score_cases(model, cases, KT3DSamplingConfig("euler", 2, 1, 0), per_patient=True)
+    each = out["per_patient"]
+    assert set(each) == {"pt_204", "pt_219"}
+    for key, name in (("dose_error", "dose_score"), ("scorecard", "scorecard"), ("reward", "reward")):
+        assert np.isclose(np.mean([p[key] for p in each.values()]), out[name])

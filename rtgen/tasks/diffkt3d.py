@@ -673,10 +673,12 @@ class DiffKT3DTask(Task):
         sampling = KT3DSamplingConfig(self.sampling.method, self.sampling.steps, 1, self.sampling.seed)
         return self.score_cases(model, data, sampling, device), None
 
-    def score_cases(self, model, cases: list[dict], sampling: KT3DSamplingConfig, device="cpu") -> dict:
+    def score_cases(self, model, cases: list[dict], sampling: KT3DSamplingConfig, device="cpu",
+                    per_patient: bool = False) -> dict:
         """OpenKBP dose and DVH scores, GDP-HMM MAE, mean scorecard fraction, mean reward (the weighted
         scorecard of eq. 9, without the anchors) and seconds a patient (sampling, decoding, best-of
-        selection) of the doses generated for cached cases."""
+        selection) of the doses generated for cached cases; `per_patient` adds each patient's dose
+        error, scorecard and reward (for paired comparisons of two models)."""
         scores, gdp, cards, seconds = OpenKBPScores(), [], [], []
         for case in cases:
             start = time.perf_counter()
@@ -694,8 +696,12 @@ class DiffKT3DTask(Task):
             card = self.scorecard.evaluate(gy, structures, vv)
             cards.append((card.fraction, card.weighted_score))
         fraction, weighted = np.mean(cards, axis=0)
-        return {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score, "gdp_hmm_mae": float(np.mean(gdp)),
-                "scorecard": float(fraction), "reward": float(weighted), "seconds_per_patient": float(np.mean(seconds))}
+        out = {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score, "gdp_hmm_mae": float(np.mean(gdp)),
+               "scorecard": float(fraction), "reward": float(weighted), "seconds_per_patient": float(np.mean(seconds))}
+        if per_patient:
+            out["per_patient"] = {p.patient_id: {"dose_error": p.dose_error, "scorecard": c[0], "reward": c[1]}
+                               for p, c in zip(scores.patients, cards)}
+        return out
 
     # ---- checkpoints
     def checkpoint_config(self) -> dict:
