@@ -13,8 +13,8 @@ per patient whatever the setting, are timed by `rtgen predict` and reported besi
         --out ablation.json
 
 With more than one row, or `--baseline` (an earlier --out file), each row is compared patient by
-patient with the first (or the baseline's first): scorecard and dose error changes, and a
-Wilcoxon signed-rank test of the scorecard change.
+patient with the first (or the baseline's first): the changes of the eq. 9 scorecard, the share
+of points and the dose error, each with a Wilcoxon signed-rank test.
 """
 
 from __future__ import annotations
@@ -46,21 +46,24 @@ def evaluate(run: Path, val: str, prior: str, settings: list[tuple[int, int]], l
 
 
 def paired(base: dict, others: list[dict]) -> str:
-    """Each row against the first, patient by patient: the mean change of scorecard and dose error,
-    how many patients went up, and the Wilcoxon signed-rank p-value of the scorecard change."""
-    from scipy.stats import wilcoxon
+    """Each row against the first, patient by patient: for the eq. 9 scorecard (the reward), the share
+    of points and the dose error, the mean change, how many patients went up and down, and the
+    Wilcoxon signed-rank p-value (`rtgen.dosimetry.stats.compare_paired`)."""
+    from rtgen.dosimetry.stats import compare_paired
 
     lines = []
     for row in others:
         ids = sorted(set(base["per_patient"]) & set(row["per_patient"]))
-        a, b = ([r["per_patient"][i] for i in ids] for r in (base, row))
-        card = [y["scorecard"] - x["scorecard"] for x, y in zip(a, b)]
-        dose = [y["dose_error"] - x["dose_error"] for x, y in zip(a, b)]
-        p = wilcoxon(card).pvalue if any(card) else 1.0
-        lines.append(f"{row['run']} {row['steps']}x{row['best_of']} against {base['run']}: scorecard "
-                     f"{100 * sum(card) / len(ids):+.2f} points (higher for {sum(c > 0 for c in card)} of {len(ids)}, "
-                     f"lower for {sum(c < 0 for c in card)}; Wilcoxon p = {p:.3f}), dose error "
-                     f"{sum(dose) / len(ids):+.3f} Gy")
+        parts = []
+        for key, scale, unit in (("reward", 100, " points"), ("scorecard", 100, " points"), ("dose_error", 1, " Gy")):
+            after = [row["per_patient"][i][key] for i in ids]
+            before = [base["per_patient"][i][key] for i in ids]
+            c = compare_paired(after, before)
+            up = sum(a > b for a, b in zip(after, before))
+            down = sum(a < b for a, b in zip(after, before))
+            parts.append(f"{key} {scale * c.mean_difference:+.3f}{unit} (higher for {up} of {c.n}, lower for {down}; "
+                         f"Wilcoxon p = {c.wilcoxon_pvalue:.4f})")
+        lines.append(f"{row['run']} {row['steps']}x{row['best_of']} against {base['run']}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
