@@ -176,6 +176,14 @@ class NFTConfig:
         return asdict(self)
 
 
+def _save_arrays(path: Path, arrays: dict) -> None:
+    """One .npz of the task's caches (latents, rollouts), written atomically: an interrupted run
+    leaves no half-written file for the next one to read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 # ---------------------------------------------------------------- the task
 @register_task("diffkt3d")
 class DiffKT3DTask(Task):
@@ -349,10 +357,7 @@ class DiffKT3DTask(Task):
             case["prior"] = vols["prior"].astype(np.float16)
         if patient.dose is not None:
             case["dose"] = crop.take(patient.dose).astype(np.float16)
-        root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **case)
+        _save_arrays(cache, case)
         return case
 
     def _cases(self, folder: str, limit, what: str, prior_folder: str, progress: bool) -> list[dict]:
@@ -499,9 +504,8 @@ class DiffKT3DTask(Task):
             else:
                 z, rewards = self.rollout(case, conds, cond_ids, dose_id)
                 self._rollouts[index] = (z.cpu(), rewards)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, z=z.float().cpu().numpy(), rewards=np.array(rewards), prior_source=np.array(source))
+                _save_arrays(path, {"z": z.float().cpu().numpy(), "rewards": np.array(rewards),
+                                    "prior_source": np.array(source)})
         z, rewards = self._rollouts[index]
         return z.to(conds), rewards
 
