@@ -218,3 +218,41 @@ def test_output_inside_data_is_refused(tmp_path):
     write_patient(tmp_path / "P1")
     result = CliRunner().invoke(app, ["register", str(tmp_path), str(tmp_path / "out")])
     assert result.exit_code == 1 and "must not lie inside the data folder" in result.output
+
+
+def test_predict_registers_an_unregistered_pair_and_writes_on_the_mr_grid(tmp_path):
+    """`rtgen predict` on a raw pair (the MR on its own grid, the limb moved): the CT is registered onto the
+    MR first and the synthetic MR written on the MR's grid, where `rtgen evaluate` scores it against the
+    raw folder; --no-register keeps the CT's grid."""
+    import nibabel as nib
+
+    runner = CliRunner()
+    raw, reg = tmp_path / "raw", tmp_path / "reg"
+    write_patient(raw / "P1")
+    assert runner.invoke(app, ["register", str(raw), str(reg), "--threads", "2"]).exit_code == 0
+    lut = tmp_path / "lut"  # the HU-to-intensity lookup trains in seconds and is a real image regression
+    result = runner.invoke(app, ["train", "configs/diffma_lookup_baseline.yaml", f"data.train={reg}", f"data.val={reg}",
+                                 "data.size=48", "data.spacing_mm=2.5", "train.epochs=5", "train.batch_size=5",
+                                 "train.lr=0.05", "--out", str(lut)])
+    assert result.exit_code == 0, result.output
+    synth, on_reg = tmp_path / "synth", tmp_path / "synth_reg"
+    result = runner.invoke(app, ["predict", "--model", str(lut), "--patients", str(raw), "--out", str(synth)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "registering the CT onto it" in result.output
+    mr = nib.load(str(raw / "P1" / "mr_t1.nii.gz"))
+    out = nib.load(str(synth / "P1.nii.gz"))
+    assert out.shape == mr.shape and np.allclose(out.affine, mr.affine, atol=1e-3)
+    # the same as predicting on the pair `rtgen register` wrote
+    assert runner.invoke(app, ["predict", "--model", str(lut), "--patients", str(reg), "--out", str(on_reg)]).exit_code == 0
+    a, b = out.get_fdata(), nib.load(str(on_reg / "P1.nii.gz")).get_fdata()
+    assert a.std() > 0.05 and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    scored = runner.invoke(app, ["evaluate", "--pred", str(synth), "--ref", str(raw), "--out", str(tmp_path / "m")])
+    assert scored.exit_code == 0, scored.output
+    rows = (tmp_path / "m" / "per_patient.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["P1"]  # scored on the MR's grid
+    kept = tmp_path / "synth_ct"
+    result = runner.invoke(app, ["predict", "--model", str(lut), "--patients", str(raw / "P1"), "--out", str(kept),
+                                 "--no-register"])
+    assert result.exit_code == 0, result.output
+    ct = nib.load(str(raw / "P1" / "ct.nii.gz"))
+    assert nib.load(str(kept / "P1.nii.gz")).shape == ct.shape != mr.shape

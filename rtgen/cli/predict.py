@@ -35,6 +35,7 @@ def predict(
     best_of: Optional[int] = typer.Option(None, "--best-of", min=1, help="DiffKT3D: sample N doses and keep the one with the best clinical scorecard (default: the model's own setting)."),
     target: str = typer.Option("dose", "--target", help="DiffKT3D: the modality to generate from the others (dose, ct, ptv, oar or body); a non-dose target is written as OUT/<id>_<target>.nii.gz."),
     report: bool = typer.Option(False, "--report/--no-report", help="Also write OUT/report.html: slices, DVHs and metrics of each prediction, compared with the patient's own dose when it has one."),
+    register: bool = typer.Option(True, "--register/--no-register", help="CT -> MR models: a patient whose MR is on another grid than its CT (not registered) has its CT registered onto the MR first, as `rtgen register` does, and its synthetic MR written on the MR's grid. --no-register synthesises on the CT's grid instead."),
 ):
     """Predict whole doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
     from tqdm.auto import tqdm
@@ -47,7 +48,10 @@ def predict(
     from rtgen.inference.writers import estimated_bytes, write_dose
     from rtgen.tasks.dose_base import SamplingConfig
 
-    paths = patients_in(patients)
+    from rtgen.data.sources.image_pairs import find_pairs, holds_image_pairs
+
+    image_data = holds_image_pairs(patients)  # CT/MR patients: a split folder or one patient folder
+    paths = find_pairs(patients) if image_data else patients_in(patients)
     if fmt is PredFormat.dicom:
         from rtgen.data.sources.dicom import is_dicom_dir
 
@@ -63,9 +67,7 @@ def predict(
             check_report_path(out_dir / "report.html")
             page = ReportPage(title="rtgen predictions", sources={"patients": str(patients.resolve())})
         if model is None:  # the best shipped model for the data: dose, or CT -> MR for image pairs
-            from rtgen.data.sources.image_pairs import holds_image_pairs
-
-            model = shipped_model_dir(default_model("image_regression" if holds_image_pairs(patients) else "dose"))
+            model = shipped_model_dir(default_model("image_regression" if image_data else "dose"))
             out.print(f"model: the shipped default, {model.name}")
         elif str(model).startswith("hub:"):  # a model shipped inside rtgen, e.g. hub:diffkt3d_openkbp
             model = shipped_model_dir(str(model)[len("hub:"):])
@@ -79,7 +81,8 @@ def predict(
         if image:
             if tta:
                 predictor.task.use_flip_average()
-            return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed))
+            return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed),
+                                   register)
         diffusion = predictor.task.stochastic
         imputes = hasattr(predictor.task, "impute")
         if (best_of is not None or target != "dose") and not imputes:
@@ -115,13 +118,18 @@ def predict(
         batch.finish(f"predicted -> {out_dir}")  # inside: a folder left empty by failures is removed
 
 
-def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, sampling) -> None:
+def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, sampling, register: bool) -> None:
     """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid.
     Only the CT is a model input; of an MR in the patient folder (on the same grid: registered) only
-    its field of view is used, to leave blank what it did not acquire (`data.mr_fov`)."""
+    its field of view is used, to leave blank what it did not acquire (`data.mr_fov`). An MR on
+    another grid (an unregistered pair) is used to register the CT onto it (`register`), and the
+    MR is then written on the MR's grid: scored there, an unregistered synthesis would be off by the
+    5-15 mm the limbs moved between the scans."""
+    import tempfile
+
     from tqdm.auto import tqdm
 
-    from rtgen.data.sources.image_pairs import find_pairs, load_pair
+    from rtgen.data.sources.image_pairs import find_pairs, load_pair, mr_on_another_grid
     from rtgen.inference.writers import write_image
 
     paths = find_pairs(patients)
@@ -129,11 +137,31 @@ def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, s
     task = predictor.task
 
     def predict_one(path: Path) -> None:
-        pair = load_pair(path, need_mr=False, mr_geometry_only=True)  # the MR is never an input
-        volume = task.predict_pair(predictor.model, pair, predictor.device, batch_size,
-                                   sampling if task.stochastic else None)
-        write_image(out_dir, pair.id, volume, pair.affine)
+        with tempfile.TemporaryDirectory(prefix="rtgen-register-") as tmp:
+            folder = _registered(path, Path(tmp)) if register and mr_on_another_grid(path) else path
+            pair = load_pair(folder, need_mr=False, mr_geometry_only=True)  # the MR is never an input
+            volume = task.predict_pair(predictor.model, pair, predictor.device, batch_size,
+                                       sampling if task.stochastic else None)
+        write_image(out_dir, path.name, volume, pair.affine)
 
     for path in tqdm(paths, desc="synthesising", unit="patient"):
         batch.run(path.name, lambda p=path: predict_one(p))
     batch.finish(f"predicted -> {out_dir}")
+
+
+def _registered(path: Path, tmp: Path) -> Path:
+    """The patient's CT registered onto its MR's grid (rigid, then B-spline, as `rtgen register`), in
+    `tmp`. A pair failing QA is still used, with a warning: it is the best alignment there is."""
+    import warnings
+
+    from rtgen.core.errors import RtgenWarning
+    from rtgen.data.registration import PairFiles
+    from rtgen.data.registration.run import register_patient
+
+    out.print(f"{path.name}: MR on another grid than the CT: registering the CT onto it (rtgen register)")
+    report = register_patient(PairFiles(path, Path(path.name)), tmp, keep_failed=True)
+    if report.status != "ok":
+        qa = report.qa
+        warnings.warn(f"{path}: the registration failed QA (body Dice {qa.dice_after:.3f}); synthesising on it "
+                      "anyway, check the pair with rtgen register", RtgenWarning, stacklevel=2)
+    return tmp / path.name

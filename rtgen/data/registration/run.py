@@ -50,8 +50,9 @@ def _itk_reason(e: RuntimeError) -> str:
 
 
 def register_patient(files: PairFiles, out_root: Path, settings: RegistrationSettings = RegistrationSettings(),
-                     thresholds: QAThresholds = QAThresholds()) -> PatientReport:
-    """Register, score and write one pair; errors in the input raise DataError naming the file."""
+                     thresholds: QAThresholds = QAThresholds(), keep_failed: bool = False) -> PatientReport:
+    """Register, score and write one pair; errors in the input raise DataError naming the file.
+    `keep_failed` writes a pair that fails QA too (prediction: the best alignment there is, flagged)."""
     start = time.perf_counter()
     pair = load_pair(files)
     try:
@@ -61,10 +62,10 @@ def register_patient(files: PairFiles, out_root: Path, settings: RegistrationSet
     except RuntimeError as e:  # ITK: e.g. the images do not overlap at all
         raise DataError(files.folder, f"registration failed: {_itk_reason(e)}") from None
     qa = assess(pair.ct, pair.mr, result, pair.ct_tumour, pair.mr_tumour, thresholds)
-    if qa.passed:
+    if qa.passed or keep_failed:
         write_pair(out_root / files.rel, files, pair, result)
         output = files.rel.as_posix()
-    else:
+    if not qa.passed:
         png = Path(REJECTED) / (files.rel.as_posix().replace("/", "__") + ".png")
         checkerboard_png(out_root / png, pair.ct, pair.mr, result, pair.mr_tumour)
         output = png.as_posix()

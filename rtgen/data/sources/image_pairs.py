@@ -35,7 +35,7 @@ class ImagePair:
     """One patient: CT in HU and, when present, the MR and a body mask, all on the CT's grid."""
 
     id: str
-    ct: np.ndarray  # float32 (x, y, z), HU
+    ct: np.ndarray  # float32 (x, y, z), HU (None only in a scoring reference read without it: load_mr_reference)
     spacing: tuple[float, float, float]  # mm
     affine: np.ndarray  # 4 x 4, voxel -> world (written back with predictions)
     mr: np.ndarray | None = None  # float32, scanner units
@@ -144,4 +144,38 @@ def load_pair(folder: str | Path, need_mr: bool = True, mr_geometry_only: bool =
         if body.shape != ct.shape:
             raise DataError(body_path, f"has shape {body.shape}, the CT {ct.shape}")
         pair.body = body > 0.5
+    return pair
+
+
+def mr_on_another_grid(folder: str | Path) -> bool:
+    """Whether the patient folder holds an MR whose grid (shape, voxel -> world) is not the CT's:
+    an unregistered pair. Reads the two headers only."""
+    import nibabel as nib
+
+    folder = Path(folder)
+    ct_path, mr_path = _first(folder, CT_NAMES), _first(folder, MR_NAMES)
+    if ct_path is None or mr_path is None:
+        return False
+    try:
+        ct, mr = nib.load(str(ct_path)), nib.load(str(mr_path))
+        return ct.shape != mr.shape or not np.allclose(ct.affine, mr.affine, atol=1e-3)
+    except Exception:  # unreadable: load_pair reports it, naming the file
+        return False
+
+
+def load_mr_reference(folder: str | Path) -> ImagePair:
+    """The MR of an unregistered patient folder on its own grid, to score a synthetic MR written there
+    (`rtgen predict` registers such a pair and writes on the MR's grid). The CT is not read: `ct` is
+    None. A body mask is used only where it lies on the MR's grid."""
+    folder = Path(folder)
+    mr_path = _first(folder, MR_NAMES)
+    if mr_path is None:
+        raise DataError(folder, "no MR (mr.nii.gz or mr_t1.nii.gz) to score against")
+    mr, spacing, affine = read_volume(mr_path)
+    pair = ImagePair(folder.name, None, spacing, affine, mr=mr, fov=mr_field_of_view(mr))  # type: ignore[arg-type]
+    body_path = _first(folder, BODY_NAMES)
+    if body_path is not None:
+        body, _, _ = read_volume(body_path)
+        if body.shape == mr.shape:
+            pair.body = body > 0.5
     return pair
