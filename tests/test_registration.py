@@ -256,3 +256,18 @@ def test_predict_registers_an_unregistered_pair_and_writes_on_the_mr_grid(tmp_pa
     assert result.exit_code == 0, result.output
     ct = nib.load(str(raw / "P1" / "ct.nii.gz"))
     assert nib.load(str(kept / "P1.nii.gz")).shape == ct.shape != mr.shape
+
+
+def test_a_pair_failing_qa_can_be_kept_for_prediction(tmp_path):
+    """`keep_failed` (rtgen predict's registration) writes a pair that fails QA, and still reports it failed."""
+    from rtgen.data.registration import QAThresholds
+    from rtgen.data.registration.run import register_patient
+
+    write_patient(tmp_path / "raw" / "P1")
+    files = find_pairs(tmp_path / "raw")[0]
+    strict = QAThresholds(min_dice=1.0)  # no registration reaches a body Dice of 1
+    report = register_patient(files, tmp_path / "kept", FAST, strict, keep_failed=True)
+    assert report.status == "failed QA" and (tmp_path / "kept" / "P1" / "ct.nii.gz").is_file()
+    assert report.output == "rejected/P1.png" and (tmp_path / "kept" / "rejected" / "P1.png").is_file()
+    assert register_patient(files, tmp_path / "left", FAST, strict).status == "failed QA"
+    assert not (tmp_path / "left" / "P1").exists()
