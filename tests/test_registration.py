@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,13 @@ def test_predict_registers_an_unregistered_pair_and_writes_on_the_mr_grid(tmp_pa
     assert scored.exit_code == 0, scored.output
     rows = (tmp_path / "m" / "per_patient.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["P1"]  # scored on the MR's grid
+    # a reference folder with the MR alone scores the same
+    shutil.copytree(raw, tmp_path / "mr_only")
+    for name in ("ct.nii.gz", "ct_mask.nii.gz"):
+        (tmp_path / "mr_only" / "P1" / name).unlink()
+    alone = runner.invoke(app, ["evaluate", "--pred", str(synth), "--ref", str(tmp_path / "mr_only"), "--out", str(tmp_path / "m2")])
+    assert alone.exit_code == 0, alone.output
+    assert (tmp_path / "m2" / "per_patient.csv").read_text() == (tmp_path / "m" / "per_patient.csv").read_text()
     kept = tmp_path / "synth_ct"
     result = runner.invoke(app, ["predict", "--model", str(lut), "--patients", str(raw / "P1"), "--out", str(kept),
                                  "--no-register"])

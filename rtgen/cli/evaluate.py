@@ -15,7 +15,7 @@ from rtgen.cli.app import Batch, app, out, user_errors
 @user_errors
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Predictions: pt_N.csv (submission format) or pt_N.nii.gz (doses), or <patient>.nii.gz synthetic MR images."),
-    ref: Path = typer.Option(..., "--ref", help="Reference split folder: patients with dose.csv, or CT/MR pairs (then synthetic MR images are scored on each MR's grid: SSIM, PSNR, MSE; registered pairs, or raw ones that rtgen predict registered)."),
+    ref: Path = typer.Option(..., "--ref", help="Reference split folder: patients with dose.csv, or CT/MR pairs (then synthetic MR images are scored on each MR's grid: SSIM, PSNR, MSE; registered pairs, raw ones that rtgen predict registered, or MRs alone)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
     scorecard: bool = typer.Option(False, "--scorecard", help="Also score each prediction (and reference plan) on the clinical head-and-neck SIB scorecard, print a table per patient, and add the scorecard totals and the GDP-HMM MAE (body = possible dose mask, 5 Gy threshold) to --out."),

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rtgen.core.atomic import atomic_write_text, staged_dir
 from rtgen.core.errors import DataError, OutputError, RtgenError
-from rtgen.data.sources.image_pairs import MR_NAMES, find_pairs, load_mr_reference, load_pair, mr_on_another_grid, read_volume
+from rtgen.data.sources.image_pairs import MR_NAMES, find_pairs, load_mr_reference, load_pair, read_volume, scored_on_mr_alone
 from rtgen.tasks.image_base import score_volume
 
 METRICS = ("ssim", "psnr", "mse", "ssim_body", "psnr_body", "mse_body")
@@ -70,8 +70,8 @@ def evaluate_image_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: s
                         None)
             if path is None:
                 raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.nii.gz)")
-            # an unregistered pair: the prediction is on the MR's grid (`rtgen predict` registered it)
-            ref = load_mr_reference(folder) if mr_on_another_grid(folder) else load_pair(folder)
+            # a raw pair (`rtgen predict` registered it and wrote on the MR's grid), or an MR without its CT
+            ref = load_mr_reference(folder) if scored_on_mr_alone(folder) else load_pair(folder)
             pred, _, _ = read_volume(path)
             if pred.shape != ref.mr.shape:
                 raise DataError(path, f"has shape {pred.shape}; the reference MR of {pid} has {ref.mr.shape}")

@@ -163,10 +163,17 @@ def mr_on_another_grid(folder: str | Path) -> bool:
         return False
 
 
+def scored_on_mr_alone(folder: str | Path) -> bool:
+    """Whether a reference folder is scored by its MR alone, on the MR's grid: its MR is on another
+    grid than its CT (a raw pair, which `rtgen predict` registers), or it holds no CT at all."""
+    folder = Path(folder)
+    return _first(folder, CT_NAMES) is None or mr_on_another_grid(folder)
+
+
 def load_mr_reference(folder: str | Path) -> ImagePair:
-    """The MR of an unregistered patient folder on its own grid, to score a synthetic MR written there
-    (`rtgen predict` registers such a pair and writes on the MR's grid). The CT is not read: `ct` is
-    None. A body mask is used only where it lies on the MR's grid."""
+    """The MR of a patient folder on its own grid, to score a synthetic MR written there (`rtgen
+    predict` registers a raw pair and writes on the MR's grid), also where the folder holds no CT.
+    The CT is not read: `ct` is None. A body mask is used only where it lies on the MR's grid."""
     folder = Path(folder)
     mr_path = _first(folder, MR_NAMES)
     if mr_path is None:
