@@ -35,12 +35,17 @@ class ImagePair:
     """One patient: CT in HU and, when present, the MR and a body mask, all on the CT's grid."""
 
     id: str
-    ct: np.ndarray  # float32 (x, y, z), HU (None only in a scoring reference read without it: load_mr_reference)
+    ct: np.ndarray | None  # float32 (x, y, z), HU; None only in a scoring reference read without it (load_mr_reference)
     spacing: tuple[float, float, float]  # mm
     affine: np.ndarray  # 4 x 4, voxel -> world (written back with predictions)
     mr: np.ndarray | None = None  # float32, scanner units
     body: np.ndarray | None = None  # bool
     fov: np.ndarray | None = None  # bool: where the MR holds data (`mr_field_of_view`); None without an MR
+
+
+def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
+    """Two volumes on one grid: the same shape and voxel -> world map (to 1e-3 mm: header rounding)."""
+    return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-3)
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -127,7 +132,7 @@ def load_pair(folder: str | Path, need_mr: bool = True, mr_geometry_only: bool =
     if mr_path is not None:
         try:
             mr, mr_spacing, mr_affine = read_volume(mr_path)
-            if mr.shape != ct.shape or not np.allclose(mr_affine, affine, atol=1e-3):
+            if not same_grid(mr.shape, mr_affine, ct.shape, affine):
                 raise DataError(mr_path, f"is on another grid than {ct_path.name} ({mr.shape} vs {ct.shape}): "
                                          "register the pair first (rtgen register)")
         except DataError as e:
@@ -158,7 +163,7 @@ def mr_on_another_grid(folder: str | Path) -> bool:
         return False
     try:
         ct, mr = nib.load(str(ct_path)), nib.load(str(mr_path))
-        return ct.shape != mr.shape or not np.allclose(ct.affine, mr.affine, atol=1e-3)
+        return not same_grid(ct.shape, ct.affine, mr.shape, mr.affine)
     except Exception:  # unreadable: load_pair reports it, naming the file
         return False
 
@@ -179,7 +184,7 @@ def load_mr_reference(folder: str | Path) -> ImagePair:
     if mr_path is None:
         raise DataError(folder, "no MR (mr.nii.gz or mr_t1.nii.gz) to score against")
     mr, spacing, affine = read_volume(mr_path)
-    pair = ImagePair(folder.name, None, spacing, affine, mr=mr, fov=mr_field_of_view(mr))  # type: ignore[arg-type]
+    pair = ImagePair(folder.name, None, spacing, affine, mr=mr, fov=mr_field_of_view(mr))
     body_path = _first(folder, BODY_NAMES)
     if body_path is not None:
         body, _, _ = read_volume(body_path)
