@@ -81,7 +81,8 @@ def predict(
         if image:
             if tta:
                 predictor.task.use_flip_average()
-            return _predict_images(predictor, patients, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed),
+            pairs = paths if image_data else find_pairs(patients)  # the latter: a clear error for dose patients
+            return _predict_images(predictor, pairs, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed),
                                    register)
         diffusion = predictor.task.stochastic
         imputes = hasattr(predictor.task, "impute")
@@ -118,7 +119,7 @@ def predict(
         batch.finish(f"predicted -> {out_dir}")  # inside: a folder left empty by failures is removed
 
 
-def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, sampling, register: bool) -> None:
+def _predict_images(predictor, paths: list[Path], out_dir: Path, batch_size: int, sampling, register: bool) -> None:
     """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid.
     Only the CT is a model input; of an MR in the patient folder (on the same grid: registered) only
     its field of view is used, to leave blank what it did not acquire (`data.mr_fov`). An MR on
@@ -129,10 +130,9 @@ def _predict_images(predictor, patients: Path, out_dir: Path, batch_size: int, s
 
     from tqdm.auto import tqdm
 
-    from rtgen.data.sources.image_pairs import find_pairs, load_pair, mr_on_another_grid
+    from rtgen.data.sources.image_pairs import load_pair, mr_on_another_grid
     from rtgen.inference.writers import write_image
 
-    paths = find_pairs(patients)
     batch = Batch("patients", len(paths))
     task = predictor.task
 
