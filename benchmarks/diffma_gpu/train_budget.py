@@ -15,6 +15,8 @@ from rtgen.engine.config import load_config
 from rtgen.engine.trainer import Trainer
 from rtgen.tasks.image_base import FlippedSlices
 
+from no_validation import without_validation  # benchmarks/diffma_gpu
+
 name, budget, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 t_start = time.time()
 z = np.load(os.environ.get("LATENTS", "local/gpu/latents.npz"))
@@ -44,7 +46,6 @@ epochs = max(1, int(left / (per_epoch * step_s * 1.25 + 0.3)))
 cfg.train.epochs = epochs
 print(f"[{name}] {step_s * 1000:.1f} ms/step probe -> {epochs} epochs of {per_epoch} steps", flush=True)
 task.train_dataset = lambda seed, rank=0, progress=True: FlippedSlices({"x0": x0, "ct": ct}, task.data.flip, seed + rank)
-task.val_data = lambda progress=True: []
 
 
 class WallClockBudget(Hook):
@@ -57,10 +58,8 @@ class WallClockBudget(Hook):
 
 
 tr = Trainer(cfg, out, progress=False, hooks=[WallClockBudget()])
-# no validation data here: the one validation (after the last epoch) is skipped, and the EMA weights are
-# saved once at the end, with no metrics
-tr.validate = lambda: ({task.selection_metric: float("nan")}, None)
-tr._improved = lambda value: False
+# no validation data here: the EMA weights are saved once at the end, with no metrics
+without_validation(tr, task)
 tr.fit()
 tr._save_best({"note": "not validated during training; scored afterwards with rtgen predict and rtgen evaluate"})
 h = tr.history
