@@ -20,13 +20,14 @@ from rtgen.data.sources.image_pairs import find_pairs, load_pair
 from rtgen.inference import load_predictor
 from rtgen.tasks.image_base import score_volume
 
+from diffma_sampling import predict  # benchmarks/: one pass, as `rtgen predict` makes it
+
 
 def predictions(run: str, pairs, cache: Path) -> dict[str, np.ndarray]:
     f = cache / (run.strip("/").replace("/", "_") + ".npz")
     if not f.exists():
         p = load_predictor(Path(run), "cpu")
-        p.task.predict.flip_average = False
-        np.savez(f, **{pair.id: p.task.predict_pair(p.model, pair, "cpu", 64).astype(np.float32) for pair in pairs})
+        np.savez(f, **{pair.id: predict(p, pair, "once").astype(np.float32) for pair in pairs})
     z = np.load(f)
     return {pair.id: z[pair.id] for pair in pairs}
 
