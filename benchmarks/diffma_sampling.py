@@ -3,8 +3,9 @@ strengths, with issue #13's protocol (the scores `rtgen predict` + `rtgen evalua
 
     python benchmarks/diffma_sampling.py RUN DATA/validation ode:1 ode:10 ddim:10 ddim:10@0.1
 
-Each setting is SAMPLER:STEPS[@STRENGTH]; a strength below 1 starts from the run's prior (a run
-trained with `prior.run`, see configs/diffma_prior_cpu.yaml), 1 (the default) from pure noise.
+Each setting is SAMPLER:STEPS[@STRENGTH][xK]; a strength below 1 starts from the run's prior (a run
+trained with `prior.run`, see configs/diffma_prior_cpu.yaml), 1 (the default) from pure noise; xK
+averages K samples (`rtgen predict --samples K`).
 An image_regression run (the UNet) takes the settings `once` and `flips` (the mean over the slice
 and its three in-plane flips: `predict.flip_average`, as `prior.flip_average` runs a prior).
 `--fp32` keeps TAEF2 in float32 where the run asks for bfloat16 (`latent.cpu_bf16`).
@@ -36,10 +37,11 @@ def predict(pred, pair, setting: str) -> np.ndarray:
             raise SystemExit(f"{setting}: a regression run takes the settings once and flips")
         task.predict.flip_average = setting == "flips"
         return task.predict_pair(pred.model, pair, "cpu", 64)  # as `rtgen predict` makes it
+    setting, _, samples = setting.partition("x")
     head, _, strength = setting.partition("@")
     sampler, steps = head.split(":")
     task.diffusion.start_strength = float(strength or 1.0)
-    return task.predict_pair(pred.model, pair, "cpu", 64, SamplingConfig(sampler, int(steps), 1, 0))
+    return task.predict_pair(pred.model, pair, "cpu", 64, SamplingConfig(sampler, int(steps), int(samples or 1), 0))
 
 
 def main() -> None:

@@ -307,9 +307,10 @@ def test_the_random_affine_moves_image_and_masks_together_and_is_refused_for_lat
         load_config("configs/diffma_cpu.yaml", ["data.rotate_deg=10"])
 
 
-def test_predict_tta_gives_a_regression_its_flip_average_and_is_refused_by_diffma(pairs, tmp_path):
+def test_predict_tta_and_samples_go_to_the_models_that_have_them(pairs, tmp_path):
     """`rtgen predict --tta` on a CT -> MR regression writes the mean over its 4 in-plane flips (as a
-    run with predict.flip_average would); on DiffMa, which has no flip average, it is one clear error."""
+    run with predict.flip_average would); on DiffMa, which has no flip average, it is one clear error.
+    `--samples K` is the reverse: DiffMa averages K samples, the deterministic regression refuses it."""
     from rtgen.inference import load_predictor
 
     run = tmp_path / "unet"
@@ -338,3 +339,18 @@ def test_predict_tta_gives_a_regression_its_flip_average_and_is_refused_by_diffm
                             str(tmp_path / "d"), "--tta"])
     assert r.exit_code != 0 and "--tta" in r.output and "no flip averaging" in r.output
     assert not (tmp_path / "d").exists()
+    r = runner.invoke(app, ["predict", "--model", str(run), "--patients", str(pairs / "val"), "--out",
+                            str(tmp_path / "u"), "--samples", "2"])
+    assert r.exit_code != 0 and "--samples 2" in r.output and "deterministic" in r.output
+    assert not (tmp_path / "u").exists()
+    # --samples K on DiffMa: the mean of K samples, so its seed-to-seed spread shrinks (about 1/sqrt(K))
+    pred = load_predictor(diffma, "cpu")
+    ct = np.random.default_rng(0).random((2, 48, 48), dtype=np.float32)
+    from rtgen.tasks.dose_base import SamplingConfig
+
+    def spread(k: int) -> float:
+        draws = [pred.task.predict_slices(pred.model, ct, "cpu", 2, SamplingConfig("ode", 1, k, seed))
+                 for seed in range(4)]
+        return float(np.std(draws, axis=0).mean())
+
+    assert spread(4) < 0.75 * spread(1)

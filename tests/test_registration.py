@@ -21,7 +21,7 @@ from rtgen.core.errors import DataError
 from rtgen.data.registration import (RegistrationSettings, assess, find_pairs, load_pair, read_image,
                                      register_pair)
 from rtgen.data.registration import masks as M
-from rtgen.data.registration.pair import initial_transform
+from rtgen.data.registration.pair import bspline_mesh, initial_transform
 
 sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(2)
 
@@ -138,6 +138,15 @@ def test_bspline_keeps_a_good_rigid_and_composes():
     assert errors.mean() < 2.0 and errors.max() < 4.0
     assert rotation_between(result.rigid, true) < 1.0
     assert assess(ct, mr, result, ct_t, mr_t).passed
+
+
+def test_bspline_mesh_follows_spacing_within_its_interval_limits():
+    img = sitk.Image([128, 128, 40], sitk.sitkFloat32)
+    img.SetSpacing([1.25, 1.25, 4.0])  # 160 x 160 x 160 mm
+    assert bspline_mesh(img, 35.0) == [5, 5, 5]  # 4.6 intervals, rounded
+    assert bspline_mesh(img, 20.0) == [5, 5, 5]  # 8, clamped to the default 5
+    assert bspline_mesh(img, 20.0, max_intervals=10) == [8, 8, 8]
+    assert bspline_mesh(img, 500.0) == [1, 1, 1]
 
 
 def write_patient(folder: Path, synthrad: bool = False, **kw) -> Path:

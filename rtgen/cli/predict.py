@@ -30,7 +30,7 @@ def predict(
     batch_size: int = typer.Option(32, min=1, help="Slices per forward pass."),
     sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp or ode (default dpmpp; image models: their own); DiffKT3D: euler, heun or dpmpp (default: the model's own)."),
     steps: int = typer.Option(10, min=1, help="Diffusion models: sampling steps."),
-    samples: int = typer.Option(1, min=1, help="Diffusion models: samples per patient; K > 1 also writes pt_N_std.nii.gz."),
+    samples: int = typer.Option(1, min=1, help="Diffusion models: samples per patient, their mean written; a dose model also writes pt_N_std.nii.gz."),
     seed: int = typer.Option(0, help="Diffusion models: random seed (predictions are deterministic for a seed)."),
     best_of: Optional[int] = typer.Option(None, "--best-of", min=1, help="DiffKT3D: sample N doses and keep the one with the best clinical scorecard (default: the model's own setting)."),
     target: str = typer.Option("dose", "--target", help="DiffKT3D: the modality to generate from the others (dose, ct, ptv, oar or body); a non-dose target is written as OUT/<id>_<target>.nii.gz."),
@@ -76,6 +76,9 @@ def predict(
         allowed = own or SAMPLERS
         if sampler is not None and sampler not in allowed:
             raise RtgenError(f"--sampler {sampler}: {predictor.task.model_name} samples with one of {', '.join(allowed)}")
+        if samples > 1 and not predictor.task.stochastic:
+            raise RtgenError(f"--samples {samples}: {predictor.task.model_name} is deterministic; "
+                             "several samples need a diffusion model")
         image = getattr(predictor.task, "output_kind", "dose") == "image"
         sampler = sampler or (None if own or image else "dpmpp")  # None: the model's own (image models, DiffKT3D)
         if image:
@@ -90,9 +93,6 @@ def predict(
             what = "--best-of" if best_of is not None else f"--target {target}"
             raise RtgenError(f"{what}: {predictor.task.model_name} predicts doses only; scored candidates and other "
                              "targets need an any-to-any model (diffkt3d)")
-        if samples > 1 and not diffusion:
-            raise RtgenError(f"--samples {samples}: {predictor.task.model_name} is deterministic; "
-                             "several samples need a diffusion model")
         sampling = SamplingConfig(sampler, steps, samples, seed, best_of)
         batch = Batch("patients", len(paths))
         if target != "dose":

@@ -372,7 +372,9 @@ class ImageSynthesisTask(ImageTask):
     @torch.no_grad()
     def sample_mr(self, model, ct_latent: np.ndarray, device, batch_size: int, sampling=None,
                   autocast=None, prior: np.ndarray | None = None) -> np.ndarray:
-        """Scaled condition latents (and the prior's MR slices, with a prior) -> sampled MR slices in [0, 1]."""
+        """Scaled condition latents (and the prior's MR slices, with a prior) -> sampled MR slices in [0, 1].
+        `sampling.samples` K > 1 averages K sampled latents before decoding (one decode, K times the
+        network): an estimate of the conditional mean, which SSIM and PSNR reward over any one sample."""
         sampler = (sampling.sampler if sampling is not None else None) or self.diffusion.val_sampler
         strength = self.diffusion.start_strength
         if strength < 1 and sampler != "ddim":
@@ -380,6 +382,7 @@ class ImageSynthesisTask(ImageTask):
                              f"only the ddim sampler can do: use --sampler ddim, not {sampler}")
         steps = sampling.steps if sampling is not None else self.diffusion.val_steps
         seed = sampling.seed if sampling is not None else self.diffusion.seed
+        samples = max(1, sampling.samples if sampling is not None else 1)
         cond_all = torch.from_numpy(ct_latent)
         gen = torch.Generator().manual_seed(seed)
         was = model.training
@@ -398,8 +401,9 @@ class ImageSynthesisTask(ImageTask):
                     return out.float() + base
 
                 shape = (cond.shape[0], self.vae_channels(cond), *cond.shape[2:])
-                z = sample(denoise, shape, self.schedule, sampler, steps, self.diffusion.prediction,
-                           generator=gen, device=device, start=base if strength < 1 else None, strength=strength)
+                z = sum(sample(denoise, shape, self.schedule, sampler, steps, self.diffusion.prediction,
+                               generator=gen, device=device, start=base if strength < 1 else None, strength=strength)
+                        for _ in range(samples)) / samples  # K > 1: their mean latent, decoded once
                 mr = self.decode(self._raw(z))
                 if prior is not None and self.prior.decode_as_change:
                     mr = np.clip(prior[i:i + batch_size] + mr - self.decode(self._raw(base)), 0.0, 1.0)
