@@ -25,17 +25,15 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffma_sampling import predict  # benchmarks/: one pass, as `rtgen predict` makes it
+from diffma_sampling import score_setting  # benchmarks/: one pass each, as `rtgen predict` makes it
 from diffma_table import ROWS
 from rtgen.data.sources.image_pairs import find_pairs, load_pair
 from rtgen.inference import load_predictor
-from rtgen.tasks.image_base import score_volume
 
 REFINER_ROWS = ["diffma", "dit", "vim_raster", "vmamba", "zigma", "no_soft_mask", "sum_fusion"]
 SETTING = "ddim:10@0.03"  # hub:diffma_sts's sampling
@@ -67,16 +65,10 @@ def with_prior(run: Path, prior: Path) -> Path:
 
 def score(run: Path, pairs: list) -> dict:
     pred = load_predictor(run, "cpu")
-    rows, per_slice = [], []
-    for pair in pairs:
-        t0 = time.perf_counter()
-        vol = predict(pred, pair, SETTING)
-        seconds = time.perf_counter() - t0
-        n = int(pred.task._in_view(pair, vol.shape[-1]).sum())
-        per_slice.append(seconds / max(n, 1))
-        rows.append(score_volume(vol, pair))
+    rows, seconds = score_setting(pred, pairs, SETTING)
+    slices = [int(pred.task.slices_in_view(pair, pair.ct.shape[-1]).sum()) for pair in pairs]
     out = {k: float(np.mean([r[k] for r in rows])) for k in SCORES}
-    out["s_per_slice"] = float(np.mean(per_slice))
+    out["s_per_slice"] = float(np.mean([s / max(n, 1) for s, n in zip(seconds, slices)]))
     out["parameters"] = sum(p.numel() for p in pred.model.parameters())
     return out
 

@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffma_sampling import predict  # benchmarks/: one pass, as `rtgen predict` makes it
+from diffma_sampling import score_setting  # benchmarks/: one pass each, as `rtgen predict` makes it
 from rtgen.data.registration import RegistrationSettings
 from rtgen.data.registration.folders import find_pairs as find_raw_pairs
 from rtgen.data.registration.run import register_patient
 from rtgen.data.sources.image_pairs import find_pairs, load_pair
 from rtgen.inference import load_predictor
-from rtgen.tasks.image_base import score_volume
 
 
 def main() -> None:
@@ -56,7 +55,7 @@ def main() -> None:
             qa.append(report)
         seconds = (time.perf_counter() - t0) / max(len(qa), 1)
         pairs = [load_pair(f) for f in find_pairs(dest)]
-        rows = [score_volume(predict(pred, pair, a.setting), pair) for pair in pairs]
+        rows, _ = score_setting(pred, pairs, a.setting)
         print(json.dumps({
             "mesh": mesh, "register_s_per_patient": round(seconds, 1),
             "dice_after": round(float(np.mean([r["dice_after"] for r in qa])), 4),

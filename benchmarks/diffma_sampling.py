@@ -44,6 +44,17 @@ def predict(pred, pair, setting: str) -> np.ndarray:
     return task.predict_pair(pred.model, pair, "cpu", 64, SamplingConfig(sampler, int(steps), int(samples or 1), 0))
 
 
+def score_setting(pred, pairs, setting: str) -> tuple[list[dict], list[float]]:
+    """Each pair's scores (as `rtgen evaluate` gives them) and seconds to predict, model loaded."""
+    rows, seconds = [], []
+    for pair in pairs:
+        t0 = time.perf_counter()
+        vol = predict(pred, pair, setting)
+        seconds.append(time.perf_counter() - t0)
+        rows.append(score_volume(vol, pair))
+    return rows, seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
@@ -60,12 +71,8 @@ def main() -> None:
         pred.task.latent.cpu_bf16 = False
     pairs = [load_pair(f) for f in find_pairs(a.split)]
     for setting in a.settings:
-        t0, rows, seconds = time.perf_counter(), [], []
-        for pair in pairs:
-            t1 = time.perf_counter()
-            vol = predict(pred, pair, setting)
-            seconds.append(time.perf_counter() - t1)
-            rows.append(score_volume(vol, pair))
+        t0 = time.perf_counter()
+        rows, seconds = score_setting(pred, pairs, setting)
         mean = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
         each = {p.id: [round(r["ssim"], 1), round(r["psnr"], 2), round(s, 1)] for p, r, s in zip(pairs, rows, seconds)}
         print(json.dumps({"setting": setting, **mean, "seconds": round(time.perf_counter() - t0, 1),

@@ -177,12 +177,12 @@ class ImageTask(Task):
         device = device or next(model.parameters()).device
         ct = volume_to_slices(pair.ct, pair.spacing, self.data.spec, "ct")
         mr = np.zeros_like(ct)
-        seen = self._in_view(pair, len(ct))
+        seen = self.slices_in_view(pair, len(ct))
         if seen.any():  # slices wholly outside the MR's field of view are not synthesised at all
             mr[seen] = self.predict_slices(model, ct[seen], device, batch_size, sampling, autocast)
         return self.on_grid(mr, pair)
 
-    def _in_view(self, pair: ImagePair, n: int) -> np.ndarray:
+    def slices_in_view(self, pair: ImagePair, n: int) -> np.ndarray:
         """(N,) bool: the slices with MR data in view (all of them without an MR or with data.mr_fov off)."""
         if pair.fov is None or not self.data.mr_fov:
             return np.ones(n, bool)
