@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from rtgen.cli import app
 from rtgen.core.errors import DataError
 from rtgen.data.sources.image_pairs import find_pairs, load_pair
+from rtgen.tasks.dose_base import SamplingConfig
 from ctmr_phantom import write_pair
 
 runner = CliRunner()
@@ -346,7 +347,6 @@ def test_predict_tta_and_samples_go_to_the_models_that_have_them(pairs, tmp_path
     # --samples K on DiffMa: the mean of K samples, so its seed-to-seed spread shrinks (about 1/sqrt(K))
     pred = load_predictor(diffma, "cpu")
     ct = np.random.default_rng(0).random((2, 48, 48), dtype=np.float32)
-    from rtgen.tasks.dose_base import SamplingConfig
 
     def spread(k: int) -> float:
         draws = [pred.task.predict_slices(pred.model, ct, "cpu", 2, SamplingConfig("ode", 1, k, seed))

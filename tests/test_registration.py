@@ -267,6 +267,13 @@ def test_predict_registers_an_unregistered_pair_and_writes_on_the_mr_grid(tmp_pa
     alone = runner.invoke(app, ["evaluate", "--pred", str(synth), "--ref", str(tmp_path / "mr_only"), "--out", str(tmp_path / "m2")])
     assert alone.exit_code == 0, alone.output
     assert (tmp_path / "m2" / "per_patient.csv").read_text() == (tmp_path / "m" / "per_patient.csv").read_text()
+    # a body mask of the MR's shape but on another grid (10 mm away) is not the MR's: left out, not misused
+    shifted = mr.affine.copy()
+    shifted[:3, 3] += 10.0
+    nib.save(nib.Nifti1Image(np.ones(mr.shape, np.uint8), shifted), str(tmp_path / "mr_only" / "P1" / "mask.nii.gz"))
+    off = runner.invoke(app, ["evaluate", "--pred", str(synth), "--ref", str(tmp_path / "mr_only"), "--out", str(tmp_path / "m3")])
+    assert off.exit_code == 0, off.output
+    assert (tmp_path / "m3" / "per_patient.csv").read_text() == (tmp_path / "m" / "per_patient.csv").read_text()
     kept = tmp_path / "synth_ct"
     result = runner.invoke(app, ["predict", "--model", str(lut), "--patients", str(raw / "P1"), "--out", str(kept),
                                  "--no-register"])

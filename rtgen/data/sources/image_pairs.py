@@ -187,7 +187,7 @@ def load_mr_reference(folder: str | Path) -> ImagePair:
     pair = ImagePair(folder.name, None, spacing, affine, mr=mr, fov=mr_field_of_view(mr))
     body_path = _first(folder, BODY_NAMES)
     if body_path is not None:
-        body, _, _ = read_volume(body_path)
-        if body.shape == mr.shape:
+        body, _, body_affine = read_volume(body_path)
+        if same_grid(body.shape, body_affine, mr.shape, affine):
             pair.body = body > 0.5
     return pair
