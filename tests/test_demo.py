@@ -1,6 +1,6 @@
-import pytest
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from rtgen.cli import app
@@ -41,7 +41,7 @@ def test_shipped_md_dose_is_a_trained_diffusion_checkpoint():
     assert predictor.config["validation"]["patients"] == 33
 
 
-@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (CONTRIBUTING.md)
 def test_demo_with_md_dose_samples_a_plausible_dose(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--model", "md_dose", "--out", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output

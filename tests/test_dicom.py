@@ -541,7 +541,7 @@ def test_same_grid_dicom_patient_predicts_like_openkbp(dicom_dir, predictor, dir
     assert float(np.abs(predictor.predict(load_patient(dicom_dir)) - direct).max()) < 1e-4
 
 
-@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (CONTRIBUTING.md)
 def test_predict_format_dicom_on_a_fine_dicom_ct(tmp_path, openkbp, direct):
     fine = upsampled(openkbp)
     export = write_dicom_patient(fine, tmp_path / "export" / "pt_204")

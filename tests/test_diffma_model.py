@@ -7,7 +7,6 @@ from rtgen.models import MODELS, build_model
 from rtgen.models.diffma import SCANS, SIZES, DiffMa, DiffMaConfig, ScanMixer, zigzag
 from rtgen.ssm.orders import spiral
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from rtgen.data.datasets.dose_slices import SliceDataset
+from rtgen.data.transforms.augment import default_augmentation
 from rtgen.data.transforms.features import (
     FeatureConfig,
     normalize_ct,
@@ -12,8 +14,6 @@ from rtgen.data.transforms.features import (
     signed_distance_mm,
     unscale_dose,
 )
-from rtgen.data.datasets.slices import SliceDataset
-from rtgen.data.transforms.augment import default_augmentation
 
 
 def test_ct_window_maps_to_minus_one_one():

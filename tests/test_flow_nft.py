@@ -17,9 +17,9 @@ from rtgen.diffusion.flow import (
 from rtgen.diffusion.nft import (
     RunningDispersion,
     nft_loss,
+    nft_objective,
     nft_step_loss,
     optimality_from_rewards,
-    scardnft_objective,
 )
 
 
@@ -159,12 +159,12 @@ def test_nft_loss_definition_and_gradient_direction():
     assert torch.allclose(w.grad, 2 * beta**2 * (w - v_old) / 12, atol=1e-7)
 
 
-def test_scardnft_objective_adds_the_parts():
+def test_nft_objective_adds_the_parts():
     net = nn.Linear(2, 2)
     fn = lambda x, t: net(x) * (1 + t.view(-1, 1))
     x, ref, r = torch.randn(4, 2), torch.randn(3, 2), torch.rand(4)
     s = FlowSchedule(2.0)
-    total, parts = scardnft_objective(fn, fn, x, r, s, beta=0.1, lam=0.5, reference=ref, generator=torch.Generator().manual_seed(0))
+    total, parts = nft_objective(fn, fn, x, r, s, beta=0.1, lam=0.5, reference=ref, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
     l_nft = nft_step_loss(fn, fn, x, r, s, 0.1, generator=g)
     l_diff = flow_loss(fn, ref, s, generator=g)
@@ -237,7 +237,7 @@ def _nft_rounds(model, reward, rounds=2, inner=10, n=256, beta=0.1):
         x = sample_flow(old, (n, 1), FlowSchedule(), 10, generator=g)
         r = optimality_from_rewards(reward(x[:, 0]))
         for _ in range(inner):
-            loss, _ = scardnft_objective(model, old, x, r, FlowSchedule(), beta=beta, generator=g)
+            loss, _ = nft_objective(model, old, x, r, FlowSchedule(), beta=beta, generator=g)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -12,8 +12,8 @@ from rtgen.core.schema import validate_section
 from rtgen.data import read_patient
 from rtgen.data.examples import example_patients_dir
 from rtgen.data.records import Patient
-from rtgen.data.transforms import geometry as geo
-from rtgen.data.transforms.geometry import (
+from rtgen.data.transforms import beam_features as geo
+from rtgen.data.transforms.beam_features import (
     GeometryConfig,
     cache_path,
     cached_geometry_features,

@@ -1,5 +1,5 @@
 """The trained latent autoencoder of DiffMa (MONAI AutoencoderKL, task image_autoencoder): its shapes,
-the codec that freezes it under diffusion, and end to end on synthetic registered pairs: it trains
+the wrapper that freezes it under diffusion, and end to end on synthetic registered pairs: it trains
 from the CLI, reconstructs better than an untrained one, and DiffMa trains on its latents."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from ctmr_phantom import write_pair
 from typer.testing import CliRunner
 
 from rtgen.cli import app
 from rtgen.core.checkpoint import read_config, resolve_checkpoint
 from rtgen.core.errors import ConfigError
 from rtgen.core.registry import MODELS, build_model
-from rtgen.models.codecs import AutoencoderKLCodec
+from rtgen.models.frozen_autoencoders import FrozenAutoencoderKL
 from rtgen.tasks import task_from_checkpoint
-from ctmr_phantom import write_pair
 
 runner = CliRunner()
 TINY = ["model.channels=[8,16,16,16]", "model.norm_num_groups=8", "model.latent_channels=4"]
@@ -42,9 +42,9 @@ def _train(config: str, root, run, *overrides) -> None:
 
 
 @pytest.fixture(scope="module")
-def vae_run(pairs, tmp_path_factory):
-    run = tmp_path_factory.mktemp("vae") / "run"
-    _train("configs/diffma_vae.yaml", pairs, run, *TINY, "train.epochs=8", "train.batch_size=6", "train.lr=3e-3",
+def autoencoder_run(pairs, tmp_path_factory):
+    run = tmp_path_factory.mktemp("autoencoder") / "run"
+    _train("configs/diffma_autoencoder.yaml", pairs, run, *TINY, "train.epochs=8", "train.batch_size=6", "train.lr=3e-3",
            "train.warmup_steps=0")
     return run
 
@@ -77,23 +77,23 @@ def test_the_autoencoder_refuses_regression_inputs_with_one_clear_error(pairs, t
     """2.5D context and extra CT windows are inputs of image_regression: the autoencoder, which
     reconstructs one grey slice, names the setting instead of failing on its channel count."""
     for bad in ("data.context_slices=1", "data.ct_windows=[[-200,300]]"):
-        result = runner.invoke(app, ["train", "configs/diffma_vae.yaml", f"data.train={pairs / 'train'}",
+        result = runner.invoke(app, ["train", "configs/diffma_autoencoder.yaml", f"data.train={pairs / 'train'}",
                                      f"data.val={pairs / 'val'}", bad, "--out", str(tmp_path / "bad")])
         assert result.exit_code != 0 and "reconstructs one grey slice" in result.output
         assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
 
 
-def test_the_codec_freezes_the_model_and_keeps_slices_in_range():
-    codec = AutoencoderKLCodec(build_model("autoencoder_kl", channels=(16, 16, 16), latent_channels=4))
-    assert (codec.channels, codec.factor) == (4, 4)
-    assert not any(p.requires_grad for p in codec.parameters()) and not codec.model.training
-    z = codec.encode(torch.rand(3, 1, 32, 32))
-    out = codec.decode(z)
+def test_the_frozen_autoencoder_freezes_the_model_and_keeps_slices_in_range():
+    frozen = FrozenAutoencoderKL(build_model("autoencoder_kl", channels=(16, 16, 16), latent_channels=4))
+    assert (frozen.channels, frozen.factor) == (4, 4)
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.model.training
+    z = frozen.encode(torch.rand(3, 1, 32, 32))
+    out = frozen.decode(z)
     assert z.shape == (3, 4, 8, 8) and out.shape == (3, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
 
 
-def test_training_reconstructs_ct_and_mr_better_than_an_untrained_autoencoder(vae_run):
-    weights, config = resolve_checkpoint(vae_run)
+def test_training_reconstructs_ct_and_mr_better_than_an_untrained_autoencoder(autoencoder_run):
+    weights, config = resolve_checkpoint(autoencoder_run)
     cfg = read_config(config)
     assert cfg["task"] == "image_autoencoder" and cfg["model"]["architecture"]["channels"] == [8, 16, 16, 16]
     assert {"ssim", "psnr", "ct_ssim", "ct_psnr"} <= set(cfg["validation"])
@@ -108,12 +108,14 @@ def test_training_reconstructs_ct_and_mr_better_than_an_untrained_autoencoder(va
     assert recon.shape == ps.mr.shape and 0 <= recon.min() and recon.max() <= 1
 
 
-def test_diffma_trains_on_the_trained_autoencoders_latents(pairs, vae_run, tmp_path):
+def test_diffma_trains_on_the_trained_autoencoders_latents(pairs, autoencoder_run, tmp_path):
     run = tmp_path / "diffma"
-    _train("configs/diffma_cpu.yaml", pairs, run, "latent.vae=autoencoder_kl", f"latent.vae_run={vae_run}",
+    _train("configs/diffma_cpu.yaml", pairs, run, "latent.autoencoder=autoencoder_kl",
+           f"latent.autoencoder_run={autoencoder_run}",
            "model.hidden_size=32", "model.depth=2", "model.d_state=4", "train.epochs=1", "train.batch_size=4",
            "diffusion.embedder_pretrain_steps=3", "diffusion.val_steps=2", f"data.cache={tmp_path / 'cache'}")
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["latent"]["vae"] == "autoencoder_kl" and cfg["latent"]["vae_run"] == str(vae_run)
+    assert cfg["latent"]["autoencoder"] == "autoencoder_kl" and cfg["latent"]["autoencoder_run"] == str(autoencoder_run)
+    assert (run / "autoencoder" / "config.json").is_file()  # the run carries its autoencoder
     assert cfg["model"]["architecture"]["in_channels"] == 4  # the autoencoder's latent channels, not TAEF2's 32
     assert cfg["latent"]["scale"] > 0 and np.isfinite(cfg["validation"]["ssim"])

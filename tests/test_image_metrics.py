@@ -5,8 +5,8 @@ from monai.metrics import SSIMMetric
 from scipy import ndimage
 
 from rtgen.core.errors import RtgenError
-from rtgen.imaging.similarity import image_metrics, normalise_percentiles
 from rtgen.imaging.scores import image_scores
+from rtgen.imaging.similarity import image_metrics, normalise_percentiles
 
 
 def _volume(seed=0, shape=(40, 36, 5)):
@@ -52,7 +52,7 @@ def test_percentile_normalisation_spans_0_to_255():
     assert np.mean(v == 0) == pytest.approx(0.005, abs=0.002)
 
 
-# ---- issue #13 scoring protocol (rtgen.imaging.scores.image_scores) ----------------------
+# ---- DiffMa scoring: per-patient 0.5/99.5 percentile normalisation, MR grid (image_scores) ----
 
 def _phantom_mr(shape=(48, 40, 6), seed=0):
     """A textured ellipse (the body) on a dark background, in arbitrary scanner units."""

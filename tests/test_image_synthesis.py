@@ -4,18 +4,19 @@ the lookup baseline learning a known mapping, and the pairs that must be refused
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ctmr_phantom import write_pair
 from typer.testing import CliRunner
 
 from rtgen.cli import app
 from rtgen.core.errors import DataError
 from rtgen.data.sources.image_pairs import find_pairs, load_pair
 from rtgen.tasks.dose_base import SamplingConfig
-from ctmr_phantom import write_pair
 
 runner = CliRunner()
 
@@ -66,7 +67,7 @@ def test_diffma_trains_predicts_on_the_ct_grid_and_is_scored(pairs, tmp_path):
 
 def test_the_lookup_table_learns_the_hu_to_intensity_mapping(pairs, tmp_path):
     run = tmp_path / "lut"
-    _train("configs/diffma_lookup_baseline.yaml", pairs, run, "train.epochs=30", "train.batch_size=5", "train.lr=0.05",
+    _train("configs/hu_lookup_cpu.yaml", pairs, run, "train.epochs=30", "train.batch_size=5", "train.lr=0.05",
            "data.flip=false")
     val = json.loads((run / "config.json").read_text())["validation"]
     assert val["psnr_body"] > 20 and val["ssim_body"] > 60  # MR is a function of HU in the phantom
@@ -82,7 +83,7 @@ def test_the_mr_zero_padding_is_neither_trained_on_nor_synthesised(tmp_path):
         write_pair(tmp_path / "train" / f"P{i}", i, padded_slices=2)
     write_pair(tmp_path / "val" / "P9", 9, padded_slices=2)
     run = tmp_path / "lut"
-    _train("configs/diffma_lookup_baseline.yaml", tmp_path, run, "train.epochs=2", "train.batch_size=3", "train.lr=0.05")
+    _train("configs/hu_lookup_cpu.yaml", tmp_path, run, "train.epochs=2", "train.batch_size=3", "train.lr=0.05")
     assert json.loads((run / "config.json").read_text())["training"]["train_slices"] == 2 * (5 - 2)
     out = tmp_path / "pred"
     result = runner.invoke(app, ["predict", "--model", str(run), "--patients", str(tmp_path / "val"), "--out", str(out)])
@@ -101,7 +102,7 @@ def test_a_2_5d_unet_sees_the_neighbouring_ct_slices(pairs, tmp_path):
     from rtgen.tasks.image_base import pair_slices
 
     run = tmp_path / "unet"
-    _train("configs/diffma_unet_baseline.yaml", pairs, run, "data.context_slices=1", "model.channels=[4,8,8,8]",
+    _train("configs/diffma_cpu_base.yaml", pairs, run, "data.context_slices=1", "model.channels=[4,8,8,8]",
            "train.epochs=1", "train.batch_size=8")
     pred = load_predictor(run, "cpu")
     assert json.loads((run / "config.json").read_text())["model"]["architecture"]["in_channels"] == 3
@@ -120,7 +121,7 @@ def test_a_unet_with_a_soft_tissue_window_sees_fat_and_muscle_apart(pairs, tmp_p
     from rtgen.tasks.image_base import pair_slices
 
     run = tmp_path / "unet"
-    _train("configs/diffma_unet_baseline.yaml", pairs, run, "data.ct_windows=[[-200,300]]", "model.channels=[4,8,8,8]",
+    _train("configs/diffma_cpu_base.yaml", pairs, run, "data.ct_windows=[[-200,300]]", "model.channels=[4,8,8,8]",
            "train.epochs=1", "train.batch_size=8")
     assert json.loads((run / "config.json").read_text())["model"]["architecture"]["in_channels"] == 2
     pred = load_predictor(run, "cpu")
@@ -130,7 +131,7 @@ def test_a_unet_with_a_soft_tissue_window_sees_fat_and_muscle_apart(pairs, tmp_p
     assert pred.task.predict_slices(pred.model, ct, "cpu", 8).shape == ct.shape
     # a window outside the slices' HU range, or backwards, is refused before any data is read
     for bad in ("data.ct_windows=[[300,-200]]", "data.ct_windows=[[-2000,300]]"):
-        result = runner.invoke(app, ["train", "configs/diffma_unet_baseline.yaml", f"data.train={pairs / 'train'}",
+        result = runner.invoke(app, ["train", "configs/diffma_cpu_base.yaml", f"data.train={pairs / 'train'}",
                                      f"data.val={pairs / 'val'}", bad, "--out", str(tmp_path / "bad")])
         assert result.exit_code != 0 and "ct_windows: each (low, high)" in result.output
         assert "Traceback" not in result.output
@@ -145,9 +146,9 @@ def test_a_resumed_unet_run_ends_where_an_uninterrupted_one_does(pairs, tmp_path
 
     overrides = [f"data.train={pairs / 'train'}", f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5",
                  "model.channels=[4,8,8,8]", "train.epochs=2", "train.batch_size=8", "data.rotate_deg=10"]
-    straight = Trainer(load_config("configs/diffma_unet_baseline.yaml", overrides), tmp_path / "a", progress=False)
+    straight = Trainer(load_config("configs/diffma_cpu_base.yaml", overrides), tmp_path / "a", progress=False)
     straight.fit()
-    interrupted = Trainer(load_config("configs/diffma_unet_baseline.yaml", overrides), tmp_path / "b", progress=False)
+    interrupted = Trainer(load_config("configs/diffma_cpu_base.yaml", overrides), tmp_path / "b", progress=False)
     interrupted.fit(stop_after=1)
     resumed = Trainer(load_config(tmp_path / "b" / "resolved_config.yaml"), tmp_path / "b", resume=True, progress=False)
     resumed.fit()
@@ -162,7 +163,7 @@ def test_a_unet_shipped_with_flip_averaging_predicts_the_mean_over_its_four_flip
     from rtgen.tasks.image_base import pair_slices
 
     run = tmp_path / "unet"
-    _train("configs/diffma_unet_baseline.yaml", pairs, run, "predict.flip_average=true", "model.channels=[4,8,8,8]",
+    _train("configs/diffma_cpu_base.yaml", pairs, run, "predict.flip_average=true", "model.channels=[4,8,8,8]",
            "train.epochs=1", "train.batch_size=8")
     assert json.loads((run / "config.json").read_text())["predict"] == {"flip_average": True}
     pred = load_predictor(run, "cpu")
@@ -191,51 +192,66 @@ def test_site_folders_are_found_and_a_folder_without_pairs_is_an_error(tmp_path)
         find_pairs(tmp_path / "empty")
 
 
-def test_diffma_refining_a_prior_starts_from_the_prior_and_carries_it(pairs, tmp_path):
+def test_diffma_refining_a_base_starts_from_the_base_and_carries_it(pairs, tmp_path):
     from rtgen.core.checkpoint import read_config
     from rtgen.data.sources.image_pairs import find_pairs
     from rtgen.tasks import task_from_checkpoint
     from rtgen.tasks.image_base import pair_slices
 
-    unet = tmp_path / "lut"  # any image regression: the lookup table learns a usable prior fastest
-    _train("configs/diffma_lookup_baseline.yaml", pairs, unet, "train.epochs=10", "train.batch_size=5", "train.lr=0.05")
+    unet = tmp_path / "lut"  # any image regression: the lookup table learns a usable base fastest
+    _train("configs/hu_lookup_cpu.yaml", pairs, unet, "train.epochs=10", "train.batch_size=5", "train.lr=0.05")
     run = tmp_path / "refiner"
     tiny = ["model.hidden_size=32", "model.depth=2", "model.d_state=4", "train.epochs=1", "train.batch_size=4",
             "diffusion.embedder_pretrain_steps=2", "diffusion.val_steps=2"]
-    _train("configs/diffma_prior_cpu.yaml", pairs, run, *tiny, f"prior.run={unet}", f"data.cache={tmp_path / 'cache'}")
-    assert (run / "prior" / "config.json").is_file() and list((tmp_path / "cache").glob("prior-*.npz"))
+    _train("configs/diffma_cpu_refiner.yaml", pairs, run, *tiny, f"base.run={unet}", f"data.cache={tmp_path / 'cache'}")
+    assert (run / "base" / "config.json").is_file() and list((tmp_path / "cache").glob("base-*.npz"))
     moved = tmp_path / "moved"
-    run.rename(moved)  # the copied prior travels with the run folder
+    run.rename(moved)  # the copied base travels with the run folder
     task = task_from_checkpoint(read_config(moved / "config.json"), str(moved / "config.json"))
-    assert task.prior.run == str(moved / "prior")
+    assert task.base.run == str(moved / "base")
     ct = pair_slices(load_pair(find_pairs(pairs / "val")[0]), task.data.spec).ct
-    prior = task.prior_slices(ct)
-    assert prior.std() > 0.05  # a real image, not a constant
-    task.prior.flip_average = True  # a pointwise lookup gives the same MR for every flip of the slice
-    assert np.allclose(task.prior_slices(ct), prior, atol=1e-6)
-    task.prior.flip_average = False
-    # an untrained network outputs zero: the x0 prediction is the prior's latent at every step, so the
-    # sample is the prior's latent and the decoded MR the prior itself
+    base = task.base_slices(ct)
+    assert base.std() > 0.05  # a real image, not a constant
+    task.base.flip_average = True  # a pointwise lookup gives the same MR for every flip of the slice
+    assert np.allclose(task.base_slices(ct), base, atol=1e-6)
+    task.base.flip_average = False
+    # an untrained network outputs zero: the x0 prediction is the base's latent at every step, so the
+    # sample is the base's latent and the decoded MR the base itself
     fresh = task.build_model()
     out = task.predict_slices(fresh, ct, "cpu", 8, None)
-    assert out.shape == ct.shape and np.abs(out - prior).max() < 1e-5
+    assert out.shape == ct.shape and np.abs(out - base).max() < 1e-5
     trained = task.load_model(moved / "model.safetensors")
-    assert np.abs(task.predict_slices(trained, ct, "cpu", 8, None) - prior).max() > 1e-4
-    # a prior that is not an image regression, or a parameterisation that cannot carry it, is refused
-    for bad, match in ((f"prior.run={moved}", "not an image_regression"),
+    refined = task.predict_slices(trained, ct, "cpu", 8, None)
+    assert np.abs(refined - base).max() > 1e-4
+    # a run written before the renames (its base in `prior/` under a `prior` section, `latent.vae`) is
+    # read under today's names (rtgen.core.migration) and predicts the same
+    old = tmp_path / "old"
+    shutil.copytree(moved, old, ignore=shutil.ignore_patterns("last"))
+    (old / "base").rename(old / "prior")
+    config = json.loads((old / "config.json").read_text())
+    config["prior"] = config.pop("base")
+    config["latent"]["vae"] = config["latent"].pop("autoencoder")
+    config["latent"]["vae_run"] = config["latent"].pop("autoencoder_run")
+    (old / "config.json").write_text(json.dumps(config))
+    task = task_from_checkpoint(read_config(old / "config.json"), str(old / "config.json"))
+    assert task.base.run == str(old / "prior") and task.latent.autoencoder == "taef2"
+    np.testing.assert_array_equal(task.predict_slices(task.load_model(old / "model.safetensors"), ct, "cpu", 8, None),
+                                  refined)
+    # a base that is not an image regression, or a parameterisation that cannot carry it, is refused
+    for bad, match in ((f"base.run={moved}", "not an image_regression"),
                        ("diffusion.prediction=epsilon", "needs diffusion.prediction: sample"),
-                       ("diffusion.val_sampler=ode", "needs prior.run and diffusion.val_sampler: ddim"),
+                       ("diffusion.val_sampler=ode", "needs base.run and diffusion.val_sampler: ddim"),
                        ("data.context_slices=1", "one CT slice at a time"),
                        ("data.ct_windows=[[-200,300]]", "through its autoencoder")):
-        result = runner.invoke(app, ["train", "configs/diffma_prior_cpu.yaml", f"data.train={pairs / 'train'}",
+        result = runner.invoke(app, ["train", "configs/diffma_cpu_refiner.yaml", f"data.train={pairs / 'train'}",
                                      f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5", *tiny,
-                                     f"prior.run={unet}", bad, "--out", str(tmp_path / "bad")])
+                                     f"base.run={unet}", bad, "--out", str(tmp_path / "bad")])
         assert result.exit_code != 0 and match in result.output and "Traceback" not in result.output
         assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
-def test_out_of_fold_priors_come_from_a_run_that_did_not_see_the_patient(pairs, tmp_path):
-    """`prior.train_runs`: each training patient's prior comes from the first run not trained on it."""
+def test_out_of_fold_bases_come_from_a_run_that_did_not_see_the_patient(pairs, tmp_path):
+    """`base.train_runs`: each training patient's base comes from the first run not trained on it."""
     import shutil
 
     from rtgen.core.errors import ConfigError
@@ -246,19 +262,19 @@ def test_out_of_fold_priors_come_from_a_run_that_did_not_see_the_patient(pairs, 
         for m in members:
             shutil.copytree(pairs / "train" / m, tmp_path / fold / m)
         runs[fold] = tmp_path / f"lut_{fold}"
-        result = runner.invoke(app, ["train", "configs/diffma_lookup_baseline.yaml", f"data.train={tmp_path / fold}",
+        result = runner.invoke(app, ["train", "configs/hu_lookup_cpu.yaml", f"data.train={tmp_path / fold}",
                                      f"data.val={pairs / 'val'}", "data.size=48", "data.spacing_mm=2.5",
                                      "train.epochs=3", "train.batch_size=5", "train.lr=0.05", "--out", str(runs[fold])])
         assert result.exit_code == 0, result.output
     tiny = ["model.hidden_size=32", "model.depth=2", "model.d_state=4", "train.epochs=1", "train.batch_size=4",
             "diffusion.embedder_pretrain_steps=2", "diffusion.val_steps=2", f"data.cache={tmp_path / 'cache'}"]
-    _train("configs/diffma_prior_cpu.yaml", pairs, tmp_path / "oof", *tiny, f"prior.run={runs['A']}",
-           f"prior.train_runs=[{runs['A']},{runs['B']}]")
+    _train("configs/diffma_cpu_refiner.yaml", pairs, tmp_path / "oof", *tiny, f"base.run={runs['A']}",
+           f"base.train_runs=[{runs['A']},{runs['B']}]")
     from rtgen.engine.config import load_config
 
     task = load_config(tmp_path / "oof" / "resolved_config.yaml").task
     assert task._fold_run("P0") == str(runs["B"]) and task._fold_run("P1") == str(runs["A"])
-    task.prior.train_runs = (str(runs["A"]),)  # A saw P0 and is the only run: refused, naming the patient
+    task.base.train_runs = (str(runs["A"]),)  # A saw P0 and is the only run: refused, naming the patient
     with pytest.raises(ConfigError, match="every run was trained on patient P0"):
         task._fold_run("P0")
 
@@ -267,8 +283,8 @@ def test_predict_without_a_model_picks_the_shipped_ct_to_mr_model_for_image_pair
     """A folder of CT/MR patients gets the shipped CT -> MR model, not the dose model's error."""
     from pathlib import Path
 
-    from rtgen.data.sources.image_pairs import holds_image_pairs
     from rtgen.data.examples import example_patients_dir
+    from rtgen.data.sources.image_pairs import holds_image_pairs
 
     data = Path(__file__).parent / "data"
     assert holds_image_pairs(data) and holds_image_pairs(data / "sts_018")
@@ -285,11 +301,11 @@ def test_the_random_affine_moves_image_and_masks_together_and_is_refused_for_lat
     zoom (masks by nearest neighbour, still binary), drawn anew per item; a latent model refuses them."""
     from rtgen.engine.config import load_config
 
-    cfg = load_config("configs/diffma_unet_baseline.yaml", [f"data.train={pairs / 'train'}", "data.size=48",
+    cfg = load_config("configs/diffma_cpu_base.yaml", [f"data.train={pairs / 'train'}", "data.size=48",
                                                             "data.spacing_mm=2.5", "data.rotate_deg=30",
                                                             "data.scale=0.2", "data.flip=false"])
     ds = cfg.task.train_dataset(0, progress=False)
-    plain = load_config("configs/diffma_unet_baseline.yaml", [f"data.train={pairs / 'train'}", "data.size=48",
+    plain = load_config("configs/diffma_cpu_base.yaml", [f"data.train={pairs / 'train'}", "data.size=48",
                                                               "data.spacing_mm=2.5", "data.flip=false"])
     reference = plain.task.train_dataset(0, progress=False)
     i = int(np.argmax([a.sum() for a in reference.arrays["body"]]))  # a slice with much body in it
@@ -315,7 +331,7 @@ def test_predict_tta_and_samples_go_to_the_models_that_have_them(pairs, tmp_path
     from rtgen.inference import load_predictor
 
     run = tmp_path / "unet"
-    _train("configs/diffma_unet_baseline.yaml", pairs, run, "model.channels=[4,8,8,8]", "train.epochs=1",
+    _train("configs/diffma_cpu_base.yaml", pairs, run, "model.channels=[4,8,8,8]", "train.epochs=1",
            "train.batch_size=8")
     from rtgen.core.checkpoint import load_weights, save_weights
 

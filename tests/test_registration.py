@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 
 from rtgen.cli import app
 from rtgen.core.errors import DataError
-from rtgen.data.registration import (RegistrationSettings, assess, find_pairs, load_pair, read_image,
-                                     register_pair)
+from rtgen.data.registration import RegistrationSettings, assess, find_pairs, load_pair, read_image, register_pair
 from rtgen.data.registration import masks as M
 from rtgen.data.registration.pair import bspline_mesh, initial_transform
 
@@ -241,7 +240,7 @@ def test_predict_registers_an_unregistered_pair_and_writes_on_the_mr_grid(tmp_pa
     write_patient(raw / "P1")
     assert runner.invoke(app, ["register", str(raw), str(reg), "--threads", "2"]).exit_code == 0
     lut = tmp_path / "lut"  # the HU-to-intensity lookup trains in seconds and is a real image regression
-    result = runner.invoke(app, ["train", "configs/diffma_lookup_baseline.yaml", f"data.train={reg}", f"data.val={reg}",
+    result = runner.invoke(app, ["train", "configs/hu_lookup_cpu.yaml", f"data.train={reg}", f"data.val={reg}",
                                  "data.size=48", "data.spacing_mm=2.5", "train.epochs=5", "train.batch_size=5",
                                  "train.lr=0.05", "--out", str(lut)])
     assert result.exit_code == 0, result.output

@@ -49,15 +49,14 @@ def test_shipped_default_dose_model_predicts_as_when_it_was_shipped():
         assert dose[index] == pytest.approx(gy, abs=1e-3), index
 
 
-@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (CONTRIBUTING.md)
 def test_shipped_diffkt3d_predicts_a_dose_near_its_prior_and_the_plan():
     """The shipped DiffKT3D writes its dose as a change to the shipped lightgbm prior (prior + D(z) -
     D(z_prior)). On pt_204, with 2 Euler steps and the best of 2: a dose inside the possible dose
     mask, within 1.5 Gy of the prior on average inside it, and a dose score against the plan within
     25 % of the prior's."""
-    from rtgen.dosimetry import OpenKBPScores
-
     from rtgen.data.transforms.modalities import Crop, unit_to_dose
+    from rtgen.dosimetry import OpenKBPScores
     from rtgen.tasks.diffkt3d import KT3DSamplingConfig
 
     patient = read_patient(example_patients_dir() / "pt_204")
@@ -85,12 +84,13 @@ def test_shipped_diffma_synthesises_a_real_patients_mr_as_when_it_was_shipped():
     validation patient it never saw (tests/data/sts_018): an MR in [0, 1] on the CT grid, scored
     against the real MR as measured when its refiner was last replaced (2026-11-27, the best of 3
     seeds, sampling from t = 30: SSIM 43.2 %, PSNR 16.34 dB; the refiner before it 41.3 %, 16.00 dB;
-    its prior alone 44.1 %, 16.39 dB, which is `hub:unet_sts`), and a change to that prior, not a copy of it. Its TAEF2 runs in bfloat16 where the CPU has it natively, else in
-    float32 (the two agree to 0.03 points)."""
+    its base alone 44.1 %, 16.39 dB, which is `hub:unet_sts`), and a change to that base, not a copy of
+    it. Its TAEF2 runs in bfloat16 where the CPU has it natively, else in float32 (the two agree to 0.03
+    points)."""
     from pathlib import Path
 
     from rtgen.data.sources.image_pairs import load_pair
-    from rtgen.data.transforms.slices import slices_to_volume, volume_to_slices
+    from rtgen.data.transforms.image_slices import slices_to_volume, volume_to_slices
     from rtgen.tasks.image_base import score_volume
 
     pred = load_predictor(shipped_model_dir("image_synthesis"), "cpu")
@@ -101,9 +101,9 @@ def test_shipped_diffma_synthesises_a_real_patients_mr_as_when_it_was_shipped():
     assert pred.task.diffusion.start_strength == 0.03
     assert scores["ssim"] == pytest.approx(43.2, abs=0.5) and scores["psnr"] == pytest.approx(16.34, abs=0.1)
     spec = pred.task.data.spec
-    prior = slices_to_volume(pred.task.prior_slices(volume_to_slices(pair.ct, pair.spacing, spec, "ct")),
-                             pair.ct.shape, pair.spacing, spec)
-    assert 0.01 < np.abs(vol - prior).mean() < 0.08  # 0.020 when shipped
+    base = slices_to_volume(pred.task.base_slices(volume_to_slices(pair.ct, pair.spacing, spec, "ct")),
+                            pair.ct.shape, pair.spacing, spec)
+    assert 0.01 < np.abs(vol - base).mean() < 0.08  # 0.020 when shipped
 
 
 def test_shipped_ct_to_mr_unet_predicts_its_flip_average_as_when_it_was_shipped():

@@ -7,11 +7,23 @@ import pytest
 from scipy import ndimage
 
 from rtgen.core.errors import ConfigError, RtgenError
-from rtgen.data.transforms.slices import (SliceSpec, body_mask_ct, body_mask_mr, mask_to_slices, mr_field_of_view,
-                                          with_context, with_windows,
-                                          normalise_mr, pad_or_crop,
-                                          resample_inplane, slices_to_volume, to_rgb, uncrop, volume_to_slices,
-                                          window_ct)
+from rtgen.data.transforms.image_slices import (
+    SliceSpec,
+    body_mask_ct,
+    body_mask_mr,
+    mask_to_slices,
+    mr_field_of_view,
+    normalise_mr,
+    pad_or_crop,
+    resample_inplane,
+    slices_to_volume,
+    to_rgb,
+    uncrop,
+    volume_to_slices,
+    window_ct,
+    with_context,
+    with_windows,
+)
 
 
 def _phantom(shape=(90, 70, 6), centre=None, half=8, inside=40.0, outside=-1000.0):

@@ -348,7 +348,7 @@ def test_fused_exp_is_accurate():
     assert rel.max() < 3e-7  # a few ulp of float32
 
 
-@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (CONTRIBUTING.md)
 @fused_ok
 def test_shipped_md_dose_predicts_the_same_dose_on_the_fused_kernel():
     """The issue's bar: the shipped model with Mamba1 blocks gives the same doses (within 1e-4 Gy) on

@@ -87,16 +87,16 @@ def test_corrupt_swapped_or_missing_weights_name_the_file(tmp_path):
         load_taef2(folder)
 
 
-def test_the_bf16_codec_reconstructs_as_the_float32_one():
+def test_the_bf16_autoencoder_reconstructs_as_the_float32_one():
     """bfloat16 changes the arithmetic, not the model: the latents move (about 11 % of their size
     here), but the decoder maps them to the same image, and the round trip is as good as float32's
     (run where the CPU has native bf16, as rtgen then uses it)."""
-    from rtgen.models.codecs import TAEF2Codec, native_cpu_bf16
+    from rtgen.models.frozen_autoencoders import FrozenTAEF2, native_cpu_bf16
 
     if not native_cpu_bf16():
         pytest.skip("this CPU has no native bfloat16: rtgen keeps TAEF2 in float32 here")
     x = _smooth_image()[:, :1]
-    exact, fast = TAEF2Codec(), TAEF2Codec(cpu_bf16=True)
+    exact, fast = FrozenTAEF2(), FrozenTAEF2(cpu_bf16=True)
     with torch.no_grad():
         z, zb = exact.encode(x), fast.encode(x)
         r, rb = exact.decode(z), fast.decode(zb)

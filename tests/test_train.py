@@ -13,13 +13,13 @@ import yaml
 from typer.testing import CliRunner
 
 from rtgen.cli import app
-from rtgen.core.errors import ConfigError, RtgenError
-from rtgen.models import build_model, count_parameters
-from rtgen.inference.predictor import load_predictor
-from rtgen.tasks.dose_base import masked_smooth_l1
 from rtgen.core.checkpoint import load_state, load_weights, save_state
+from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.engine.config import load_config
 from rtgen.engine.trainer import Trainer, warmup_cosine
+from rtgen.inference.predictor import load_predictor
+from rtgen.models import build_model, count_parameters
+from rtgen.tasks.dose_base import masked_smooth_l1
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "rtgen" / "examples" / "openkbp"
 TINY = {
@@ -207,7 +207,7 @@ def test_predict_cli_and_checkpoint_checks(tmp_path, tiny_config):
         load_predictor(tmp_path / "bad.safetensors", "cpu")
 
 
-@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (README, Tests)
+@pytest.mark.slow  # over 9 s: `pytest -m slow` runs it (CONTRIBUTING.md)
 def test_distributed_training_with_gloo_two_processes(tmp_path, tiny_config):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

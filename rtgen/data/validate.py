@@ -4,7 +4,7 @@ Each check names the file and the first offending row (CSV) or voxel (arrays) an
 breaks, so a physicist can open the file at that place. Commands never re-check: whatever a
 reader returns is real-valued, finite and inside the physical range of its quantity.
 
-Rules (the README lists the same):
+Rules (docs/data.md lists the same):
 - no complex values, no NaN or infinity;
 - CT: within what int16 holds in HU, [-32768, 32767] (a CSV value of 99999 would wrap silently);
 - dose: >= 0 Gy (values down to -0.001 Gy are rounding noise and set to 0) and <= 200 Gy;

@@ -181,12 +181,12 @@ def nft_step_loss(velocity_fn: VelocityFn, old_velocity_fn: VelocityFn, x0: torc
     return nft_loss(velocity_fn(x_t, t), old, target, r, beta, weight, mask)
 
 
-def scardnft_objective(velocity_fn: VelocityFn, old_velocity_fn: VelocityFn, samples: torch.Tensor, r: torch.Tensor,
-                       schedule: FlowSchedule = FlowSchedule(), beta: float = 0.1, lam: float = 1.0,
-                       reference: torch.Tensor | None = None, reference_velocity_fn: VelocityFn | None = None,
-                       mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       prediction: str = "velocity") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. 13: L = L_diffusion + lam * L_nft; returns (L, {"diffusion": ..., "nft": ...}) (parts detached).
+def nft_objective(velocity_fn: VelocityFn, old_velocity_fn: VelocityFn, samples: torch.Tensor, r: torch.Tensor,
+                  schedule: FlowSchedule = FlowSchedule(), beta: float = 0.1, lam: float = 1.0,
+                  reference: torch.Tensor | None = None, reference_velocity_fn: VelocityFn | None = None,
+                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  prediction: str = "velocity") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ScardNFT's objective, eq. 13: L = L_diffusion + lam * L_nft; returns (L, {"diffusion": ..., "nft": ...}) (parts detached).
 
     L_nft is `nft_step_loss` on the scored `samples`; L_diffusion the flow-matching loss on `reference`
     doses (0 when None), through `reference_velocity_fn` when their conditioning batch differs from the
@@ -204,4 +204,4 @@ def scardnft_objective(velocity_fn: VelocityFn, old_velocity_fn: VelocityFn, sam
     return total, {"diffusion": l_diff.detach(), "nft": l_nft.detach()}
 
 
-__all__ = ["RunningDispersion", "nft_loss", "nft_step_loss", "optimality_from_rewards", "scardnft_objective"]
+__all__ = ["RunningDispersion", "nft_loss", "nft_objective", "nft_step_loss", "optimality_from_rewards"]

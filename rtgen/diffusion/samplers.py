@@ -12,8 +12,8 @@ bound; diffusers' Heun scheduler (`ode`) has no such option, so `clip` is refuse
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm

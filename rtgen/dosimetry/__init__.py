@@ -12,7 +12,7 @@ from rtgen.dosimetry.dvh import (
 )
 from rtgen.dosimetry.gamma import gamma_pass_rate
 from rtgen.dosimetry.indices import homogeneity_index, paddick_conformity_index, structure_mae
-from rtgen.dosimetry.openkbp import METRIC_COLUMNS, OpenKBPScores, dose_score, dvh_metrics
+from rtgen.dosimetry.openkbp_scores import METRIC_COLUMNS, OpenKBPScores, dose_score, dvh_metrics
 from rtgen.dosimetry.stats import PairedComparison, compare_paired
 
 __all__ = [

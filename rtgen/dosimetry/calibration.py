@@ -93,7 +93,7 @@ class DVHCalibration:
     cases: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, rows: list[tuple[dict, dict]], ridge: float = 10.0, min_cases: int = MIN_CASES) -> "DVHCalibration":
+    def fit(cls, rows: list[tuple[dict, dict]], ridge: float = 10.0, min_cases: int = MIN_CASES) -> DVHCalibration:
         """`rows`: (structure_statistics of a prediction, reference DVH metrics {(metric, structure): Gy})
         per training patient, from a model that did not see that patient."""
         calibration = cls(ridge=float(ridge))
@@ -156,7 +156,7 @@ class DVHCalibration:
         return {"ridge": self.ridge, "coefficients": self.coefficients, "cases": self.cases}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config.json") -> "DVHCalibration":
+    def from_dict(cls, data: dict, source: str = "config.json") -> DVHCalibration:
         try:
             calibration = cls(ridge=float(data["ridge"]),
                               coefficients={s: {m: [float(c) for c in v] for m, v in per.items()}

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtgen.core.structures import OARS, TARGETS
 from rtgen.dosimetry.checks import require_dose
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
-from rtgen.core.structures import OARS, TARGETS
 
 OAR_METRICS = ("D_0.1_cc", "mean")
 TARGET_METRICS = ("D_99", "D_95", "D_1")

@@ -51,9 +51,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -215,7 +215,7 @@ class Criterion:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str = "criterion") -> "Criterion":
+    def from_dict(cls, d: Mapping, where: str = "criterion") -> Criterion:
         if not isinstance(d, Mapping):
             raise ScorecardError(f"{where}: must be a mapping, got {type(d).__name__}")
         unknown = sorted(set(d) - _CRITERION_KEYS)
@@ -353,7 +353,7 @@ class Scorecard:
                 "criteria": [c.to_dict() for c in self.criteria]}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Scorecard":
+    def from_dict(cls, d: Mapping) -> Scorecard:
         if not isinstance(d, Mapping):
             raise ScorecardError(f"a scorecard must be a mapping with 'criteria', got {type(d).__name__}")
         unknown = sorted(set(d) - {"name", "template_prescriptions", "criteria"})
@@ -369,7 +369,7 @@ class Scorecard:
         return cls(criteria, str(d.get("name", "custom")), dict(rx))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Scorecard":
+    def from_json(cls, path: str | Path) -> Scorecard:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -388,7 +388,7 @@ class Scorecard:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def default_hn_sib(cls) -> "Scorecard":
+    def default_hn_sib(cls) -> Scorecard:
         """The head-and-neck SIB 70/63/56 Gy template (approximates Varian HN-SIB-BPI; see the module)."""
         return cls.from_dict(DEFAULT_HN_SIB)
 

@@ -1,4 +1,4 @@
-"""Issue #13's scoring of a synthetic MR against the real one, as the DiffMa paper reports it.
+"""DiffMa scoring of a synthetic MR against the real one, as the DiffMa paper reports it.
 
 Each volume (prediction and reference, separately) is clipped to its own 0.5 and 99.5 percentiles
 and mapped to 0-255, because MR has no absolute unit: a synthesis is judged on contrast, not scale.

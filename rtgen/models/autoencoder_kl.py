@@ -1,13 +1,13 @@
 """A MONAI `AutoencoderKL` for grey 2D slices or 3D volumes: the trainable alternative to the pretrained TAEF2.
 
-Issue #13 asks for two latent autoencoders under DiffMa, measured against each other: TAEF2
+DiffMa can run on either of two latent autoencoders, measured against each other: TAEF2
 (pretrained on photographs, RGB) and this one, trained on the CT and MR slices themselves
 (task `image_autoencoder`). Each of the `channels` levels but the last halves the slice, so the
 default four levels give the same /8 latents as TAEF2 and the diffusion networks fit either.
 
-Frozen under diffusion (`rtgen.models.codecs.AutoencoderKLCodec`), the latent of a slice is the
-posterior mean (`encode_mean`): deterministic, so cached latents and predictions are repeatable.
-With `spatial_dims: 3` it is DiffKT3D's volume autoencoder (issue #14, task `volume_autoencoder`):
+Frozen under diffusion (`rtgen.models.frozen_autoencoders.FrozenAutoencoderKL`), the latent of a slice is
+the posterior mean (`encode_mean`): deterministic, so cached latents and predictions are repeatable.
+With `spatial_dims: 3` it is DiffKT3D's volume autoencoder (task `volume_autoencoder`):
 one network shared by every modality, trained on random crops.
 Attention is off by default: on a CPU it costs more than it brings at these sizes.
 """
@@ -81,7 +81,7 @@ class AutoencoderKL(nn.Module):
         return self.net.encode(x)
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean: the deterministic latent a frozen codec hands to diffusion."""
+        """The posterior mean: the deterministic latent a frozen autoencoder hands to diffusion."""
         return self.encode(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """A gradient-boosted voxel regressor (LightGBM): dose in Gy from per-voxel features.
 
 Why trees: on two CPU cores they learn in minutes what a 3D network needs GPU-hours for, and they
-give the deep refiners a strong prior. Why LightGBM and not hand-written trees: it is a well-kept
-library with histogram learning, multithreading and NaN as "missing" built in.
+give the deep refiners a strong base (and DiffKT3D its dose prior). Why LightGBM and not hand-written
+trees: it is a well-kept library with histogram learning, multithreading and NaN as "missing" built in.
 
 It is registered like every network, but it is not an `nn.Module`: it is fitted once on sampled
 voxels (`fit`), not by gradient steps, and is saved as LightGBM's own text model format (never a
@@ -109,7 +109,7 @@ class BoostedDose:
             raise RtgenError("the boosted model has not been fitted")
         return self.booster.model_to_string(num_iteration=self.booster.best_iteration or None)
 
-    def load_text(self, text: str, source: str = "model.txt") -> "BoostedDose":
+    def load_text(self, text: str, source: str = "model.txt") -> BoostedDose:
         import lightgbm as lgb
 
         try:

@@ -1,4 +1,4 @@
-"""DiffKT3D (Sec. 3.2, App. A, B.3): the Any2Any 3D DiT on VAE latents, a Wan 2.1 block stack.
+"""DiffKT3D (Sec. 3.2, App. A, B.3): the Any2Any 3D DiT on autoencoder latents, a Wan 2.1 block stack.
 
 forward(latents (B, S, C, d, h, w), modality_ids (S,) or (B, S), roles (B, S) True = target,
 t (B,) in [0, 1]) -> velocity (B, S, C, d, h, w) for every slot; the caller reads the target slots.
@@ -51,7 +51,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -75,16 +75,16 @@ Base = Annotated[float, Field(gt=1.0, le=1e9)]
 
 @dataclass
 class DiffKT3DConfig:
-    latent_channels: Annotated[int, Field(ge=1, le=256)] = 4  # per slot (set by the task from its VAE)
+    latent_channels: Annotated[int, Field(ge=1, le=256)] = 4  # per slot (set by the task from its autoencoder)
     modalities: tuple[str, ...] = MODALITIES  # index = patch embed, output head and RoPE slot coordinate
     patch: tuple[PatchSide, PatchSide, PatchSide] = (2, 2, 2)  # (d, h, w) of a latent patch
     dim: Annotated[int, Field(ge=8, le=8192)] = 192
     depth: Annotated[int, Field(ge=1, le=128)] = 6
     heads: Annotated[int, Field(ge=1, le=128)] = 6
     mlp_ratio: Annotated[float, Field(gt=0, le=16)] = 4.0  # FFN width = mlp_ratio * dim unless ffn_dim
-    ffn_dim: Optional[Annotated[int, Field(ge=1, le=65536)]] = None  # Wan 1.3B: 8960
+    ffn_dim: Annotated[int, Field(ge=1, le=65536)] | None = None  # Wan 1.3B: 8960
     rope_bases: tuple[Base, Base] = (100.0, 10000.0)  # (slot axis, spatial axes)
-    rope_slot_dim: Optional[Annotated[int, Field(ge=0, le=1024)]] = None  # None: head_dim // 8 (even); 0: 3D RoPE
+    rope_slot_dim: Annotated[int, Field(ge=0, le=1024)] | None = None  # None: head_dim // 8 (even); 0: 3D RoPE
     role_embedding: bool = True
     rope: bool = True  # False: a fixed 4D sin-cos embedding added to the tokens instead
     qk_norm: bool = True

@@ -68,7 +68,7 @@ FREQ_DIM = 256  # sinusoidal timestep features before the MLP (DiT)
 @dataclass
 class DiffMaConfig:
     in_channels: Positive = 32  # MR latent channels (TAEF2: 32 at 1/8 resolution)
-    ct_channels: Positive = 32  # CT latent channels (same VAE)
+    ct_channels: Positive = 32  # CT latent channels (same autoencoder)
     latent_size: Positive = 16  # h = w of the latent (128 px slices / 8); the embedder's mask spans this grid
     patch_size: Positive = 2
     hidden_size: Annotated[int, Field(ge=8, le=4096, multiple_of=2)] = 128  # D; the paper's sizes use 512
@@ -213,17 +213,6 @@ class FinalLayer(nn.Module):
         return self.linear(self.norm(x) * (1 + scale) + shift)
 
 
-_SIZE_NAMES = {f"diffma_{k}": {"hidden_size": 512, "depth": n, "scan": "spiral"} for k, n in SIZES.items()}
-
-
-def _register(cls: type) -> type:
-    for name, preset in _SIZE_NAMES.items():
-        register_model(name, config=DiffMaConfig, task="image_synthesis",
-                       description=f"DiffMa-{name[7:].upper()} (paper Table 1: {preset['depth']} blocks, D = 512)",
-                       **preset)(cls)
-    return cls
-
-
 @register_model("diffma", config=DiffMaConfig, task="image_synthesis",
                 description="DiffMa: CT-to-MR latent diffusion, spiral-scan Mamba blocks, soft-mask vision embedder")
 @register_model("diffma_tiny", config=DiffMaConfig, task="image_synthesis", hidden_size=32, depth=2, d_state=4,
@@ -236,7 +225,17 @@ def _register(cls: type) -> type:
                 description="VMamba baseline: the DiffMa skeleton with the four-way cross scan")
 @register_model("diffma_zigma", config=DiffMaConfig, task="image_synthesis", scan="zigzag",
                 description="ZigMa baseline: the DiffMa skeleton with zigzag scans cycling over 8 schemes")
-@_register
+# the paper's sizes (SIZES), each a literal registration: `rtgen train` reads them without importing this file
+@register_model("diffma_s", config=DiffMaConfig, task="image_synthesis", hidden_size=512, depth=4, scan="spiral",
+                description="DiffMa-S (paper Table 1: 4 blocks, D = 512)")
+@register_model("diffma_b", config=DiffMaConfig, task="image_synthesis", hidden_size=512, depth=8, scan="spiral",
+                description="DiffMa-B (paper Table 1: 8 blocks, D = 512)")
+@register_model("diffma_l", config=DiffMaConfig, task="image_synthesis", hidden_size=512, depth=16, scan="spiral",
+                description="DiffMa-L (paper Table 1: 16 blocks, D = 512)")
+@register_model("diffma_xl", config=DiffMaConfig, task="image_synthesis", hidden_size=512, depth=28, scan="spiral",
+                description="DiffMa-XL (paper Table 1: 28 blocks, D = 512)")
+@register_model("diffma_xxl", config=DiffMaConfig, task="image_synthesis", hidden_size=512, depth=56, scan="spiral",
+                description="DiffMa-XXL (paper Table 1: 56 blocks, D = 512)")
 class DiffMa(nn.Module):
     """forward(x_t (B, C, h, w), t (B,), ct (B, C_ct, h, w)) -> prediction (B, C, h, w)."""
 

@@ -1,8 +1,8 @@
 """Frozen image autoencoders behind one interface, for latent diffusion of grey slices.
 
-A codec maps (B, 1, H, W) grey slices in [0, 1] to latents (B, C, H/f, W/f) and back. Samplers and
-diffusion networks see only latents; which autoencoder made them is a config choice
-(`latent.vae` of `image_synthesis`): the pretrained TAEF2 shipped in rtgen (an RGB model: the
+A frozen autoencoder maps (B, 1, H, W) grey slices in [0, 1] to latents (B, C, H/f, W/f) and back.
+Samplers and diffusion networks see only latents; which autoencoder made them is a config choice
+(`latent.autoencoder` of `image_synthesis`): the pretrained TAEF2 shipped in rtgen (an RGB model: the
 grey slice is replicated to 3 channels, the decoded channels averaged), or a MONAI
 `AutoencoderKL` trained on the user's own slices (`autoencoder_kl`, task `image_autoencoder`).
 """
@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 
 
-class Codec(nn.Module):
+class FrozenAutoencoder(nn.Module):
     channels: int = 0
     factor: int = 8
-    cpu_bf16: bool = False  # bfloat16 arithmetic on the CPU (a codec that supports it sets it)
+    cpu_bf16: bool = False  # bfloat16 arithmetic on the CPU (an autoencoder that supports it sets it)
 
     @contextlib.contextmanager
     def exact(self):
@@ -46,7 +46,7 @@ def native_cpu_bf16() -> bool:
         return False
 
 
-class TAEF2Codec(Codec):
+class FrozenTAEF2(FrozenAutoencoder):
     channels, factor = 32, 8
 
     def __init__(self, folder=None, cpu_bf16: bool = False):
@@ -57,7 +57,7 @@ class TAEF2Codec(Codec):
         # 1.45x faster both ways (python benchmarks/bench_taef2.py); the autoencoder dominates DiffMa's
         # prediction time on a CPU
         self.model = load_taef2(folder).to(memory_format=torch.channels_last)
-        self.cpu_bf16 = cpu_bf16  # bfloat16 on the CPU: faster again where native (README: DiffMa timing)
+        self.cpu_bf16 = cpu_bf16  # bfloat16 on the CPU: faster again where native (docs/models/diffma.md)
 
     def _autocast(self, x: torch.Tensor):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16 and x.device.type == "cpu")
@@ -73,7 +73,7 @@ class TAEF2Codec(Codec):
         return out.float().mean(1, keepdim=True).clamp(0, 1).contiguous()
 
 
-class AutoencoderKLCodec(Codec):
+class FrozenAutoencoderKL(FrozenAutoencoder):
     """A trained `autoencoder_kl` (rtgen.models.autoencoder_kl): its posterior mean as the latent."""
 
     def __init__(self, model: nn.Module):

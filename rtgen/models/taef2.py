@@ -1,4 +1,4 @@
-"""TAEF2: Ollin Boer Bohan's tiny autoencoder for the FLUX.2 latent space (MIT), as the fixed VAE of
+"""TAEF2: Ollin Boer Bohan's tiny autoencoder for the FLUX.2 latent space (MIT), as the fixed autoencoder of
 latent diffusion on CT and MR slices.
 
 RGB in [0, 1] at H x W <-> 32 latent channels at H/8 x W/8, about 1.34 M parameters per half, so

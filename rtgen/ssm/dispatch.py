@@ -10,7 +10,7 @@ default because it measured 2-5x faster than the PyTorch path (`rtgen bench ssm`
 MD-Dose model's doses within 3e-5 Gy of it. On a GPU without `mamba_ssm` the chunked scan is the
 default: the PyTorch path's per-step loops launch tens of thousands of small kernels per training
 step, and an H100 trained DiffMa-B only 3.7x faster than 2 CPU cores on it (2.9x faster again on
-the chunked scan: README, DiffMa, "Seventh measurements"). RTGEN_DISABLE_NUMBA=1 turns the fused
+the chunked scan: docs/reports/2026-11-27-diffma-b-on-a-gpu.md). RTGEN_DISABLE_NUMBA=1 turns the fused
 kernel off. Set the backend with
 `set_backend`, the `use_backend` context manager, or the RTGEN_SSM_BACKEND variable. Mamba2's SSD has
 no fused kernel: "numba" runs it on the PyTorch path.
@@ -54,7 +54,7 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels_available() -> bool:
     try:
         import mamba_ssm.ops.selective_scan_interface  # noqa: F401

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from rtgen.ssm.fused_kernels import CHECKPOINT, HAVE_NUMBA, LANES, TILE, _LOG2E
+from rtgen.ssm.fused_kernels import _LOG2E, CHECKPOINT, HAVE_NUMBA, LANES, TILE
 
 if HAVE_NUMBA:
     import numba
@@ -24,9 +24,9 @@ if HAVE_NUMBA:
         _exp,
         _jit,
         _one_minus_exp_neg,
-        _scan_bwd,
-        _scan_fwd,
         _vexp2,
+        scan_bwd,
+        scan_fwd,
     )
 
 
@@ -159,9 +159,9 @@ class _FusedScan(torch.autograd.Function):
         (uv, dv, zv), lay = _layouts(u, delta, z)
         dtw = dt_weight.detach().float().t().contiguous() if dt_weight is not None else torch.zeros(0, d)
         with _lock:
-            _scan_fwd(uv, dv, bias, At.numpy(), _time_major(Bs), _time_major(Cs), Dv, zv, z is not None,
-                      bool(delta_softplus), W, K, TILE, out.numpy(), last.numpy(), ckpt.numpy(), lay, kept.numpy(),
-                      dtw.numpy())
+            scan_fwd(uv, dv, bias, At.numpy(), _time_major(Bs), _time_major(Cs), Dv, zv, z is not None,
+                     bool(delta_softplus), W, K, TILE, out.numpy(), last.numpy(), ckpt.numpy(), lay, kept.numpy(),
+                     dtw.numpy())
         if needs:
             ctx.save_for_backward(u, delta, At, Bs, Cs, D, z, delta_bias, ckpt, kept, dtw, dt_weight)
             ctx.meta = (W, K, bool(delta_softplus), B.dim(), C.dim(), A.dtype)
@@ -192,10 +192,10 @@ class _FusedScan(torch.autograd.Function):
         gB = torch.empty((b, G, L, n))
         gC = torch.empty((b, G, L, n))
         with _lock:
-            _scan_bwd(uv, At.numpy(), _time_major(Bs), _time_major(Cs), _channel_vector(D, d), zv, z is not None,
-                      softplus, gv, gl.numpy(), W, K, TILE, ckpt.numpy(), kept.numpy(), gu.numpy(), gdelta.numpy(),
-                      gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(), gC.numpy(), lay, dv, dtw.numpy(),
-                      glow.numpy(), gdtw.numpy())
+            scan_bwd(uv, At.numpy(), _time_major(Bs), _time_major(Cs), _channel_vector(D, d), zv, z is not None,
+                     softplus, gv, gl.numpy(), W, K, TILE, ckpt.numpy(), kept.numpy(), gu.numpy(), gdelta.numpy(),
+                     gz.numpy(), gA.numpy(), gD.numpy(), gbias.numpy(), gB.numpy(), gC.numpy(), lay, dv, dtw.numpy(),
+                     glow.numpy(), gdtw.numpy())
         gBt = _sum_groups(gB).transpose(1, 2)
         gCt = _sum_groups(gC).transpose(1, 2)
         if Bdim == 4:

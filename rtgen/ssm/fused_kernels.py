@@ -334,7 +334,7 @@ if HAVE_NUMBA:
         return out
 
     @numba.njit(_fwd_sig, parallel=True, **_jit)
-    def _scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw):
+    def scan_fwd(u, delta, bias, A, Bm, Cm, D, z, has_z, softplus, W, K, T, out, last, ckpt, lay, kept, dtw):
         """out: (b, L, d); u, delta, z: time-major rows or channel-major (b, d, L) arrays, as
         lay[0..2] = (channel-major, channel offset) say (see `_load_tile`);
         bias, D: (d,); A: (n, d), times log2(e); Bm, Cm: (b, L, n); all C-contiguous; last: (b, n, dp).
@@ -388,9 +388,9 @@ if HAVE_NUMBA:
                     last[bi, n, c0 + i] = h[n, i]
 
     @numba.njit(_bwd_sig, parallel=True, **_jit)
-    def _scan_bwd(u, A, Bm, Cm, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept,
-                  gu, gdelta, gz, gA, gD, gbias, gB, gC, lay, delta, dtw, glow, gdtw):
-        """Gradients of `_scan_fwd`, from its checkpoints and kept tensors; gout laid out as lay[3] says.
+    def scan_bwd(u, A, Bm, Cm, D, z, has_z, softplus, gout, glast, W, K, T, ckpt, kept,
+                 gu, gdelta, gz, gA, gD, gbias, gB, gC, lay, delta, dtw, glow, gdtw):
+        """Gradients of `scan_fwd`, from its checkpoints and kept tensors; gout laid out as lay[3] says.
         gu, gdelta, gz: (b, L, d), or (b, d, L) where u, delta, z are channel-major (gdelta: of delta itself,
         through the softplus); gA: (b, n, dp), gD, gbias: (b, dp), float64 sums over time; gB, gC:
         (b, G, L, n) partial sums per channel group; glast: (b, n, dp). With a dt projection dtw (R, d),

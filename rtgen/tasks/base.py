@@ -141,7 +141,7 @@ class Task:
                                       if name in self.checkpoint_sections}}
 
     @classmethod
-    def from_checkpoint(cls, config: dict, source: str = "config.json") -> "Task":
+    def from_checkpoint(cls, config: dict, source: str = "config.json") -> Task:
         model = config["model"]
         settings = {name: config.get(name) for name in cls.checkpoint_sections}
         return cls(model["name"], dict(model.get("architecture", {})), settings, source)
@@ -157,16 +157,20 @@ def task_class(task_name: str | None, model_name: str, source: str = "config") -
 
 
 def task_from_checkpoint(config: dict, source: str = "config.json") -> Task:
-    """Rebuild a checkpoint's task (older checkpoints name no task: their model's default is used)."""
+    """Rebuild a checkpoint's task (older checkpoints name no task: their model's default is used; keys
+    renamed since a checkpoint was written are read under today's names, `rtgen.core.migration`)."""
+    from rtgen.core.migration import migrate_config
+
     model = config.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ConfigError(source, "model.name is missing")
-    return task_class(config.get("task"), model["name"], source).from_checkpoint(config, source)
+    cls = task_class(config.get("task"), model["name"], source)
+    return cls.from_checkpoint(migrate_config(config, cls.name), source)
 
 
 def load_run(run: str | Path, what: str, source: str) -> tuple[Task, torch.nn.Module, dict]:
     """(task, network, config.json) of a run folder (or hub:<name>), for a frozen part of another model
-    (an autoencoder, a prior); `what` names the config key that pointed at it, for the error."""
+    (an autoencoder, a base, a dose prior); `what` names the config key that pointed at it, for the error."""
     if isinstance(run, str) and run.startswith("hub:"):  # a model folder shipped inside the package
         from importlib import resources
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rtgen.data.datasets.slices import PatientSlices, SliceDataset, build_slices, patient_slices
+from rtgen.data.datasets.dose_slices import PatientSlices, SliceDataset, build_slices, patient_slices
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
 from rtgen.data.transforms.augment import default_augmentation

@@ -13,7 +13,7 @@ metrics err from that structure's own predicted dose. Every prediction is then r
 its PTVs and OARs by that regression, and (`calibration.ensemble`) the k fold boosters predict
 with the main one. It costs one more pass of features over the training patients and k smaller
 fits; on OpenKBP validation it took the DVH score from 2.15 to 1.95 Gy and the dose score from
-3.15 to 3.10 Gy (README).
+3.15 to 3.10 Gy (docs/reports/2026-11-26-lightgbm-dose-calibration.md).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class BoostedDoseTask(Task):
         return config
 
     @classmethod
-    def from_checkpoint(cls, config: dict, source: str = "config.json") -> "BoostedDoseTask":
+    def from_checkpoint(cls, config: dict, source: str = "config.json") -> BoostedDoseTask:
         task = super().from_checkpoint(config, source)
         saved = config.get("feature_names")
         if saved is not None and list(saved) != feature_names(task.voxels):

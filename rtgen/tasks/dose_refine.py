@@ -454,7 +454,7 @@ class DoseRefineTask(Task):
                                   "ct": "(HU + 1000) / 2000"}}
 
     @classmethod
-    def from_checkpoint(cls, config: dict, source: str = "config.json") -> "DoseRefineTask":
+    def from_checkpoint(cls, config: dict, source: str = "config.json") -> DoseRefineTask:
         base = config.get("base_model")
         if not isinstance(base, dict) or not isinstance(base.get("model"), dict):
             raise ConfigError(source, "base_model is missing (the boosted model this refiner refines)")

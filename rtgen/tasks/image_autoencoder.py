@@ -1,6 +1,6 @@
 """Train the latent autoencoder of CT -> MR diffusion on the CT and MR slices themselves.
 
-Issue #13 compares two autoencoders under DiffMa: the pretrained TAEF2 and a MONAI `AutoencoderKL`
+DiffMa runs on either of two autoencoders: the pretrained TAEF2 or a MONAI `AutoencoderKL`
 (`rtgen.models.autoencoder_kl`) trained here. One autoencoder encodes both the CT condition and the
 MR target, as in DiffMa, so it learns from CT and MR slices pooled, with random in-plane flips.
 The loss is the KL-VAE's without its GAN and perceptual terms (too slow on a CPU): L1
@@ -11,7 +11,7 @@ will see), puts the slices back on each patient's grid and scores them as synthe
 (`image_base.score_volume`): `ssim`, `psnr`, ... of the MR (the selection metric is `ssim`) and
 `ct_ssim`, `ct_psnr`, ... of the CT against its windowed HU. These bound what a latent diffusion
 model on this autoencoder can reach. `image_synthesis` then uses the run with
-`latent.vae=autoencoder_kl latent.vae_run=<run folder>`.
+`latent.autoencoder=autoencoder_kl latent.autoencoder_run=<run folder>`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import Field
 
 from rtgen.core.errors import RtgenError
 from rtgen.core.registry import register_task
-from rtgen.data.transforms.slices import body_mask_ct, slices_to_volume, window_ct
+from rtgen.data.transforms.image_slices import body_mask_ct, slices_to_volume, window_ct
 from rtgen.imaging.scores import image_scores
 from rtgen.tasks.image_base import FlippedSlices, ImageDataConfig, ImageTask, PairSlices, as_batches, score_volume
 
@@ -117,5 +117,5 @@ class ImageAutoencoderTask(ImageTask):
             f"- Validation reconstruction ({t.get('val_patients', '?')} patients, on each grid, 0.5/99.5 percentile "
             f"normalisation to 0-255): MR SSIM {v.get('ssim', nan):.1f} %, PSNR {v.get('psnr', nan):.2f} dB; "
             f"CT SSIM {v.get('ct_ssim', nan):.1f} %, PSNR {v.get('ct_psnr', nan):.2f} dB.",
-            "- Use under diffusion: `latent.vae=autoencoder_kl latent.vae_run=<this run folder>`.", "",
+            "- Use under diffusion: `latent.autoencoder=autoencoder_kl latent.autoencoder_run=<this run folder>`.", "",
         ])

@@ -1,12 +1,12 @@
 """What every CT-to-MR task shares: paired slices in, a synthetic MR volume out, scored as images.
 
 A task here turns registered CT/MR pairs (`rtgen.data.sources.image_pairs`) into 2D axial slices
-(`rtgen.data.transforms.slices`: CT windowed, MR percentile-normalised, one in-plane spacing,
+(`rtgen.data.transforms.image_slices`: CT windowed, MR percentile-normalised, one in-plane spacing,
 centred on size x size) and predicts MR slices in [0, 1] from CT slices. Subclasses say how
 (`predict_slices`): a latent diffusion sampler (`image_synthesis`) or one forward pass
 (`image_regression`).
 
-Scoring follows issue #13 and the DiffMa paper, on the patient's own grid: the predicted slices are
+Scoring follows the DiffMa paper, on the patient's own grid (DiffMa scoring): the predicted slices are
 put back (`slices_to_volume`), then prediction and reference MR are each normalised to 0-255 by
 their 0.5 and 99.5 percentiles, SSIM is the mean 2D SSIM over slices and PSNR comes from the
 volume MSE (`rtgen.imaging`); the same inside the body mask (the reference's own body
@@ -25,8 +25,15 @@ from tqdm.auto import tqdm
 
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.data.sources.image_pairs import ImagePair, find_pairs, load_pair
-from rtgen.data.transforms.slices import (SliceSpec, body_mask_mr, mask_to_slices, slices_to_volume, volume_to_slices,
-                                          with_context, with_windows)
+from rtgen.data.transforms.image_slices import (
+    SliceSpec,
+    body_mask_mr,
+    mask_to_slices,
+    slices_to_volume,
+    volume_to_slices,
+    with_context,
+    with_windows,
+)
 from rtgen.imaging.scores import image_scores
 from rtgen.tasks.base import Task
 
@@ -79,7 +86,7 @@ class PairSlices:
     pair: ImagePair = field(repr=False)
     fov: np.ndarray | None = field(default=None, repr=False)  # (N, S, S) bool: where the MR holds data
     ct_latent: np.ndarray | None = field(default=None, repr=False)  # latent tasks: the encoded CT, made once
-    prior: np.ndarray | None = field(default=None, repr=False)  # tasks refining a prior: its MR slices, made once
+    base: np.ndarray | None = field(default=None, repr=False)  # tasks refining a base: its MR slices, made once
 
 
 def pair_slices(pair: ImagePair, spec: SliceSpec) -> PairSlices:
@@ -98,7 +105,8 @@ def training_slices(pairs: list[PairSlices], use_fov: bool) -> np.ndarray:
 
 
 def score_volume(pred01: np.ndarray, pair: ImagePair) -> dict[str, float]:
-    """Issue #13's image scores of a synthetic MR (any scale) against the pair's MR, on its grid."""
+    """The image scores of a synthetic MR (any scale) against the pair's MR, on its grid (DiffMa scoring:
+    per-patient 0.5/99.5 percentile normalisation, MR grid)."""
     if pair.mr is None:
         raise RtgenError(f"{pair.id}: no reference MR to score against")
     return image_scores(pred01, pair.mr, pair.body if pair.body is not None else body_mask_mr(pair.mr))
@@ -116,12 +124,12 @@ class ImageTask(Task):
     data: ImageDataConfig
 
     def implied_architecture(self) -> dict:
-        # grey slices (and their re-windowed copies); latent tasks: the codec's channels
+        # grey slices (and their re-windowed copies); latent tasks: the autoencoder's channels
         return {"in_channels": (1 + 2 * self.data.context_slices) * (1 + len(self.data.ct_windows))}
 
     def use_flip_average(self) -> None:
         """`rtgen predict --tta`: predict the mean over each slice's in-plane flips. Only a regression has
-        it (DiffMa's prior may: prior.flip_average); other image tasks refuse with one error."""
+        it (DiffMa's base may: base.flip_average); other image tasks refuse with one error."""
         raise RtgenError(f"--tta: {self.model_name} has no flip averaging; CT -> MR regressions (image_regression) "
                          "have it")
 

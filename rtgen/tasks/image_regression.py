@@ -30,7 +30,7 @@ class RegressionLossConfig:
 @dataclass
 class RegressionPredictConfig:
     # predict the mean over the slice and its 3 in-plane flips (each flipped back), for 4x the time: a
-    # smoother estimate of the conditional mean, which is what SSIM and PSNR reward (README, DiffMa)
+    # smoother estimate of the conditional mean, which is what SSIM and PSNR reward (docs/models/diffma.md)
     flip_average: bool = False
 
     def to_dict(self) -> dict:

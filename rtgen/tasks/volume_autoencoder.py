@@ -1,7 +1,7 @@
 """Train DiffKT3D's latent autoencoder: one 3D KL autoencoder shared by every planning modality.
 
-The paper diffuses in the frozen Wan 2.1 video VAE, which cannot be downloaded here; issue #14
-asks for a 3D MONAI `AutoencoderKL` trained on OpenKBP instead. One autoencoder encodes every
+The paper diffuses in the frozen Wan 2.1 video VAE, which cannot be downloaded here; rtgen trains
+a 3D MONAI `AutoencoderKL` on OpenKBP instead. One autoencoder encodes every
 slot (CT, prescription map, OAR label map, body mask, dose; `rtgen.data.transforms.modalities`)
 because (1) the DiT then sees one latent space, as with the paper's shared Wan VAE, so a
 velocity learned for one slot transfers to another, (2) on a CPU a single small network trained

@@ -7,18 +7,18 @@ uses MONAI dictionary transforms so every key (all input channels, the target an
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from rtgen.data.transforms.features import FeatureConfig, patient_features, scale_dose
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient
+from rtgen.data.transforms.features import FeatureConfig, patient_features, scale_dose
 
 
 @dataclass

@@ -4,8 +4,7 @@ voxel-aligned as scanned; synthesis models train and are scored on the MR grid, 
 brought there first. Registration is SimpleITK's; only the guards and the QA are rtgen's."""
 
 from rtgen.data.registration.folders import LoadedPair, PairFiles, find_pairs, load_pair, read_image
-from rtgen.data.registration.pair import (RegistrationError, RegistrationResult, RegistrationSettings,
-                                         register_pair)
+from rtgen.data.registration.pair import RegistrationError, RegistrationResult, RegistrationSettings, register_pair
 from rtgen.data.registration.qa import PairQA, QAThresholds, assess, checkerboard_png
 from rtgen.data.registration.run import PatientReport, register_patient
 

@@ -24,7 +24,6 @@ from rtgen.data.sources import image_pairs
 from rtgen.data.sources.image_pairs import CT_NAMES, CT_TUMOUR_NAMES, MR_NAMES, MR_TUMOUR_NAMES
 
 
-
 @dataclass(frozen=True)
 class PairFiles:
     """One patient folder; `rel` is its path under the data folder (kept in the output)."""

@@ -45,7 +45,7 @@ class RegistrationSettings:
     max_rotation_deg: float = 15.0  # sanity limits, measured from the initial transform
     max_translation_mm: float = 30.0
     bspline_spacing_mm: float = 35.0  # control-point spacing; the mesh is clamped to 1-bspline_max_intervals intervals
-    bspline_max_intervals: int = 5  # 4-8 control points an axis; a finer mesh did not score better (README, tenth measurements)
+    bspline_max_intervals: int = 5  # 4-8 control points an axis; a finer mesh did not score better (docs/reports/2026-11-27-diffma-refiner-ablations.md)
     bspline_shrink: tuple[int, ...] = (2, 1)
     bspline_smoothing_mm: tuple[float, ...] = (2.0, 1.5)
     bspline_iterations: int = 50  # LBFGSB iterations per level

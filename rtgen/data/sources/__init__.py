@@ -3,17 +3,16 @@ splits lazily. A new source is one module here plus one line in `load_patient` a
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from rtgen.core.errors import DataError
 from rtgen.data.sources.dicom import is_dicom_dir, is_dicom_patient_dir, read_dicom_patient
 from rtgen.data.sources.nifti import is_nifti_patient_dir, read_nifti_patient
 from rtgen.data.sources.npz import read_npz
 from rtgen.data.sources.openkbp import Patient, is_patient_dir, patient_number, read_patient
-from rtgen.core.errors import DataError
-
 
 VOLUME_SUFFIXES = (".csv.gz", ".csv", ".nii.gz", ".nii")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rtgen.core.errors import DataError, RtgenWarning
-from rtgen.data.transforms.slices import mr_field_of_view
+from rtgen.data.transforms.image_slices import mr_field_of_view
 from rtgen.data.validate import check_real
 
 CT_NAMES = ("ct.nii.gz", "ct.nii")

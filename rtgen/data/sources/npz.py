@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from rtgen.core.atomic import atomic_path
-from rtgen.data.records import Patient
-from rtgen.data.validate import check_grid, check_values
 from rtgen.core.errors import DataError
 from rtgen.core.structures import STRUCTURES
+from rtgen.data.records import Patient
+from rtgen.data.validate import check_grid, check_values
 
 NPZ_FORMAT = "rtgen-openkbp-npz-1"
 

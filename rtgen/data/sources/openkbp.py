@@ -19,9 +19,9 @@ import pandas as pd
 
 from rtgen.core.atomic import atomic_path
 from rtgen.core.errors import DataError, RtgenWarning
+from rtgen.core.structures import CT_OFFSET, GRID_SHAPE, STRUCTURES
 from rtgen.data.records import Patient
 from rtgen.data.validate import check_values
-from rtgen.core.structures import CT_OFFSET, GRID_SHAPE, STRUCTURES
 
 N_VOXELS = int(np.prod(GRID_SHAPE))
 HEADER = ",data"
@@ -58,7 +58,7 @@ def find_csv(folder: Path, stem: str) -> Path | None:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.name.endswith(".gz") else open(path, "r")
+    return gzip.open(path, "rt") if path.name.endswith(".gz") else open(path)
 
 
 def _check_header(path: Path) -> None:

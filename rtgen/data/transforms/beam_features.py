@@ -96,7 +96,7 @@ class GeometryConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeometryConfig":
+    def from_dict(cls, d: dict) -> GeometryConfig:
         d = dict(d)
         for k in ("angles_deg", "oar_margins_mm"):
             if k in d:

@@ -1,6 +1,6 @@
 """Random clinical edits of a dose: each structure's dose scaled by its own random factor.
 
-Why: ScardNFT (DiffKT3D stage C) learns from how its candidates' scorecard rewards differ within a
+Why: ScardNFT (DiffKT3D's nft stage) learns from how its candidates' scorecard rewards differ within a
 patient. A policy that starts from a strong prior draws nearly identical candidates, so the rewards
 rank noise. Unstructured latent noise makes them differ, but along directions that are mostly
 irrelevant to a scorecard. Scaling each organ at risk, each target and the rest of the body by its

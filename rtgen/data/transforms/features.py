@@ -13,9 +13,8 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from rtgen.core.structures import CT_OFFSET
+from rtgen.core.structures import CT_OFFSET, OARS, PRESCRIPTION_GY, STRUCTURES, TARGETS
 from rtgen.data.records import Patient
-from rtgen.core.structures import OARS, PRESCRIPTION_GY, STRUCTURES, TARGETS
 
 REFERENCE_PRESCRIPTION_GY = 70.0
 
@@ -55,7 +54,7 @@ class FeatureConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureConfig":
+    def from_dict(cls, d: dict) -> FeatureConfig:
         d = dict(d)
         for k in ("ct_window", "oars", "psdm_structures"):
             if k in d:

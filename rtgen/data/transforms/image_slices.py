@@ -36,7 +36,7 @@ class SliceSpec:
 
     def __post_init__(self):
         if not (isinstance(self.size, int) and 8 <= self.size <= 4096 and self.size % 8 == 0):
-            raise ConfigError("SliceSpec", f"size must be a multiple of 8 in [8, 4096] (the VAE downsamples by 8), "
+            raise ConfigError("SliceSpec", f"size must be a multiple of 8 in [8, 4096] (the autoencoder downsamples by 8), "
                                            f"got {self.size!r}")
         if not (np.isfinite(self.spacing_mm) and 0.05 <= self.spacing_mm <= 20):
             raise ConfigError("SliceSpec", f"spacing_mm must be in [0.05, 20] mm, got {self.spacing_mm!r}")

@@ -1,6 +1,6 @@
 """A treatment-planning case as DiffKT3D's modalities: one volume per slot, each scaled to [-1, 1].
 
-DiffKT3D (issue #14) diffuses any one modality given the others, in the latent space of one
+DiffKT3D diffuses any one modality given the others, in the latent space of one
 autoencoder, so every modality must be one channel on one grid with one range:
 
 - `ct`: HU clipped to [-1000, 1000], / 1000 (the paper's clip; no per-patient z-score, which would

@@ -4,7 +4,7 @@ A tree model has no receptive field: everything it knows about where a voxel sit
 targets, the body and the beams must be a number in that voxel. These are the numbers a planner
 reasons with: the prescription nearby and how far it is (signed distances, prescription maps
 blurred at several scales), the tissue in between (CT, depth below the body surface), the organs
-that constrain the plan (OAR masks) and, from `rtgen.data.transforms.geometry`, where the beams
+that constrain the plan (OAR masks) and, from `rtgen.data.transforms.beam_features`, where the beams
 from the usual coplanar gantry angles carry dose (beam-shadow ray sums and their fall-off).
 
 A PTV the patient lacks gives NaN distances: LightGBM treats NaN as "missing", which is what it is.
@@ -35,7 +35,7 @@ BODY_HU = -500.0  # CT above this is tissue: the body outline, for depth below t
 @dataclass
 class VoxelFeatureConfig:
     blur_mm: tuple[Annotated[float, Field(gt=0, le=200)], ...] = (5.0, 10.0, 20.0, 40.0)  # prescription map blurs
-    beams: bool = True  # beam-shadow features (rtgen.data.transforms.geometry)
+    beams: bool = True  # beam-shadow features (rtgen.data.transforms.beam_features)
     samples_per_patient: Annotated[int, Field(ge=100, le=2_000_000)] = 20000  # training voxels drawn per patient
     edge_mm: Annotated[float, Field(ge=0, le=100)] = 10.0  # voxels this close to a PTV surface are drawn more often
     edge_weight: Annotated[float, Field(ge=1, le=100)] = 4.0
@@ -59,7 +59,7 @@ def feature_names(config: VoxelFeatureConfig) -> list[str]:
     names += [f"rx_blur_{s:g}mm" for s in config.blur_mm]
     names += [f"{o}_mask" for o in OARS]
     if config.beams:
-        from rtgen.data.transforms.geometry import GeometryConfig
+        from rtgen.data.transforms.beam_features import GeometryConfig
 
         names += list(GeometryConfig().feature_names)
     return names
@@ -102,7 +102,7 @@ def feature_volumes(patient: Patient, config: VoxelFeatureConfig = VoxelFeatureC
         mask = patient.structures.get(o)
         out[f"{o}_mask"] = (mask.astype(np.float32) if mask is not None else np.zeros(patient.grid, np.float32))
     if config.beams:
-        from rtgen.data.transforms.geometry import GeometryConfig, geometry_features
+        from rtgen.data.transforms.beam_features import GeometryConfig, geometry_features
 
         out.update(geometry_features(patient, GeometryConfig()))
     return {k: np.asarray(v, np.float32) for k, v in out.items()}

@@ -25,6 +25,7 @@ here, so callers import them from `rtgen.data.sources.dicom`.
 """
 
 from rtgen.data.sources.dicom.ct import body_from_ct
+from rtgen.data.sources.dicom.folder import is_dicom_dir, is_dicom_patient_dir
 from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.names import (
     BODY,
@@ -42,7 +43,6 @@ from rtgen.data.sources.dicom.rtdose import (
     read_rtdose_on_grid,
 )
 from rtgen.data.sources.dicom.rtstruct import read_rtstruct_rois
-from rtgen.data.sources.dicom.scan import is_dicom_dir, is_dicom_patient_dir
 from rtgen.data.sources.dicom.tags import (
     CT_IMAGE_STORAGE,
     MEDIA_STORAGE_DIRECTORY,

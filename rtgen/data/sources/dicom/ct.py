@@ -13,13 +13,13 @@ import numpy as np
 from scipy import ndimage
 
 from rtgen.core.errors import DataError
+from rtgen.data.sources.dicom.folder import Scan
 from rtgen.data.sources.dicom.geometry import (
     TOL,
     CtReference,
     apply_inplane,
     canonical_inplane,
 )
-from rtgen.data.sources.dicom.scan import Scan
 from rtgen.data.sources.dicom.tags import (
     floats,
     integer,

@@ -15,12 +15,12 @@ from rtgen.core.errors import DataError, RtgenWarning
 from rtgen.core.structures import STRUCTURES
 from rtgen.data.records import Patient
 from rtgen.data.sources.dicom.ct import body_from_ct, ct_series, read_ct_volume
+from rtgen.data.sources.dicom.folder import Scan, scan_folder
 from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.names import BODY, load_aliases, match_roi_names
 from rtgen.data.sources.dicom.raster import rasterise_contours
 from rtgen.data.sources.dicom.rtdose import dose_on_ct_grid, read_rtdose
 from rtgen.data.sources.dicom.rtstruct import matching_rtstruct, rois
-from rtgen.data.sources.dicom.scan import Scan, scan_folder
 from rtgen.data.sources.dicom.tags import reading, text, uid
 from rtgen.data.validate import check_values
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from rtgen.core.errors import DataError, RtgenWarning
+from rtgen.data.sources.dicom.folder import Scan
 from rtgen.data.sources.dicom.geometry import CtReference
-from rtgen.data.sources.dicom.scan import Scan
 from rtgen.data.sources.dicom.tags import (
     floats,
     integer,
