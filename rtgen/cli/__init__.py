@@ -6,9 +6,20 @@ from rtgen.core.runtime import configure_cpu_runtime
 
 configure_cpu_runtime()  # before anything loads PyTorch (its OpenMP reads the environment once)
 
-from rtgen.cli import bench, convert, demo, evaluate, inspect_patients, models, predict, report, train  # noqa: F401 (registers commands)
-from rtgen.cli import register  # noqa: F401 (registers `rtgen register`)
-from rtgen.cli.app import app
+# the command modules register themselves on `app` when imported
+from rtgen.cli import (  # noqa: E402, F401
+    bench,
+    convert,
+    demo,
+    evaluate,
+    inspect_patients,
+    models,
+    predict,
+    register,
+    report,
+    train,
+)
+from rtgen.cli.app import app  # noqa: E402
 
 
 def run():  # console-script entry point

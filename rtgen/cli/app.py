@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -83,6 +85,33 @@ class Batch:
             table.add_row(name, reason)
         err.print(table)
         raise typer.Exit(1)
+
+
+def preflight(outputs=(), output_files=(), inputs=()) -> None:
+    """What a command checks before it imports PyTorch or reads anything (a second, not ten): each
+    input path exists, and each output folder (or the folder of each output file) can be created and
+    written. Otherwise one error line naming the path. Free space is checked later, once the command
+    knows how much it will write."""
+    from rtgen.core.atomic import check_can_create, check_writable
+    from rtgen.core.errors import DataError
+
+    for path in inputs:
+        if path is not None and not Path(path).exists():
+            raise DataError(path, "not found")
+    for path in outputs:
+        if path is not None:
+            check_can_create(path)
+    for path in output_files:
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise OutputError(path, "cannot be written: it is a folder, and an output file was expected")
+        folder = Path(path).parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(path, f"cannot be written: {folder} is a file, not a folder")
+        check_writable(folder)
 
 
 def user_errors(fn):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -15,11 +14,11 @@ from rtgen.core.errors import RtgenError
 @user_errors
 def bench_ssm(
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    lengths: List[int] = typer.Option([1024, 4096, 16384, 65536], "--length", help="Sequence lengths (repeatable)."),
-    widths: List[int] = typer.Option([64, 128], "--width", help="Model widths (repeatable)."),
+    lengths: list[int] = typer.Option([1024, 4096, 16384, 65536], "--length", help="Sequence lengths (repeatable)."),
+    widths: list[int] = typer.Option([64, 128], "--width", help="Model widths (repeatable)."),
     budget: float = typer.Option(60.0, help="Skip a measurement estimated to take longer than this (s)."),
-    only: Optional[List[str]] = typer.Option(None, help="Run only implementations whose name contains this."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON."),
+    only: list[str] | None = typer.Option(None, help="Run only implementations whose name contains this."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the rows as JSON."),
 ):
     """Selective scan, Mamba and Mamba2 blocks vs the sequential reference, mambapy, transformers and attention."""
     from rtgen.bench.ssm import format_table, format_targets, machine_description, run_benchmark, save_json, targets
@@ -43,9 +42,9 @@ def bench_ssm(
 def bench_fuzz(
     minutes: float = typer.Option(10.0, min=0.01, help="How long to fuzz."),
     seed: int = typer.Option(0, help="Random seed (a run is reproducible for a seed and a count)."),
-    only: Optional[str] = typer.Option(None, help="Only targets whose name contains this (e.g. nifti)."),
+    only: str | None = typer.Option(None, help="Only targets whose name contains this (e.g. nifti)."),
     crash_dir: Path = typer.Option(Path("rtgen-out/fuzz-crashes"), "--crashes", help="Where crashing inputs are saved."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the counts as JSON."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the counts as JSON."),
 ):
     """Feed mutated CSV, NIfTI, npz, YAML and checkpoint files to the readers; count inputs and crashes.
     A crash is any exception other than rtgen's one-line errors; exit 1 if there was one."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import convert_app, out, user_errors
+from rtgen.cli.app import convert_app, out, preflight, user_errors
 
 
 class CacheFormat(str, Enum):
@@ -23,6 +23,7 @@ def convert_openkbp(
     fmt: CacheFormat = typer.Option(CacheFormat.npz, "--format", help="npz (one compressed file per patient) or nifti."),
 ):
     """Cache a split as compressed NumPy (or NIfTI) for fast training. All or nothing: a failure writes nothing."""
+    preflight(outputs=[dest])  # an unwritable DEST fails in a second, before any heavy import
     from rtgen.core.atomic import staged_dir
     from rtgen.data.sources import PatientSplit
     from rtgen.data.sources.nifti import write_nifti_patient
@@ -54,6 +55,7 @@ def convert_to_dicom(
     """Write a patient as DICOM RT: a CT series, an RTSTRUCT (every structure and the possible dose mask
     as the External ROI) and an RTDOSE if the patient has a dose, with fresh UIDs. For sharing with a
     planning system or viewer, and for testing DICOM pipelines. All or nothing."""
+    preflight(outputs=[dest])
     from rtgen.data.sources import load_patient
     from rtgen.data.sources.dicom import write_dicom_patient
 
@@ -74,6 +76,7 @@ def convert_from_dicom(
 ):
     """Read a DICOM patient (CT in HU, RTSTRUCT contours rasterised with holes, RTDOSE resampled onto the CT)
     and write it in an rtgen layout. ROIs that match no rtgen structure are listed as a warning."""
+    preflight(**({"output_files": [dest]} if fmt is FromDicomFormat.npz else {"outputs": [dest]}))
     from rtgen.core.atomic import staged_dir
     from rtgen.core.errors import DataError
     from rtgen.core.structures import GRID_SHAPE

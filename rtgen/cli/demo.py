@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import app, out, user_errors
+from rtgen.cli.app import app, out, preflight, user_errors
 from rtgen.cli.evaluate import print_evaluation
 from rtgen.hub import default_model, shipped_models
 
@@ -25,6 +25,7 @@ def demo(
                                        "DPM-Solver++, 10 steps."),
 ):
     """Predict the bundled example patients with a shipped model, evaluate them, plot DVHs."""
+    preflight(outputs=[out_dir])  # an unwritable --out fails in a second, before any heavy import
     import time
 
     from rtgen.core.atomic import prepare_output_dir

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from rtgen.cli.app import Batch, app, out, user_errors
+from rtgen.cli.app import Batch, app, out, preflight, user_errors
 
 
 @app.command()
@@ -16,13 +15,14 @@ from rtgen.cli.app import Batch, app, out, user_errors
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Predictions: pt_N.csv (submission format) or pt_N.nii.gz (doses), or <patient>.nii.gz synthetic MR images."),
     ref: Path = typer.Option(..., "--ref", help="Reference split folder: patients with dose.csv, or CT/MR pairs (then synthetic MR images are scored on each MR's grid: SSIM, PSNR, MSE; registered pairs, raw ones that rtgen predict registered, or MRs alone)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Write metrics.json, per_patient.csv and DVH figures here."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
     scorecard: bool = typer.Option(False, "--scorecard", help="Also score each prediction (and reference plan) on the clinical head-and-neck SIB scorecard, print a table per patient, and add the scorecard totals and the GDP-HMM MAE (body = possible dose mask, 5 Gy threshold) to --out."),
-    scorecard_file: Optional[Path] = typer.Option(None, "--scorecard-template", help="A scorecard JSON (Scorecard.to_dict form) to use instead of the built-in HN-SIB template; implies --scorecard."),
+    scorecard_file: Path | None = typer.Option(None, "--scorecard-template", help="A scorecard JSON (Scorecard.to_dict form) to use instead of the built-in HN-SIB template; implies --scorecard."),
 ):
     """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them.
     A patient whose prediction or reference is missing or bad is reported and skipped; exit 1 if any."""
+    preflight(outputs=[out_dir])  # an unwritable --out fails in a second, before any heavy import
     import contextlib
 
     from rtgen.core.atomic import output_dir
@@ -43,8 +43,8 @@ def evaluate(
         return _evaluate_images(pred, ref, out_dir)
     n = len(find_patients(ref))
     batch = Batch("patients", n)
-    preflight = output_dir(out_dir, n * FIGURE_BYTES) if out_dir is not None else contextlib.nullcontext()
-    with preflight:  # an unwritable --out fails here, before any scoring
+    room = output_dir(out_dir, n * FIGURE_BYTES) if out_dir is not None else contextlib.nullcontext()
+    with room:  # an unwritable --out fails here, before any scoring
         result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record, scorecard=card)
         print_evaluation(result)
         if card is not None:
@@ -108,7 +108,7 @@ def print_scorecards(result) -> None:
             out.print(f"  {pid}: [red]![/] = a hard limit of the scorecard is violated")
 
 
-def _evaluate_images(pred: Path, ref: Path, out_dir: Optional[Path]) -> None:
+def _evaluate_images(pred: Path, ref: Path, out_dir: Path | None) -> None:
     import contextlib
 
     from rtgen.core.atomic import output_dir

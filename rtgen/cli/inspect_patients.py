@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 
-from rtgen.cli.app import Batch, app, out, user_errors
+from rtgen.cli.app import Batch, app, out, preflight, user_errors
 
 
 @app.command()
 @user_errors
 def inspect(
-    patients: Optional[List[Path]] = typer.Argument(
+    patients: list[Path] | None = typer.Argument(
         None, help="Patient folders (OpenKBP CSV, NIfTI) or .npz caches, or split folders. Default: the bundled examples."
     ),
     out_dir: Path = typer.Option(Path("rtgen-out/inspect"), "--out", help="Where DVH figures and summary.json go."),
@@ -24,6 +23,7 @@ def inspect(
 ):
     """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs.
     A patient that fails to load is reported and skipped; exit 1 if any failed."""
+    preflight(outputs=[out_dir])  # an unwritable --out fails in a second, before any heavy import
     from rtgen.core.atomic import atomic_write_text, output_dir, staged_dir
     from rtgen.data.examples import example_patients_dir
     from rtgen.data.sources import load_patient, patients_in

@@ -16,16 +16,16 @@ def models(
     """List registered networks (parameters at their default config), tasks, and shipped checkpoints."""
     import json
 
-    from rtgen.core.registry import MODELS, TASKS, count_parameters
+    from rtgen.core.source_registry import model_listing, task_listing
     from rtgen.hub import default_model, shipped_models
 
-    nets = [{"model": e.name, "task": e.task, "parameters": count_parameters(e.build()), "description": e.description}
-            for e in MODELS.entries()]
-    tasks = [{"task": t.name, "description": t.description} for t in TASKS.entries()]
+    # read from the source and the recorded parameter counts: no network is imported (as rtgen.list_models())
+    nets, tasks = model_listing(), task_listing()
     shipped = [{"folder": s.folder, "model": s.model, "task": s.task, "default": default_model(s.task) == s.folder,
-                "data": s.data, "trained_on": s.trained_on} for s in shipped_models()]
+                "data": s.data, "trained_on": s.trained_on, "description": s.description} for s in shipped_models()]
+    listing = {"models": nets, "tasks": tasks, "shipped": shipped}
     if json_out:
-        print(json.dumps({"models": nets, "tasks": tasks, "shipped": shipped}, indent=2))
+        print(json.dumps(listing, indent=2))
         return
     t = Table(title="Registered networks (parameters at the default config)", title_justify="left")
     for c in ("model", "task", "parameters", "description"):

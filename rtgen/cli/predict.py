@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from rtgen.cli.app import Batch, app, out, user_errors
+from rtgen.cli.app import Batch, app, out, preflight, user_errors
 from rtgen.core.errors import RtgenError
 
 
@@ -23,32 +22,35 @@ class PredFormat(str, Enum):
 def predict(
     patients: Path = typer.Option(..., "--patients", help="A split folder of patients, or one patient: an OpenKBP CSV or NIfTI folder, an .npz, or a DICOM export (CT series + RTSTRUCT)."),
     out_dir: Path = typer.Option(..., "--out", help="Where pt_N.csv (pt_N.nii.gz, or <id>_RTDOSE.dcm) predictions go."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Run directory, model.safetensors (config.json beside it) or hub:NAME (a model shipped in rtgen). Default: the shipped default dose model, or for CT/MR patients (ct.nii.gz, no possible dose mask) the shipped CT -> MR model, hub:unet_sts."),
+    model: Path | None = typer.Option(None, "--model", help="Run directory, model.safetensors (config.json beside it) or hub:NAME (a model shipped in rtgen). Default: the shipped default dose model, or for CT/MR patients (ct.nii.gz, no possible dose mask) the shipped CT -> MR model, hub:unet_sts."),
     fmt: PredFormat = typer.Option(PredFormat.csv, "--format", help="csv (OpenKBP submission), nifti, or dicom (an RTDOSE on the patient's CT frame of reference; DICOM patients only)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average over in-plane flips (3x slower; a CT -> MR regression: its 4 flips, as predict.flip_average)."),
     batch_size: int = typer.Option(32, min=1, help="Slices per forward pass."),
-    sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp or ode (default dpmpp; image models: their own); DiffKT3D: euler, heun or dpmpp (default: the model's own)."),
+    sampler: str | None = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp or ode (default dpmpp; image models: their own); DiffKT3D: euler, heun or dpmpp (default: the model's own)."),
     steps: int = typer.Option(10, min=1, help="Diffusion models: sampling steps."),
     samples: int = typer.Option(1, min=1, help="Diffusion models: samples per patient, their mean written; a dose model also writes pt_N_std.nii.gz."),
     seed: int = typer.Option(0, help="Diffusion models: random seed (predictions are deterministic for a seed)."),
-    best_of: Optional[int] = typer.Option(None, "--best-of", min=1, help="DiffKT3D: sample N doses and keep the one with the best clinical scorecard (default: the model's own setting)."),
+    best_of: int | None = typer.Option(None, "--best-of", min=1, help="DiffKT3D: sample N doses and keep the one with the best clinical scorecard (default: the model's own setting)."),
     target: str = typer.Option("dose", "--target", help="DiffKT3D: the modality to generate from the others (dose, ct, ptv, oar or body); a non-dose target is written as OUT/<id>_<target>.nii.gz."),
     report: bool = typer.Option(False, "--report/--no-report", help="Also write OUT/report.html: slices, DVHs and metrics of each prediction, compared with the patient's own dose when it has one."),
     register: bool = typer.Option(True, "--register/--no-register", help="CT -> MR models: a patient whose MR is on another grid than its CT (not registered) has its CT registered onto the MR first, as `rtgen register` does, and its synthetic MR written on the MR's grid. --no-register synthesises on the CT's grid instead."),
 ):
     """Predict whole doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
+    preflight(outputs=[out_dir], inputs=[patients])  # before PyTorch and the model are imported
+    if model is not None and str(model).startswith("hub:"):  # an unknown name lists the shipped ones, at once
+        from rtgen.hub import shipped_model_dir
+
+        shipped_model_dir(str(model)[len("hub:"):])
+
     from tqdm.auto import tqdm
 
     from rtgen.core.atomic import output_dir
     from rtgen.data.sources import load_patient, patients_in
-    from rtgen.diffusion import SAMPLERS
-    from rtgen.hub import default_model, shipped_model_dir
-    from rtgen.inference import load_predictor
-    from rtgen.inference.writers import estimated_bytes, write_dose
-    from rtgen.tasks.dose_base import SamplingConfig
-
     from rtgen.data.sources.image_pairs import find_pairs, holds_image_pairs
+    from rtgen.hub import default_model, shipped_model_dir
+    from rtgen.inference import load_predictor, resolve_model
+    from rtgen.inference.writers import estimated_bytes, write_dose
 
     image_data = holds_image_pairs(patients)  # CT/MR patients: a split folder or one patient folder
     paths = find_pairs(patients) if image_data else patients_in(patients)
@@ -69,34 +71,18 @@ def predict(
         if model is None:  # the best shipped model for the data: dose, or CT -> MR for image pairs
             model = shipped_model_dir(default_model("image_regression" if image_data else "dose"))
             out.print(f"model: the shipped default, {model.name}")
-        elif str(model).startswith("hub:"):  # a model shipped inside rtgen, e.g. hub:diffkt3d_openkbp
-            model = shipped_model_dir(str(model)[len("hub:"):])
+        else:  # a run folder, weights file or hub:NAME (a model shipped inside rtgen, e.g. hub:diffkt3d_openkbp)
+            model = resolve_model(model)
         predictor = load_predictor(model, device)
-        own = getattr(predictor.task, "samplers", None)  # DiffKT3D: its flow ODE solvers, its own default
-        allowed = own or SAMPLERS
-        if sampler is not None and sampler not in allowed:
-            raise RtgenError(f"--sampler {sampler}: {predictor.task.model_name} samples with one of {', '.join(allowed)}")
-        if samples > 1 and not predictor.task.stochastic:
-            raise RtgenError(f"--samples {samples}: {predictor.task.model_name} is deterministic; "
-                             "several samples need a diffusion model")
-        image = getattr(predictor.task, "output_kind", "dose") == "image"
-        sampler = sampler or (None if own or image else "dpmpp")  # None: the model's own (image models, DiffKT3D)
-        if image:
+        # the options checked against the model before any patient is read (rtgen.inference.predictor)
+        sampling = predictor.sampling_config(sampler, steps, samples, seed, best_of, target, cli=True)
+        if predictor.output_kind == "image":
             if tta:
                 predictor.task.use_flip_average()
             pairs = paths if image_data else find_pairs(patients)  # the latter: a clear error for dose patients
-            return _predict_images(predictor, pairs, out_dir, batch_size, SamplingConfig(sampler, steps, samples, seed),
-                                   register)
+            return _predict_images(predictor, pairs, out_dir, batch_size, sampling, register)
         diffusion = predictor.task.stochastic
-        imputes = hasattr(predictor.task, "impute")
-        if (best_of is not None or target != "dose") and not imputes:
-            what = "--best-of" if best_of is not None else f"--target {target}"
-            raise RtgenError(f"{what}: {predictor.task.model_name} predicts doses only; scored candidates and other "
-                             "targets need an any-to-any model (diffkt3d)")
-        sampling = SamplingConfig(sampler, steps, samples, seed, best_of)
         batch = Batch("patients", len(paths))
-        if target != "dose":
-            predictor.task.check_target(target)  # before any patient is read
 
         def predict_one(path: Path) -> None:
             patient = load_patient(path)
@@ -120,48 +106,19 @@ def predict(
 
 
 def _predict_images(predictor, paths: list[Path], out_dir: Path, batch_size: int, sampling, register: bool) -> None:
-    """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid.
-    Only the CT is a model input; of an MR in the patient folder (on the same grid: registered) only
-    its field of view is used, to leave blank what it did not acquire (`data.mr_fov`). An MR on
-    another grid (an unregistered pair) is used to register the CT onto it (`register`), and the
-    MR is then written on the MR's grid: scored there, an unregistered synthesis would be off by the
-    5-15 mm the limbs moved between the scans."""
-    import tempfile
-
+    """An image model (CT -> MR): OUT/<patient>.nii.gz, a synthetic MR in [0, 1] on each CT's grid (an
+    unregistered pair's CT registered onto its MR first with `register`: rtgen.inference.images)."""
     from tqdm.auto import tqdm
 
-    from rtgen.data.sources.image_pairs import load_pair, mr_on_another_grid
+    from rtgen.inference.images import synthesise
     from rtgen.inference.writers import write_image
 
     batch = Batch("patients", len(paths))
-    task = predictor.task
 
     def predict_one(path: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="rtgen-register-") as tmp:
-            folder = _registered(path, Path(tmp)) if register and mr_on_another_grid(path) else path
-            pair = load_pair(folder, need_mr=False, mr_geometry_only=True)  # the MR is never an input
-            volume = task.predict_pair(predictor.model, pair, predictor.device, batch_size,
-                                       sampling if task.stochastic else None)
+        volume, pair = synthesise(predictor, path, batch_size, sampling, register, notify=out.print)
         write_image(out_dir, path.name, volume, pair.affine)
 
     for path in tqdm(paths, desc="synthesising", unit="patient"):
         batch.run(path.name, lambda p=path: predict_one(p))
     batch.finish(f"predicted -> {out_dir}")
-
-
-def _registered(path: Path, tmp: Path) -> Path:
-    """The patient's CT registered onto its MR's grid (rigid, then B-spline, as `rtgen register`), in
-    `tmp`. A pair failing QA is still used, with a warning: it is the best alignment there is."""
-    import warnings
-
-    from rtgen.core.errors import RtgenWarning
-    from rtgen.data.registration import PairFiles
-    from rtgen.data.registration.run import register_patient
-
-    out.print(f"{path.name}: MR on another grid than the CT: registering the CT onto it (rtgen register)")
-    report = register_patient(PairFiles(path, Path(path.name)), tmp, keep_failed=True)
-    if report.status != "ok":
-        qa = report.qa
-        warnings.warn(f"{path}: the registration failed QA (body Dice {qa.dice_after:.3f}); synthesising on it "
-                      "anyway, check the pair with rtgen register", RtgenWarning, stacklevel=2)
-    return tmp / path.name

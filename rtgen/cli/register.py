@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import Batch, app, out, user_errors
+from rtgen.cli.app import Batch, app, out, preflight, user_errors
 from rtgen.core.errors import DataError, RtgenError
 
 
@@ -41,6 +41,7 @@ def register(
     pair: body and tumour Dice, bone-edge distance and MI before and after, and a checkerboard. A pair
     that fails QA is reported and not written (its checkerboard goes to OUT/rejected/); exit 1 if any
     failed. Transforms map MR physical points to CT ones (resample the CT with them)."""
+    preflight(outputs=[out_dir])  # an unwritable OUT fails in a second, before SimpleITK is imported
     import SimpleITK as sitk
     from tqdm.auto import tqdm
 

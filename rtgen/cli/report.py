@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import app, out, user_errors
+from rtgen.cli.app import app, out, preflight, user_errors
 
 
 @app.command()
@@ -18,6 +18,7 @@ def report(
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
 ):
     """Slices with dose colourwash and isodoses, DVHs and metric tables per patient, and a cohort summary."""
+    preflight(output_files=[out_html])  # an unwritable --out fails in a second, before any heavy import
     import time
 
     from rtgen.evaluation.report import write_report

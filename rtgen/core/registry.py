@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from rtgen.core.errors import ConfigError
 from rtgen.core.schema import validate_section
@@ -128,6 +129,22 @@ def register_task(name: str, description: str = "") -> Callable[[type], type]:
 def build_model(name: str, **values):
     """A registered network at its default config, with `values` overriding architecture keys."""
     return MODELS.get(name).build(**values)
+
+
+def parameter_counts(names: list[str] | None = None) -> dict[str, int]:
+    """Parameters of registered networks (all, or `names`) at their default config, as `rtgen models`
+    lists them. Built on PyTorch's meta device (shapes only, no memory), on the CPU where that fails."""
+    import torch
+
+    counts = {}
+    for name in names if names is not None else MODELS.names():
+        entry = MODELS.get(name)
+        try:
+            with torch.device("meta"):
+                counts[name] = count_parameters(entry.build())
+        except Exception:  # noqa: BLE001 (a network whose constructor computes on its weights)
+            counts[name] = count_parameters(entry.build())
+    return counts
 
 
 def count_parameters(model) -> int:

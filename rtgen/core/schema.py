@@ -36,24 +36,47 @@ def _describe(error: dict, where: str) -> str:
     return f"{loc}: {msg}"
 
 
-def validate_section(cls: type, values: Any, where: str, source: str = "config"):
-    """`values` (a mapping) -> an instance of the dataclass `cls`, or ConfigError naming the key."""
-    if values is None:
-        values = {}
-    if dataclasses.is_dataclass(values) and isinstance(values, cls):
-        return values
+def _check_mapping(cls: type, values: Any, where: str, source: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(source, f"{where} must be a mapping of keys to values, got {type(values).__name__} {values!r}")
     odd = [k for k in values if not isinstance(k, str)]
     if odd:
         raise ConfigError(source, f"{where}: key {odd[0]!r} is not a name (known keys: "
                                   f"{', '.join(sorted(f.name for f in dataclasses.fields(cls)))})")
+
+
+def _error(cls: type, errors: list[dict], where: str, source: str) -> ConfigError:
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    text = "; ".join(_describe(er, where) for er in errors[:3])
+    if any(er["type"] in ("unexpected_keyword_argument", "extra_forbidden") for er in errors):
+        text += f" (known keys: {', '.join(known)})"
+    return ConfigError(source, text)
+
+
+def validate_section(cls: type, values: Any, where: str, source: str = "config"):
+    """`values` (a mapping) -> an instance of the dataclass `cls`, or ConfigError naming the key."""
+    if values is None:
+        values = {}
+    if dataclasses.is_dataclass(values) and isinstance(values, cls):
+        return values
+    _check_mapping(cls, values, where, source)
     try:
         return _adapter(cls).validate_python(values)
     except ValidationError as e:
-        errors = e.errors()
-        known = sorted(f.name for f in dataclasses.fields(cls))
-        text = "; ".join(_describe(er, where) for er in errors[:3])
-        if any(er["type"] in ("unexpected_keyword_argument", "extra_forbidden") for er in errors):
-            text += f" (known keys: {', '.join(known)})"
-        raise ConfigError(source, text) from None
+        raise _error(cls, e.errors(), where, source) from None
+
+
+def check_keys(cls: type, values: Any, where: str, source: str = "config") -> None:
+    """What can be checked of a section that something else completes (a model's architecture, some
+    of whose keys the task sets from its data): unknown keys, and the type and range of each key
+    given. Missing keys and the checks that combine keys (`__post_init__`) are left to
+    `validate_section` on the completed values."""
+    if values is None:
+        values = {}
+    _check_mapping(cls, values, where, source)
+    try:
+        _adapter(cls).validate_python(values)
+    except ValidationError as e:
+        errors = [er for er in e.errors() if er["loc"] and er["type"] != "missing"]
+        if errors:
+            raise _error(cls, errors, where, source) from None

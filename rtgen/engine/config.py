@@ -6,6 +6,11 @@ Sections: `task` (optional; the model's registered task by default), `model` (na
 network's architecture keys), `train` (the engine's), and the sections the task owns (for the dose
 tasks `features` and `data`, plus `diffusion`). A wrong type, an out-of-range value or an unknown
 key is one `ConfigError` line naming the file and the key.
+
+`check_config` checks all of that without importing PyTorch or any network (the sections' dataclasses
+are read from the source, `rtgen.core.source_registry`), so that the CLI answers a bad config in a
+second; `load_config` then builds the task, whose own checks (those that combine keys or read files)
+follow.
 """
 
 from __future__ import annotations
@@ -13,15 +18,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import Field
 
 from rtgen.core.errors import ConfigError
-from rtgen.core.schema import validate_section
-from rtgen.tasks import Task, task_class
-from rtgen.tasks.base import section_dict
+from rtgen.core.schema import check_keys, validate_section
+
+if TYPE_CHECKING:
+    from rtgen.tasks import Task
 
 
 @dataclass
@@ -61,6 +67,8 @@ class RunConfig:
     source: str = "config"
 
     def to_dict(self) -> dict:
+        from rtgen.tasks.base import section_dict
+
         return {
             "task": self.task.name,
             "model": {"name": self.task.model_name, **self.task.arch_dict()},
@@ -75,27 +83,79 @@ class RunConfig:
         raise AttributeError(name)
 
 
-def from_dict(raw: Any, source: str = "config") -> RunConfig:
+def _model_section(raw: Any, source: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(source, f"a run config must be a mapping of sections, got {type(raw).__name__} {raw!r}")
     model = raw.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ConfigError(source, "model.name is missing (a registered model; `rtgen models` lists them)")
-    cls = task_class(raw.get("task"), model["name"], source)
-    known = {"task", "model", "train", *cls.sections}
+    return model
+
+
+def _check_sections(raw: dict, task: str, sections, source: str) -> TrainConfig:
+    """Section names and mappings, then the train section: what `from_dict` checks before the task."""
+    known = {"task", "model", "train", *sections}
     unknown = sorted((str(k) for k in set(raw) - known), key=str)
     if unknown:
-        raise ConfigError(source, f"unknown section {unknown[0]!r} for task {cls.name}; known: {', '.join(sorted(known))}")
-    for name in ("model", "train", *cls.sections):
+        raise ConfigError(source, f"unknown section {unknown[0]!r} for task {task}; known: {', '.join(sorted(known))}")
+    for name in ("model", "train", *sections):
         if raw.get(name) is not None and not isinstance(raw[name], dict):
             raise ConfigError(source, f"{name} must be a mapping of keys to values, got {raw[name]!r}")
         odd = [k for k in raw.get(name) or {} if not isinstance(k, str)]
         if odd:
             raise ConfigError(source, f"{name}: key {odd[0]!r} is not a name")
-    train = validate_section(TrainConfig, raw.get("train"), "train", source)
+    return validate_section(TrainConfig, raw.get("train"), "train", source)
+
+
+def from_dict(raw: Any, source: str = "config") -> RunConfig:
+    from rtgen.tasks import task_class
+
+    model = _model_section(raw, source)
+    cls = task_class(raw.get("task"), model["name"], source)
+    train = _check_sections(raw, cls.name, cls.sections, source)
     arch = {k: v for k, v in model.items() if k != "name"}
     task = cls(model["name"], arch, {name: raw.get(name) for name in cls.sections}, source)
     return RunConfig(task, train, source)
+
+
+def check_dict(raw: Any, source: str = "config") -> TrainConfig:
+    """Check a run config as `from_dict` does, in the same order and with the same one-line errors,
+    without importing PyTorch or any network: the model and task are looked up, and their sections'
+    dataclasses rebuilt, from the source files (`rtgen.core.source_registry`). Every section's keys,
+    types and ranges are checked, and the model's keys against its config dataclass and presets;
+    what the task adds from its data (e.g. a network's input channels) and the checks that combine
+    keys with it are left to `from_dict`. Returns the train section."""
+    from rtgen.core.source_registry import NotStatic, model_schema, real_class, task_schema
+
+    model = _model_section(raw, source)
+    task = raw.get("task")
+    if task is None:  # the model's registered task
+        entry = model_schema(model["name"], source)
+        task = entry.task if entry is not None else None
+    if task is not None and not isinstance(task, str):
+        raise ConfigError(source, f"task must be a task name, got {task!r}")
+    sections = task_schema(task, source) if task is not None else None
+    if sections is None:  # only importing the registries can tell (a module registers names not read)
+        return validate_section(TrainConfig, raw.get("train"), "train", source)
+    train = _check_sections(raw, task, sections, source)
+    entry = model_schema(model["name"], source)  # what the task looks up first
+
+    def check(fn, cls, values, where):
+        try:
+            return fn(cls, values, where, source)
+        except NotStatic:  # a rebuilt check needed what only the module has: use the module's class
+            return fn(real_class(cls), values, where, source)
+
+    for name, cls in sections.items():
+        check(validate_section, cls, raw.get(name), name)
+    if entry is None:  # a model only importing the networks can find: its keys are checked then
+        return train
+    values = {k: v for k, v in model.items() if k != "name"}
+    clash = sorted(k for k in entry.presets if k in values and values[k] != entry.presets[k])
+    if clash:
+        raise ConfigError(source, f"model.{clash[0]} is fixed to {entry.presets[clash[0]]!r} for {entry.name!r}")
+    check(check_keys, entry.config, {**entry.presets, **values}, "model")
+    return train
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str = "config") -> dict:
@@ -118,7 +178,8 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "config") -> 
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def read_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The YAML mapping of a run config file with `section.key=value` overrides applied."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -130,7 +191,35 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(path, "is empty")
     if not isinstance(raw, dict):
         raise ConfigError(path, f"a run config must be a mapping of sections, got {type(raw).__name__} {raw!r}")
-    return from_dict(apply_overrides(raw, list(overrides), str(path)), str(path))
+    return apply_overrides(raw, list(overrides), str(path))
+
+
+def migrate_run_config(raw: dict, source: str = "config") -> dict:
+    """A run's resolved_config.yaml written by an older rtgen, under today's keys (`rtgen.core.migration`),
+    so `rtgen train --resume` continues it; no PyTorch is imported."""
+    from rtgen.core.migration import migrate_sections
+    from rtgen.core.source_registry import model_schema
+
+    model = _model_section(raw, source)
+    task = raw.get("task")
+    if task is None:
+        entry = model_schema(model["name"], source)
+        task = entry.task if entry is not None else None
+    return migrate_sections(raw, task) if isinstance(task, str) else raw
+
+
+def check_config(path: str | Path, overrides: list[str] = (), migrate: bool = False) -> tuple[dict, TrainConfig]:
+    """Read and check a run config without importing PyTorch or any network (`check_dict`):
+    (the mapping with the overrides applied, its train section). `migrate`: a run folder's config,
+    whose keys an older rtgen may have written."""
+    raw = read_config(path, overrides)
+    if migrate:
+        raw = migrate_run_config(raw, str(path))
+    return raw, check_dict(raw, str(path))
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    return from_dict(read_config(path, overrides), str(Path(path)))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

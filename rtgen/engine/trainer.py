@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 
 from rtgen import __version__
 from rtgen.core.atomic import atomic_write_text
+from rtgen.core.checkpoint import check_and_load, load_state, load_weights, save_state, save_weights, write_config
+from rtgen.core.devices import autocast_for, resolve_device, to_channels_last
 from rtgen.core.errors import ConfigError, RtgenError
 from rtgen.core.registry import count_parameters
-from rtgen.core.checkpoint import check_and_load, load_state, load_weights, save_state, save_weights, write_config
 from rtgen.engine.config import RunConfig, save_config
-from rtgen.core.devices import autocast_for, resolve_device, to_channels_last
 from rtgen.engine.logging import ConsoleLog, CSVLog, TensorBoardLog
 
 
