@@ -22,9 +22,9 @@ import tempfile
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -126,7 +126,7 @@ def build_targets() -> list[Target]:
                text_files=("PTV70.csv",)),
         Target("openkbp patient folder", {
             "ct.csv": ct_csv.encode(), "dose.csv": dose_csv.encode(), "possible_dose_mask.csv": mask_csv.encode(),
-            "PTV70.csv": mask_csv.encode(), "voxel_dimensions.csv": "3.906\n3.906\n2.5\n".encode()},
+            "PTV70.csv": mask_csv.encode(), "voxel_dimensions.csv": b"3.906\n3.906\n2.5\n"},
             load_patient, entry="", text_files=("ct.csv", "dose.csv", "possible_dose_mask.csv", "PTV70.csv",
                                                 "voxel_dimensions.csv")),
         Target("nifti dose.nii.gz", {"dose.nii.gz": _nifti_bytes(small.dose, True)},

@@ -21,9 +21,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -142,7 +142,7 @@ class PeakMemory:
 # ---------------------------------------------------------------- workloads
 
 
-def _scan_workload(fn, width: int, L: int, device):
+def scan_workload(fn, width: int, L: int, device):
     """The scan as the Mamba block of this width runs it on the CPU: d_inner = EXPAND * width
     channels, and the block's layouts: u, delta, z, B and C are (b, d, L) views of time-major (b, L, d)
     memory (channels contiguous): delta, z, B and C come from linear projections, and u from the
@@ -166,7 +166,7 @@ def _module_workload(module: nn.Module, width: int, L: int, device):
     return lambda: module(x), [x] + list(module.parameters())
 
 
-def _mambapy_block(width: int):
+def mambapy_block(width: int):
     from mambapy.mamba import MambaBlock, MambaConfig
 
     return MambaBlock(MambaConfig(d_model=width, n_layers=1, d_state=D_STATE))
@@ -205,21 +205,21 @@ def implementations(device) -> list[tuple[str, Callable, float, str]]:
     cpu = device.type == "cpu"
     fused_note = "" if cpu and fused.available() else "fused kernel unavailable (numba, CPU only)"
     impls = [
-        ("selective scan, rtgen fused", lambda w, L: _scan_workload(fused.selective_scan_fused, w, L, device), 1.0,
+        ("selective scan, rtgen fused", lambda w, L: scan_workload(fused.selective_scan_fused, w, L, device), 1.0,
          fused_note),
-        ("selective scan, rtgen fast", lambda w, L: _scan_workload(selective_scan_fast, w, L, device), 1.0, ""),
-        ("selective scan, chunked matmul fp32", lambda w, L: _scan_workload(selective_scan_chunked, w, L, device), 1.0,
+        ("selective scan, rtgen fast", lambda w, L: scan_workload(selective_scan_fast, w, L, device), 1.0, ""),
+        ("selective scan, chunked matmul fp32", lambda w, L: scan_workload(selective_scan_chunked, w, L, device), 1.0,
          ""),
-        ("selective scan, chunked matmul bf16", lambda w, L: _scan_workload(
+        ("selective scan, chunked matmul bf16", lambda w, L: scan_workload(
             partial(selective_scan_chunked, matmul_dtype=torch.bfloat16), w, L, device), 1.0, ""),
-        ("selective scan, sequential ref", lambda w, L: _scan_workload(selective_scan_ref, w, L, device), 1.0, ""),
+        ("selective scan, sequential ref", lambda w, L: scan_workload(selective_scan_ref, w, L, device), 1.0, ""),
         ("Mamba block, rtgen", lambda w, L: _module_workload(
             Mamba(w, d_state=D_STATE), w, L, device), 1.0, ""),
         ("Mamba block, rtgen torch path", lambda w, L: _module_workload(_TorchPath(Mamba(w, d_state=D_STATE)), w, L,
                                                                         device), 1.0, ""),
         ("Mamba2 block, rtgen", lambda w, L: _module_workload(Mamba2(w, d_state=D_STATE_MAMBA2, headdim=64), w, L,
                                                               device), 1.0, ""),
-        ("Mamba block, mambapy", lambda w, L: _module_workload(_mambapy_block(w), w, L, device), 1.0, _missing("mambapy")),
+        ("Mamba block, mambapy", lambda w, L: _module_workload(mambapy_block(w), w, L, device), 1.0, _missing("mambapy")),
         ("Mamba2 mixer, transformers (torch)", lambda w, L: _module_workload(_transformers_mamba2(w), w, L, device),
          1.0, _missing("transformers")),
         ("attention, SDPA", lambda w, L: _module_workload(SelfAttention(w), w, L, device), 2.0, ""),
@@ -227,7 +227,7 @@ def implementations(device) -> list[tuple[str, Callable, float, str]]:
     if device.type == "cuda":
         note = "" if dispatch.kernels_available() else "mamba_ssm not installed"
         impls += [
-            ("selective scan, mamba_ssm CUDA", lambda w, L: _scan_workload(_mamba_ssm_scan, w, L, device), 1.0, note),
+            ("selective scan, mamba_ssm CUDA", lambda w, L: scan_workload(_mamba_ssm_scan, w, L, device), 1.0, note),
             ("Mamba block, rtgen + mamba_ssm", lambda w, L: _module_workload(_Backend(Mamba(w, d_state=D_STATE), "cuda"),
                                                                              w, L, device), 1.0, note),
         ]
@@ -316,13 +316,16 @@ def _rates(row: Row) -> None:
 
 
 def run_benchmark(lengths=(1024, 4096, 16384, 65536), widths=(64, 128), device="cpu", budget_s: float = 60.0,
-                  repeats: int = 3, only: list[str] | None = None, progress: Callable[[str], None] | None = None):
+                  repeats: int = 3, only: list[str] | None = None, progress: Callable[[str], None] | None = None,
+                  peak_seconds: float = 0.5):
+    """The rows of every implementation (those whose name holds a substring of `only`, if given) at
+    each width and length; `peak_seconds`: how long each machine peak is measured (0: one run)."""
     device = torch.device(device)
     torch.manual_seed(0)
     rows = Rows()
     if progress:
         progress("measuring the machine's peaks")
-    rows.peaks = measure_peaks(device)
+    rows.peaks = measure_peaks(device, peak_seconds)
     for width in widths:
         for name, factory, exponent, note in implementations(device):
             if only and not any(o.lower() in name.lower() for o in only):

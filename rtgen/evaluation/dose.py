@@ -6,24 +6,26 @@ import contextlib
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from rtgen.core.atomic import atomic_write_text, staged_dir
+from rtgen.core.errors import DataError, OutputError, RtgenError
+from rtgen.core.structures import TARGETS
+from rtgen.data.sources import PatientSplit
 from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import find_csv, read_dose_csv
-from rtgen.data.sources import PatientSplit
 from rtgen.dosimetry import OpenKBPScores, gamma_pass_rate, homogeneity_index
 from rtgen.dosimetry.gdp_hmm import GDP_HMM_THRESHOLD_GY, gdp_hmm_mae
-from rtgen.core.errors import DataError, OutputError, RtgenError
 from rtgen.evaluation.plots import plot_dvh
-from rtgen.core.structures import TARGETS
 
 if TYPE_CHECKING:
+    from rtgen.data.records import Patient
     from rtgen.dosimetry.scorecard import Scorecard
 
 
@@ -72,6 +74,17 @@ class EvaluationResult:
     scorecard: dict = field(default_factory=dict)
     scorecard_ref: dict = field(default_factory=dict)
     gdp_hmm_mae: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        if not self.scores.patients:
+            return "EvaluationResult(no patient scored)"
+        failed = f", {len(self.failures)} failed" if self.failures else ""
+        return (f"EvaluationResult({len(self.scores.patients)} patient(s){failed}: dose score "
+                f"{self.scores.dose_score:.3f} Gy, DVH score {self.scores.dvh_score:.3f} Gy)")
+
+    def __str__(self) -> str:
+        """The summary as metrics.json holds it."""
+        return json.dumps(self.summary(), indent=2) if self.scores.patients else repr(self)
 
     def hi_errors(self) -> dict[str, float]:
         out = {}
@@ -191,6 +204,23 @@ def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Pa
     if ref.dose is None:
         raise DataError(refs.paths[i], "reference patient has no dose (dose.csv or dose.nii.gz)")
     pred = read_prediction(path, ref.grid)
+    std_path = pred_dir / f"{ref.id}_std.nii.gz"
+    std = read_prediction(std_path, ref.grid) if std_path.is_file() else None
+    score_patient(result, ref, pred, gamma, scorecard, std, figure_dir)
+
+
+def score_patient(result: EvaluationResult, ref: Patient, pred: np.ndarray, gamma: bool = False,
+                  scorecard: Scorecard | None = None, std: np.ndarray | None = None,
+                  figure_dir: Path | None = None) -> None:
+    """Score one prediction (dose in Gy on the reference's grid) against the reference patient's dose
+    and add it to `result`: OpenKBP scores, HI, and on request the gamma pass rate, the scorecard of
+    the prediction and of the reference plan with the GDP-HMM MAE, the correlation of a predicted
+    spread `std` with the error, and the DVH figure in `figure_dir`."""
+    if ref.dose is None:
+        raise DataError(ref.id, "reference patient has no dose (dose.csv or dose.nii.gz)")
+    pred = np.asarray(pred)
+    if pred.shape != tuple(ref.grid):
+        raise DataError(ref.id, f"predicted dose shape {pred.shape} differs from the reference grid {tuple(ref.grid)}")
     if scorecard is not None:  # before any result is stored, so a failure leaves no half-scored patient
         extra = (gdp_hmm_mae(ref.dose, pred, ref.possible_dose_mask),  # OpenKBP's possible dose mask as the body
                  scorecard.evaluate(pred, ref.structures, ref.voxel_volume_mm3),
@@ -201,10 +231,8 @@ def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Pa
         result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
     if scorecard is not None:
         result.gdp_hmm_mae[ref.id], result.scorecard[ref.id], result.scorecard_ref[ref.id] = extra
-    std_path = pred_dir / f"{ref.id}_std.nii.gz"
-    if std_path.is_file():
-        result.uncertainty_corr[ref.id] = uncertainty_error_correlation(
-            read_prediction(std_path, ref.grid), ref.dose, pred, ref.possible_dose_mask)
+    if std is not None:
+        result.uncertainty_corr[ref.id] = uncertainty_error_correlation(std, ref.dose, pred, ref.possible_dose_mask)
     if figure_dir is not None:
         plot_dvh(figure_dir / f"dvh_{ref.id}.png", ref.structures, ref.dose, pred, title=f"{ref.id}: reference vs prediction")
 

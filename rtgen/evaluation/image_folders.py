@@ -1,10 +1,10 @@
 """Score a folder of synthetic MR volumes against the MR of registered reference pairs.
 
 `OUT/<patient>.nii.gz` (what `rtgen predict` writes for an image model) is compared with the MR of
-`REF/<patient>/` on the MR's grid, as issue #13 defines the scores: each volume normalised to 0-255
+`REF/<patient>/` on the MR's grid, by the DiffMa scoring protocol: each volume normalised to 0-255
 by its own 0.5 and 99.5 percentiles, SSIM the mean 2D SSIM over axial slices, PSNR from the volume
-MSE, and the same inside the body mask (`rtgen.imaging`, through the validation's `score_volume`). A missing or bad prediction is
-reported for its patient and the others are scored.
+MSE, and the same inside the body mask (`rtgen.imaging`, through the validation's `score_volume`). A
+missing or bad prediction is reported for its patient and the others are scored.
 """
 
 from __future__ import annotations
@@ -12,16 +12,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from rtgen.core.atomic import atomic_write_text, staged_dir
 from rtgen.core.errors import DataError, OutputError, RtgenError
-from rtgen.data.sources.image_pairs import MR_NAMES, find_pairs, load_mr_reference, load_pair, read_volume, scored_on_mr_alone
+from rtgen.data.sources.image_pairs import (
+    MR_NAMES,
+    ImagePair,
+    find_pairs,
+    load_mr_reference,
+    load_pair,
+    read_volume,
+    scored_on_mr_alone,
+)
 from rtgen.tasks.image_base import score_volume
 
 METRICS = ("ssim", "psnr", "mse", "ssim_body", "psnr_body", "mse_body")
@@ -31,6 +39,17 @@ METRICS = ("ssim", "psnr", "mse", "ssim_body", "psnr_body", "mse_body")
 class ImageEvaluation:
     per_patient: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        if not self.per_patient:
+            return "ImageEvaluation(no patient scored)"
+        s = self.summary()
+        failed = f", {len(self.failures)} failed" if self.failures else ""
+        return f"ImageEvaluation({s['n_patients']} patient(s){failed}: SSIM {s['ssim']:.2f} %, PSNR {s['psnr']:.2f} dB)"
+
+    def __str__(self) -> str:
+        """The summary as metrics.json holds it."""
+        return json.dumps(self.summary(), indent=2) if self.per_patient else repr(self)
 
     def summary(self) -> dict:
         rows = list(self.per_patient.values())
@@ -47,6 +66,24 @@ def has_mr_references(ref_dir: str | Path) -> bool:
     except RtgenError:
         return False
     return any((p / n).is_file() for p in pairs for n in MR_NAMES)
+
+
+def read_reference(folder: str | Path) -> ImagePair:
+    """The MR a synthetic MR of this patient folder is scored against, on the grid `rtgen predict`
+    writes it on: a registered pair's (the CT's grid), or the MR alone on its own grid for a raw pair
+    (`rtgen predict` registered it and wrote on the MR's grid) or an MR without its CT."""
+    return load_mr_reference(folder) if scored_on_mr_alone(folder) else load_pair(folder)
+
+
+def score_image(result: ImageEvaluation, ref: ImagePair, pred: np.ndarray, source: str | Path | None = None) -> dict:
+    """Score one synthetic MR (any scale; `rtgen predict` writes [0, 1]) against the reference pair's MR,
+    as validation scores it, and add the scores to `result` under the pair's id."""
+    if ref.mr is None:
+        raise DataError(source or ref.id, f"the reference of {ref.id} holds no MR to score against")
+    if np.shape(pred) != ref.mr.shape:
+        raise DataError(source or ref.id, f"has shape {np.shape(pred)}; the reference MR of {ref.id} has {ref.mr.shape}")
+    result.per_patient[ref.id] = score_volume(np.asarray(pred, np.float32), ref)
+    return result.per_patient[ref.id]
 
 
 def evaluate_image_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path | None = None,
@@ -70,12 +107,9 @@ def evaluate_image_folders(pred_dir: str | Path, ref_dir: str | Path, out_dir: s
                         None)
             if path is None:
                 raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.nii.gz)")
-            # a raw pair (`rtgen predict` registered it and wrote on the MR's grid), or an MR without its CT
-            ref = load_mr_reference(folder) if scored_on_mr_alone(folder) else load_pair(folder)
+            ref = read_reference(folder)
             pred, _, _ = read_volume(path)
-            if pred.shape != ref.mr.shape:
-                raise DataError(path, f"has shape {pred.shape}; the reference MR of {pid} has {ref.mr.shape}")
-            result.per_patient[pid] = score_volume(pred, ref)  # as validation scores
+            score_image(result, ref, pred, path)
         except RtgenError as e:
             failed(pid, e)
     if not result.per_patient:

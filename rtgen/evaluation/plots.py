@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rtgen.core.atomic import atomic_path  # noqa: E402
-from rtgen.dosimetry.dvh import cumulative_dvh  # noqa: E402
 from rtgen.core.structures import STRUCTURES  # noqa: E402
+from rtgen.dosimetry.dvh import cumulative_dvh  # noqa: E402
 
 COLOURS = dict(zip(STRUCTURES, plt.get_cmap("tab10").colors))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rtgen.core.structures import PRESCRIPTION_GY, STRUCTURES, is_target
 from rtgen.data.records import Patient
 from rtgen.dosimetry import dvh_metrics, homogeneity_index, paddick_conformity_index
-from rtgen.core.structures import PRESCRIPTION_GY, STRUCTURES, is_target
 
 
 def summarize(patient: Patient) -> dict:
