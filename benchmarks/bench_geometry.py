@@ -1,6 +1,7 @@
-"""Beam-geometry feature time per patient, against issue 15's budget of 5 s on one core.
+"""Beam-geometry feature time per patient, against a budget of 5 s on one core.
 
     python benchmarks/bench_geometry.py [SPLIT] [--n 10] [--repeats 5]
+    python benchmarks/bench_geometry.py --smoke
 
 Without SPLIT it uses the two bundled OpenKBP patients. Reports the median of `repeats` runs of
 `geometry_features` per patient (numba compilation is done once beforehand and not counted), the
@@ -22,7 +23,7 @@ from scipy import stats
 from rtgen.bench.ssm import machine_description
 from rtgen.data import find_patients, read_patient
 from rtgen.data.examples import example_patients_dir
-from rtgen.data.transforms.geometry import GeometryConfig, cached_geometry_features, geometry_features
+from rtgen.data.transforms.beam_features import GeometryConfig, cached_geometry_features, geometry_features
 
 
 def median_of(fn, repeats: int) -> float:
@@ -36,12 +37,15 @@ def median_of(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("split", type=Path, nargs="?", default=None)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: one bundled patient, one repeat")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.n, a.repeats = 1, 1
     paths = find_patients(a.split or example_patients_dir())[: a.n]
     config = GeometryConfig()
     cache = Path(tempfile.mkdtemp(prefix="rtgen-bench-geometry-"))

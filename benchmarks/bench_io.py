@@ -1,4 +1,4 @@
-"""Patient read time: python benchmarks/bench_io.py SPLIT [--n 10].
+"""Patient read time: python benchmarks/bench_io.py SPLIT [--n 10]  (smoke: --smoke).
 
 Reads N patients from the OpenKBP CSV layout, from gzipped CSVs, and from the .npz cache
 (`rtgen convert openkbp`), and prints the mean and worst seconds per patient.
@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 from rtgen.data import find_patients, read_patient, write_patient
 from rtgen.data.sources.npz import read_npz, write_npz
 
@@ -27,13 +29,18 @@ def timed(fn, items):
     return sum(times) / len(times), max(times)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("split", type=Path)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("split", type=Path, nargs="?", help="OpenKBP split folder, e.g. data/openkbp/train-pats")
     ap.add_argument("--n", type=int, default=10)
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: the patients bundled with rtgen")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.split = args.split or common.bundled_openkbp()
+    if args.split is None:
+        ap.error("SPLIT is required (or --smoke)")
     paths = find_patients(args.split)[: args.n]
-    work = Path(tempfile.mkdtemp(prefix="rtgen-bench-io-"))
+    work = common.smoke_dir("io") if args.smoke else Path(tempfile.mkdtemp(prefix="rtgen-bench-io-"))
     gz, npz = [], []
     for p in paths:
         patient = read_patient(p)

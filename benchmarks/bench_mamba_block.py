@@ -1,6 +1,7 @@
 """What each fused CPU kernel buys a Mamba block, side by side in one run.
 
     python benchmarks/bench_mamba_block.py [--width 64] [--lengths 16384 65536] [--rounds 5] [--mambapy]
+    python benchmarks/bench_mamba_block.py --smoke
 
 Forward+backward of one `Mamba` block (batch 1, d_state 16), four variants of the same weights, steps
 alternating round after round (so a slow minute hits all of them), median per variant:
@@ -9,26 +10,27 @@ alternating round after round (so a slow minute hits all of them), median per va
 - conv on PyTorch: the causal conv as the channels-last conv2d the block used before its kernel;
 - pure PyTorch: the `torch` backend, no numba kernel at all;
 - mambapy (with `--mambapy`, if installed): mambapy's `MambaBlock` of the same sizes (its own weights),
-  the issue's reference for a pure-PyTorch Mamba: alternating with the rest gives the speed-up over
+  the usual reference for a pure-PyTorch Mamba: alternating with the rest gives the speed-up over
   it from one run, not from rows measured minutes apart.
 The variants swap the block's dispatch functions for the ones the other backends use.
 """
 
 from __future__ import annotations
 
-from rtgen.core.runtime import configure_cpu_runtime
+import argparse
+import contextlib
+import statistics
+import time
 
-configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
+if __name__ == "__main__":
+    from rtgen.core.runtime import configure_cpu_runtime
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+    configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rtgen.bench.ssm import _mambapy_block, machine_description  # noqa: E402
+from rtgen.bench.ssm import machine_description, mambapy_block  # noqa: E402
 from rtgen.ssm import Mamba, dispatch  # noqa: E402
 
 
@@ -51,20 +53,23 @@ def variant(name: str):
         dispatch.selective_scan_projected_dt, dispatch.fused_causal_conv = saved
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mambapy", action="store_true", help="also mambapy's MambaBlock, alternating with the rest")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: width 16, 256 tokens, one round")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.width, a.lengths, a.rounds = 16, [256], 1
     names = ["all fused", "dt projection unfolded", "conv on PyTorch", "pure PyTorch"] + (["mambapy"] if a.mambapy else [])
     print(f"machine: {machine_description('cpu')}")
     print(f"Mamba block, width {a.width}, batch 1, forward+backward, median of {a.rounds} alternating rounds")
     for L in a.lengths:
         torch.manual_seed(0)
         block = Mamba(a.width, d_state=16)
-        other = _mambapy_block(a.width) if a.mambapy else None
+        other = mambapy_block(a.width) if a.mambapy else None
         x = torch.randn(1, L, a.width, requires_grad=True)
         times = {n: [] for n in names}
 

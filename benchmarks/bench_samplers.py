@@ -1,17 +1,20 @@
 """MD-Dose steps versus accuracy on validation patients, and against regression models.
 
-    python benchmarks/bench_samplers.py --model MD_DOSE_RUN --patients VALIDATION_SPLIT \
-        [--limit 6] [--ddpm-limit 2] [--steps 50 20 10 5] [--compare rtgen/models/mamba_unet_v2_openkbp]
+    python benchmarks/bench_samplers.py --model hub:md_dose_openkbp --patients data/openkbp/validation-pats \
+        [--limit 6] [--ddpm-limit 2] [--steps 50 20 10 5] [--compare hub:mamba_unet_v2_openkbp]
+    python benchmarks/bench_samplers.py --smoke
 
 Every sampler setting predicts the same patients from the same seed (one sample, no flips):
-DDPM ancestral with 1,000 steps (the paper's sampler; on the first `--ddpm-limit` patients only,
+DDPM ancestral with 1,000 steps (the MD-Dose paper's sampler; on the first `--ddpm-limit` patients only,
 because it is 100-200x slower) and DDIM (eta 0) and DPM-Solver++ (2M) at each of `--steps`.
 Regression checkpoints given with `--compare` predict the same patients. Columns: OpenKBP dose
 score and DVH score (Gy), mean |HI error| over the PTVs (ICRU 83), and seconds per patient spent
 in the network and sampler and assembling the volume (input features are computed once per patient
 and not counted).
-A second table repeats every setting on the DDPM subset, with the ratios the issue's target names:
+A second table repeats every setting on the DDPM subset, with its ratios to DDPM-1000:
 dose score / DDPM-1000 dose score and DDPM-1000 time / time.
+`--smoke` runs the shipped MD-Dose on 4 central slices of one bundled patient, DDIM and
+DPM-Solver++ with one step each, no DDPM.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ from __future__ import annotations
 import argparse
 import time
 
+import common
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from rtgen.bench.ssm import machine_description
+from rtgen.core.structures import TARGETS
+from rtgen.data.datasets.dose_slices import patient_slices
 from rtgen.data.sources import find_patients, load_patient
-from rtgen.data.datasets.slices import patient_slices
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.evaluation import homogeneity_by_target
-from rtgen.inference.predictor import load_predictor
-from rtgen.core.structures import TARGETS
+from rtgen.inference import load_predictor, resolve_model
 from rtgen.tasks.dose_base import SamplingConfig
 
 
@@ -58,10 +62,10 @@ def summarise(rows):
             float(np.nanmean([r[2] for r in rows])), float(np.mean([r[3] for r in rows])))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True, help="MD-Dose run directory or model.safetensors")
-    ap.add_argument("--patients", required=True, help="validation split folder")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="MD-Dose run directory, model.safetensors or hub:NAME")
+    ap.add_argument("--patients", help="validation split folder")
     ap.add_argument("--limit", type=int, default=6, help="first N validation patients")
     ap.add_argument("--ddpm-limit", type=int, default=2, help="first N of those also get DDPM-1000")
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 20, 10, 5])
@@ -69,14 +73,22 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: the shipped MD-Dose, 4 slices of a bundled patient")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.model, a.patients = a.model or "hub:md_dose_openkbp", a.patients or common.bundled_openkbp()
+        a.limit, a.ddpm_limit, a.steps = 1, 0, [1]
+    if not a.model or not a.patients:
+        ap.error("--model and --patients are required (or --smoke)")
     torch.manual_seed(a.seed)
-    pred = load_predictor(a.model, a.device)
+    pred = load_predictor(resolve_model(a.model), a.device)
     if pred.task.diffusion is None:
         raise SystemExit(f"{a.model}: not a diffusion checkpoint")
     paths = find_patients(a.patients)[:a.limit]
     refs = [load_patient(p) for p in tqdm(paths, desc="reading", unit="patient")]
     slices = [patient_slices(r, pred.features, storage_dtype=np.float32) for r in refs]
+    if a.smoke:
+        slices = [common.central_slices(ps, 4) for ps in slices]
     n_ddpm = min(a.ddpm_limit, len(paths))
 
     settings = [("DDPM 1000", SamplingConfig("ddpm", 1000, 1, a.seed), n_ddpm)] if n_ddpm else []
@@ -86,7 +98,7 @@ def main():
     for label, sampling, n in tqdm(settings, desc="settings", unit="setting"):
         results[label] = run_setting(pred, slices[:n], refs[:n], sampling, a.batch_size)
     for path in a.compare:
-        reg = load_predictor(path, a.device)
+        reg = load_predictor(resolve_model(path), a.device)
         reg_slices = [patient_slices(r, reg.features, storage_dtype=np.float32) for r in refs]
         results[f"{reg.config['model']['name']} (regression)"] = run_setting(reg, reg_slices, refs, None, a.batch_size)
 

@@ -1,6 +1,7 @@
 """Which SSD chunk size the Mamba2 block should use on the CPU, per sequence length and dtype.
 
     python benchmarks/bench_ssd_chunk.py [--chunks 16 32 64 128] [--rounds 5]
+    python benchmarks/bench_ssd_chunk.py --smoke
 
 Forward+backward of one `Mamba2` block (width 64, d_state 32, headdim 64, as `rtgen bench ssm`
 runs it; batch 8 at 1,024 tokens, batch 1 beyond), in float32 and under bfloat16 autocast (how
@@ -11,13 +12,14 @@ chunk against the block's default (`rtgen.ssm.mamba2.CPU_CHUNK`).
 
 from __future__ import annotations
 
-from rtgen.core.runtime import configure_cpu_runtime
+import argparse
+import statistics
+import time
 
-configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
+if __name__ == "__main__":
+    from rtgen.core.runtime import configure_cpu_runtime
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+    configure_cpu_runtime()  # as the `rtgen` command does, before PyTorch loads
 
 import torch  # noqa: E402
 
@@ -37,18 +39,22 @@ def step(block: Mamba2, x: torch.Tensor, bf16: bool) -> float:
     return time.perf_counter() - t
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--width", type=int, default=64)
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: batch 1 x 256 tokens, chunks 16 and 32, one round")
+    a = ap.parse_args(argv)
+    shapes = [(1, 256)] if a.smoke else SHAPES
+    if a.smoke:
+        a.chunks, a.rounds = [16, 32], 1
     print(f"machine: {machine_description('cpu')}")
     print(f"Mamba2 block, width {a.width}, d_state 32, headdim 64, forward+backward, median of {a.rounds} "
           f"alternating rounds; default CPU chunk {CPU_CHUNK}")
     torch.manual_seed(0)
     print(f"{'batch x L':>12} {'dtype':>6} " + "".join(f"{'chunk ' + str(c):>11}" for c in a.chunks) + "   fastest")
-    for b, L in SHAPES:
+    for b, L in shapes:
         x = torch.randn(b, L, a.width)
         for bf16 in (False, True):
             blocks = {c: Mamba2(a.width, d_state=32, headdim=64, chunk_size=c) for c in a.chunks}

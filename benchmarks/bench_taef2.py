@@ -1,14 +1,16 @@
 """TAEF2 encode and decode of 64 grey 128 px slices on the CPU, in PyTorch's default (contiguous)
-memory order, in channels-last (what `rtgen.models.codecs.TAEF2Codec` uses), and in channels-last
+memory order, in channels-last (what `rtgen.models.frozen_autoencoders.FrozenTAEF2` uses), and in channels-last
 under bfloat16 autocast (`latent.cpu_bf16`, on CPUs with native bf16), side by side.
 
     python benchmarks/bench_taef2.py [--threads 2] [--repeats 3] [--unet RUN]
+    python benchmarks/bench_taef2.py --smoke
 
-With `--unet RUN` (an image_regression run) its forward pass is timed the same way: a DiffMa with
-a prior runs it on every slice (4 times with `prior.flip_average`), in channels-last.
+With `--unet RUN` (an image_regression run or a shipped model, e.g. hub:unet_sts) its forward pass
+is timed the same way: a DiffMa refiner runs its base model on every slice (4 times with
+`base.flip_average`), in channels-last.
 
 Why: the autoencoder, not the diffusion network, dominates DiffMa's prediction time on a CPU (two
-encodes and two decodes per slice with a prior), so its layout decides the seconds per patient.
+encodes and two decodes per slice for a refiner), so its layout decides the seconds per patient.
 """
 
 from __future__ import annotations
@@ -29,18 +31,32 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--slices", type=int, default=64)
+    ap.add_argument("--size", type=int, default=128, help="slice width and height (px)")
     ap.add_argument("--unet", default=None, help="an image_regression run whose forward pass is timed too")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 slices of 64 px, one repeat, with hub:unet_sts")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.slices, a.size, a.repeats, a.unet = 2, 64, 1, a.unet or "hub:unet_sts"
+    threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
+    try:
+        run(a)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(a: argparse.Namespace) -> None:
     model = load_taef2().eval()
-    x = torch.rand(64, 3, 128, 128)
-    print(f"{platform.processor() or platform.machine()}, {a.threads} threads, 64 slices of 128 px, median of {a.repeats}")
+    x = torch.rand(a.slices, 3, a.size, a.size)
+    print(f"{platform.processor() or platform.machine()}, {a.threads} threads, {a.slices} slices of {a.size} px, "
+          f"median of {a.repeats}")
     rows = {}
-    from rtgen.models.codecs import native_cpu_bf16
+    from rtgen.models.frozen_autoencoders import native_cpu_bf16
 
     with torch.no_grad():
         z = model.encode(x)
@@ -57,9 +73,11 @@ def main() -> None:
     for name, (enc, dec) in rows.items():
         print(f"{name:31s} encode {enc:6.2f} s ({base[0] / enc:.2f}x)  decode {dec:6.2f} s ({base[1] / dec:.2f}x)")
     if a.unet:
-        from rtgen.inference import load_predictor
+        from rtgen.inference import load_predictor, resolve_model
 
-        unet, grey = load_predictor(a.unet, "cpu").model.eval(), x[:, :1].contiguous()
+        unet = load_predictor(resolve_model(a.unet), "cpu").model.eval()
+        channels = next(p for p in unet.parameters() if p.dim() == 4).shape[1]  # its first convolution's inputs
+        grey = x[:, :1].repeat(1, channels, 1, 1).contiguous()
         times = {}
         with torch.no_grad():
             for layout in (torch.contiguous_format, torch.channels_last):

@@ -1,14 +1,19 @@
-"""The DiffMa table of issue #13: every model, baseline and ablation trained with the same budget on
-the same registered pairs, scored on validation, one row each with the command that reproduces it.
+"""The DiffMa table: every model, baseline and ablation trained with the same budget on the same
+registered pairs, scored on validation, one row each with the command that reproduces it.
 
     python benchmarks/diffma_table.py DATA_ROOT RUNS_DIR [--device cuda] [--jobs 6] [--budget S] [--only NAME ...]
     python benchmarks/diffma_table.py DATA_ROOT RUNS_DIR --time-cpu DATA_ROOT/validation/PATIENT
+    python benchmarks/diffma_table.py --smoke
 
 DATA_ROOT holds `train/` and `validation/` registered pairs (`rtgen register` output). Each row is
 `rtgen train <config> <overrides>` run as its own process (`--jobs` at a time: small models leave a
 GPU mostly idle); the autoencoder-latent row waits for the autoencoder. Scores are those each run
 records for its best epoch (config.json "validation"), which `rtgen evaluate` reproduces from
-`rtgen predict` output. Seconds per slice are measured separately, on the CPU (`--time-cpu`).
+`rtgen predict` output (DiffMa scoring: per-patient 0.5/99.5 percentile normalisation, MR grid).
+Seconds per slice are measured separately, on the CPU (`--time-cpu`). `--device cuda` trains each row
+on a GPU (`train.device=cuda`); several GPUs: run the rows' commands under torchrun.
+`--smoke` checks every row's command (its config loads with its overrides) without training, and
+times the shipped base UNet (hub:unet_sts) on 2 slices of the test pair in tests/data.
 """
 
 from __future__ import annotations
@@ -21,24 +26,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import common
+
 ROWS = {  # name: (config, overrides, what it shows)
-    "diffma": ("configs/diffma_cpu.yaml", [], "DiffMa: spiral scan, soft mask, CBAM fusion"),
-    "dit": ("configs/diffma_cpu.yaml", ["model.name=diffma_dit"], "DiT baseline (self-attention)"),
-    "vim_raster": ("configs/diffma_cpu.yaml", ["model.name=diffma_vim"], "ViM bidirectional raster (ablation: raster vs spiral)"),
-    "vmamba": ("configs/diffma_cpu.yaml", ["model.name=diffma_vmamba"], "VMamba 4-direction cross scan"),
-    "zigma": ("configs/diffma_cpu.yaml", ["model.name=diffma_zigma"], "ZigMa zigzag"),
-    "no_soft_mask": ("configs/diffma_cpu.yaml", ["model.soft_mask=false"], "ablation: soft mask off"),
-    "sum_fusion": ("configs/diffma_cpu.yaml", ["model.fusion=sum"], "ablation: branches summed, no CBAM"),
-    "unet": ("configs/diffma_unet_baseline.yaml", [], "plain UNet regression (image space)"),
-    "lookup": ("configs/diffma_lookup_baseline.yaml", [], "HU-to-intensity lookup table"),
-    "vae_kl": ("configs/diffma_vae.yaml", [], "MONAI AutoencoderKL trained on the slices (reconstruction)"),
-    "diffma_kl": ("configs/diffma_cpu.yaml", ["latent.vae=autoencoder_kl", "latent.vae_run={runs}/vae_kl"],
+    **{name: ("configs/diffma_cpu.yaml", overrides, what) for name, (overrides, what) in common.DIFFMA_VARIANTS.items()},
+    "unet": ("configs/diffma_cpu_base.yaml", [], "plain UNet regression (image space)"),
+    "lookup": ("configs/hu_lookup_cpu.yaml", [], "HU-to-intensity lookup table"),
+    "autoencoder_kl": ("configs/diffma_autoencoder.yaml", [],
+                       "MONAI AutoencoderKL trained on the slices (reconstruction)"),
+    "diffma_kl": ("configs/diffma_cpu.yaml",
+                  ["latent.autoencoder=autoencoder_kl", "latent.autoencoder_run={runs}/autoencoder_kl"],
                   "ablation: DiffMa on AutoencoderKL latents instead of TAEF2"),
-    "diffma_b": ("configs/diffma_b.yaml", [], "DiffMa-B at the paper's settings (GPU)"),
-    "diffma_prior": ("configs/diffma_prior_cpu.yaml", ["prior.run={runs}/unet"],
-                     "DiffMa refining the UNet row's MR (not in the paper)"),
+    "diffma_b": ("configs/diffma.yaml", [], "DiffMa-B at the DiffMa paper's settings (GPU)"),
+    "diffma_refiner": ("configs/diffma_cpu_refiner.yaml", ["base.run={runs}/unet"],
+                       "DiffMa refining the UNet row's MR (not in the DiffMa paper)"),
 }
-AFTER = {"diffma_kl": "vae_kl", "diffma_prior": "unet"}  # rows that need another row's run
+DIFFUSION = ("configs/diffma_cpu.yaml", "configs/diffma.yaml", "configs/diffma_cpu_refiner.yaml")  # latent rows
+AFTER = {"diffma_kl": "autoencoder_kl", "diffma_refiner": "unet"}  # rows that need another row's run
 DIFFUSION_EPOCHS = None  # --diffusion-epochs: the CPU-size diffusion rows' budget
 DEADLINE = None  # --budget: rows still training then are stopped (their best epoch so far stands)
 
@@ -47,9 +51,9 @@ def command(name: str, data: Path, runs: Path, device: str, epochs: int | None, 
     config, overrides, _ = ROWS[name]
     cmd = [sys.executable, "-m", "rtgen", "train", config, f"data.train={data / 'train'}",
            f"data.val={data / 'validation'}", f"train.device={device}", "--out", str(runs / name)]
-    if "diffma_vae" not in config and "unet" not in config and "lookup" not in config:
+    diffusion = config in DIFFUSION
+    if diffusion:  # the latent cache, shared by the rows on TAEF2
         cmd.append(f"data.cache={runs / 'cache'}")
-    diffusion = config in ("configs/diffma_cpu.yaml", "configs/diffma_b.yaml", "configs/diffma_prior_cpu.yaml")
     cmd += [o.format(runs=runs) for o in overrides]
     cmd += [o for o in extra if diffusion or not o.startswith(("diffusion.", "latent."))]  # sections only they have
     if epochs:
@@ -57,6 +61,12 @@ def command(name: str, data: Path, runs: Path, device: str, epochs: int | None, 
     if diffusion and DIFFUSION_EPOCHS and name != "diffma_b":
         cmd.append(f"train.epochs={DIFFUSION_EPOCHS}")
     return cmd
+
+
+def resolve_shipped(name: str) -> Path:
+    from rtgen.inference import resolve_model
+
+    return resolve_model(name)
 
 
 def run_row(name, data, runs, device, epochs, extra) -> dict:
@@ -80,10 +90,32 @@ def run_row(name, data, runs, device, epochs, extra) -> dict:
     return result
 
 
-def time_cpu(runs: Path, patient: Path, steps: int = 10) -> None:
+def check_row(name: str, data: Path, runs: Path, device: str, epochs: int | None, extra: list[str]) -> None:
+    """A row's command checked as `rtgen train` checks it first (the config loads with its overrides),
+    without training: what `--smoke` does for every row."""
+    from rtgen.engine.config import load_config
+
+    cmd = command(name, data, runs, device, epochs, extra)
+    out = cmd.index("--out")
+    load_config(common.REPO / cmd[4], cmd[5:out])
+    print(json.dumps({"row": name, "checked": " ".join(["rtgen", *cmd[3:]])}), flush=True)
+
+
+def time_cpu(runs: Path, patient: Path, steps: int = 10, max_slices: int | None = None) -> None:
     """Seconds per slice of each finished row predicting one patient on this machine's CPU (2 threads:
     the target machine), the prediction as `rtgen predict` makes it (TAEF2 encode, sampling in `steps`
-    steps with the run's own sampler, decode, back on the CT grid; with a prior, the prior first)."""
+    steps with the run's own sampler, decode, back on the CT grid; a refiner runs its base model first)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _time_cpu(runs, patient, steps, max_slices)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_cpu(runs: Path, patient: Path, steps: int, max_slices: int | None) -> None:
     import platform
 
     import torch
@@ -93,8 +125,9 @@ def time_cpu(runs: Path, patient: Path, steps: int = 10) -> None:
     from rtgen.inference import load_predictor
     from rtgen.tasks.dose_base import SamplingConfig
 
-    torch.set_num_threads(2)
     pair = load_pair(patient, need_mr=False, mr_geometry_only=True)  # as `rtgen predict` reads it
+    if max_slices:
+        pair = common.central_pair_slices(pair, max_slices)
     print(f"CPU timing on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"patient {pair.id} ({pair.ct.shape[2]} slices)")
     for run in sorted(p for p in runs.iterdir() if (p / "config.json").is_file()):
@@ -113,10 +146,10 @@ def time_cpu(runs: Path, patient: Path, steps: int = 10) -> None:
                           "seconds_per_slice": round(dt / pair.ct.shape[2], 4)}), flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data", type=Path)
-    ap.add_argument("runs", type=Path)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path, nargs="?", help="registered pairs: DATA/train and DATA/validation")
+    ap.add_argument("runs", type=Path, nargs="?")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=None, help="every row (default: each config's own)")
@@ -126,7 +159,18 @@ def main() -> None:
                     help="only time the finished rows in RUNS predicting this patient on the CPU")
     ap.add_argument("--budget", type=float, default=None, help="seconds; rows still running then are stopped")
     ap.add_argument("--diffusion-epochs", type=int, default=None, help="the CPU-size diffusion rows only")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: check every row's command, time hub:unet_sts")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        work = common.smoke_dir("diffma-table")
+        a.data, a.runs = a.data or Path("data/ct-mr-registered"), a.runs or work / "runs"
+        for name in a.only or ROWS:
+            check_row(name, a.data, a.runs, a.device, a.epochs, a.extra)
+        a.runs.mkdir(parents=True)
+        (a.runs / "unet").symlink_to(resolve_shipped("hub:unet_sts"), target_is_directory=True)
+        return time_cpu(a.runs, common.TEST_PAIRS / "sts_018", steps=1, max_slices=2)
+    if not a.data or not a.runs:
+        ap.error("DATA and RUNS are required (or --smoke)")
     if a.time_cpu:
         return time_cpu(a.runs, a.time_cpu)
     global DIFFUSION_EPOCHS, DEADLINE

@@ -3,11 +3,13 @@
     rtgen predict --model RUN_A --patients VAL --out pred/a     (time it: seconds per patient)
     rtgen predict --model RUN_B --patients VAL --out pred/b
     python benchmarks/dose_models.py --ref VAL --pred a=pred/a --pred b=pred/b [--markdown out.md]
+    python benchmarks/dose_models.py --smoke
 
 Prints, per model: OpenKBP dose and DVH scores (mean over patients, pooled metrics); then the
 absolute error of D95 and D99 per PTV and of Dmean and D0.1cc per OAR, averaged over the patients
 that have the structure; then paired tests (t and Wilcoxon) of the per-patient dose errors of each
 model against the first. The predictions are read exactly as `rtgen evaluate` reads them.
+`--smoke` scores two stand-ins on the bundled patients: their reference doses blurred by 1 and 3 voxels.
 """
 
 from __future__ import annotations
@@ -15,23 +17,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import common
 import numpy as np
 
 from rtgen.bench.ssm import machine_description
 from rtgen.core.structures import OARS, TARGETS
-from rtgen.dosimetry import OpenKBPScores, compare_paired
 from rtgen.data.sources import PatientSplit
+from rtgen.dosimetry import OpenKBPScores, compare_paired
 from rtgen.evaluation.dose import find_prediction, read_prediction
 
 ROWS = [(t, m) for t in TARGETS for m in ("D_95", "D_99", "D_1")] + [(o, m) for o in OARS for m in ("mean", "D_0.1_cc")]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ref", required=True, type=Path)
-    ap.add_argument("--pred", action="append", required=True, help="NAME=FOLDER (repeatable; the first is the baseline)")
+    ap.add_argument("--ref", type=Path)
+    ap.add_argument("--pred", action="append", help="NAME=FOLDER (repeatable; the first is the baseline)")
     ap.add_argument("--markdown", type=Path, help="also write the tables here")
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="seconds: two blurred stand-ins on the bundled patients")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        work = common.smoke_dir("dose-models")
+        a.ref = a.ref or common.bundled_openkbp()
+        a.pred = [f"blur{s}={common.blurred_doses(a.ref, work / f'blur{s}', s)}" for s in (1, 3)]
+        a.markdown = work / "dose_models.md"
+    if not a.ref or not a.pred:
+        ap.error("--ref and --pred are required (or --smoke)")
     models = dict(p.split("=", 1) for p in a.pred)
     refs = PatientSplit(a.ref, load_ct=False, progress=False)
     scores = {name: OpenKBPScores() for name in models}

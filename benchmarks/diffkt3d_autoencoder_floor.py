@@ -8,8 +8,13 @@ With --prior DIR (pt_N.csv dose priors of the split) it also scores the floor of
 writes when the model has a prior slot: prior + D(E(dose)) - D(E(prior)) (`latent.dose_from_prior`),
 and the prior alone.
 
-    python benchmarks/diffkt3d_vae_floor.py runs/diffkt3d_vae data/openkbp/validation-pats --out floor.json
-    python benchmarks/diffkt3d_vae_floor.py runs/diffkt3d_vae VAL --prior PRIORS --all-modalities 0
+    python benchmarks/diffkt3d_autoencoder_floor.py runs/diffkt3d_autoencoder data/openkbp/validation-pats --out floor.json
+    python benchmarks/diffkt3d_autoencoder_floor.py runs/diffkt3d_autoencoder VAL --prior PRIORS --all-modalities 0
+    python benchmarks/diffkt3d_autoencoder_floor.py --smoke
+
+RUN is a `volume_autoencoder` run (configs/diffkt3d_autoencoder.yaml) or the autoencoder a DiffKT3D
+run keeps (RUN/autoencoder, e.g. that of hub:diffkt3d_openkbp). `--smoke` scores the shipped
+model's autoencoder on one bundled patient, all modalities, with a blurred stand-in prior.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +33,9 @@ from rtgen.core.checkpoint import read_config, resolve_checkpoint
 from rtgen.data.sources.openkbp import read_dose_csv
 from rtgen.data.transforms.modalities import decode_modality, dose_to_unit
 from rtgen.dosimetry import OpenKBPScores
+from rtgen.inference import resolve_model
 from rtgen.tasks import task_from_checkpoint
+from rtgen.tasks.diffkt3d import AUTOENCODER_DIR
 from rtgen.tasks.volume_autoencoder import reconstruct
 
 
@@ -47,19 +55,37 @@ def prior_floor(model, data: list[dict], priors: Path) -> dict:
             "prior_relative_dose_score": relative.dose_score, "prior_relative_dvh_score": relative.dvh_score}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path)
-    ap.add_argument("split")
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("split", nargs="?")
     ap.add_argument("--all-modalities", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prior", type=Path, default=None, help="pt_N.csv dose priors of the split")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--limit", type=int, default=None, help="first N patients of the split")
+    ap.add_argument("--smoke", action="store_true", help="seconds: the shipped autoencoder on one bundled patient")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        work = common.smoke_dir("autoencoder-floor")
+        args.run = args.run or resolve_model("hub:diffkt3d_openkbp") / AUTOENCODER_DIR
+        args.split = args.split or str(common.bundled_openkbp())
+        args.prior = args.prior or common.blurred_doses(Path(args.split), work / "priors")
+        args.limit, args.all_modalities, args.out = 1, 1, work / "floor.json"
+    if not args.run or not args.split:
+        ap.error("RUN and SPLIT are required (or --smoke)")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> None:
     weights, config_path = resolve_checkpoint(args.run)
     config = read_config(config_path)
-    config["data"] = {**config.get("data", {}), "val": args.split, "max_val_patients": None,
+    config["data"] = {**config.get("data", {}), "val": args.split, "max_val_patients": args.limit,
                       "val_all_modalities": args.all_modalities}
     task = task_from_checkpoint(config, str(config_path))
     model = task.load_model(weights)
