@@ -1,5 +1,5 @@
 """The house: layered imports without cycles, the registries, the config schema, and the worked
-example of adding a model (taken from the README, so the README stays true)."""
+example of adding a model (taken from docs/extending.md, so the page stays true)."""
 
 from __future__ import annotations
 
@@ -101,20 +101,20 @@ def test_a_new_module_in_the_package_is_found(tmp_path, monkeypatch):
     assert "discovered_net" in MODELS and count_parameters(MODELS.get("discovered_net").build()) == 4
 
 
-def _readme_block(marker: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def _worked_example(marker: str) -> str:
+    text = (ROOT / "docs" / "extending.md").read_text()
     m = re.search(rf"<!-- worked-example: {marker} -->\s*```\w+\n(.*?)```", text, re.S)
-    assert m, f"README lost its worked example ({marker})"
+    assert m, f"docs/extending.md lost its worked example ({marker})"
     return m.group(1)
 
 
-def test_readme_worked_example_adds_a_model_that_trains_and_predicts(tmp_path, monkeypatch):
-    module = types.ModuleType("rtgen_readme_tiny_cnn")
+def test_worked_example_adds_a_model_that_trains_and_predicts(tmp_path, monkeypatch):
+    module = types.ModuleType("rtgen_docs_tiny_cnn")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(_readme_block("model"), "README.md", "exec"), module.__dict__)
+    exec(compile(_worked_example("model"), "docs/extending.md", "exec"), module.__dict__)
     monkeypatch.chdir(ROOT)  # the config's data paths are relative to the repository
     config = tmp_path / "tiny_cnn.yaml"
-    config.write_text(_readme_block("config"))
+    config.write_text(_worked_example("config"))
     runner = CliRunner()
     r = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output

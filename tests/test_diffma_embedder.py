@@ -8,7 +8,6 @@ import torch
 
 from rtgen.models.diffma_embedder import VisionEmbedder, cross_info_nce
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

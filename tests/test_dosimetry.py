@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from official_openkbp import official_scores
 from scipy import ndimage, stats
 
 from rtgen.data import write_dose_csv
@@ -21,8 +22,6 @@ from rtgen.dosimetry import (
     volume_at_dose_percent,
 )
 from rtgen.evaluation import evaluate_folders
-
-from official_openkbp import official_scores
 
 
 def cube(shape=(20, 20, 20), lo=5, hi=15):

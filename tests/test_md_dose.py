@@ -8,9 +8,9 @@ import yaml
 from typer.testing import CliRunner
 
 from rtgen.cli import app
+from rtgen.inference.predictor import load_predictor
 from rtgen.models import count_parameters
 from rtgen.models.md_dose import MDDoseConfig, MDDoseNet
-from rtgen.inference.predictor import load_predictor
 from rtgen.tasks.dose_base import SamplingConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "rtgen" / "examples" / "openkbp"

@@ -4,11 +4,11 @@ import warnings
 import numpy as np
 import pytest
 
-from rtgen.data import PatientSplit, load_patient, read_dose_csv, read_patient, write_dose_csv, write_patient
-from rtgen.data.sources.npz import read_npz, write_npz
-from rtgen.data.sources.nifti import read_nifti, write_nifti
 from rtgen.core.errors import DataError, RtgenWarning
 from rtgen.core.structures import STRUCTURES
+from rtgen.data import PatientSplit, load_patient, read_dose_csv, read_patient, write_dose_csv, write_patient
+from rtgen.data.sources.nifti import read_nifti, write_nifti
+from rtgen.data.sources.npz import read_npz, write_npz
 
 
 def test_reads_bundled_patient(patient):

@@ -24,6 +24,9 @@ class ShippedModel:
     data: str
     trained_on: str
     description: str
+    summary: str = ""  # one line for the README's model table (rtgen.hub.table)
+    validation: dict | None = None  # {"on", "scores": [{"metric", "value", "unit"}], "source", "command"}
+    speed: dict | None = None  # {"seconds_per_patient", "machine", "measured"}
 
     @property
     def path(self) -> Path:
