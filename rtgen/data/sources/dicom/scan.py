@@ -99,6 +99,7 @@ class Scan:
     ct: dict[str, list[tuple[Path, object]]] = field(default_factory=dict)  # series UID -> [(path, header)]
     rtstruct: list[tuple[Path, object]] = field(default_factory=list)
     rtdose: list[tuple[Path, object]] = field(default_factory=list)
+    rtplan: list[tuple[Path, object]] = field(default_factory=list)  # referenced by an RTDOSE rtgen writes
     ignored: list[str] = field(default_factory=list)
     other: list[tuple[Path, str]] = field(default_factory=list)  # (path, why) of DICOM files with a garbled modality
 
@@ -148,12 +149,14 @@ def scan_folder(folder: Path) -> Scan:
                 scan.rtstruct.append((path, ds))
             elif modality == "RTDOSE":
                 scan.rtdose.append((path, ds))
+            elif modality == "RTPLAN":
+                scan.rtplan.append((path, ds))
             else:
                 scan.ignored.append(f"{path.name} ({modality or 'no modality'})")
                 if not re.fullmatch(r"[A-Z0-9_ ]{2,16}", modality):  # no or a garbled modality: a damaged file?
                     scan.other.append((path, f"Modality {modality!r}, SOPClassUID {sop!r}"))
     if scan.ignored:
         shown = ", ".join(scan.ignored[:8]) + (f" and {len(scan.ignored) - 8} more" if len(scan.ignored) > 8 else "")
-        warnings.warn(f"{folder}: ignored files that are not CT, RTSTRUCT or RTDOSE: {shown}", RtgenWarning,
+        warnings.warn(f"{folder}: ignored files that are not CT, RTSTRUCT, RTDOSE or RTPLAN: {shown}", RtgenWarning,
                       stacklevel=3)
     return scan

@@ -18,10 +18,10 @@ from rtgen.data.records import Patient
 from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.names import BODY
 from rtgen.data.sources.dicom.raster import mask_contours
-from rtgen.data.sources.dicom.read import read_ct_reference
 from rtgen.data.sources.dicom.tags import (
     CT_IMAGE_STORAGE,
     RT_DOSE_STORAGE,
+    RT_PLAN_STORAGE,
     RT_STRUCTURE_SET_STORAGE,
     STUDY_COMPONENT_MANAGEMENT,
 )
@@ -32,7 +32,7 @@ _COLOURS = [(255, 0, 0), (255, 128, 0), (255, 255, 0), (0, 200, 255), (0, 255, 0
 
 
 def _base_dataset(ref: CtReference, sop_class: str, sop_uid: str, modality: str, series_uid: str,
-                  series_number: int, description: str):
+                  series_number: int, description: str, content_date: bool = True):
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
@@ -52,12 +52,14 @@ def _base_dataset(ref: CtReference, sop_class: str, sop_uid: str, modality: str,
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.StudyDate, ds.StudyTime = ref.study_date, ref.study_time
-    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if content_date:  # part of the image modules (CT, RTDOSE), not of the RT Structure Set IOD
+        ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.AccessionNumber = ref.accession_number
     ds.Modality = modality
     ds.Manufacturer = "rtgen"
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = description
+    ds.OperatorsName = ""  # type 2 in the RT Series module: present, empty (no operator)
     ds.PatientName = ref.patient_name
     ds.PatientID = ref.patient_id
     ds.PatientBirthDate = ref.patient_birth_date
@@ -92,6 +94,10 @@ def write_ct_series(ct: np.ndarray, ref: CtReference, folder: Path) -> list[Path
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientPosition = "HFS"
         ds.InstanceNumber = k + 1
+        ds.AcquisitionNumber = 1  # type 2 (CT Image); one acquisition
+        # Laterality (type 2C, General Series) is needed unless ImageLaterality is sent: U, unpaired,
+        # as an axial CT of the body is (an empty Laterality would mean "unknown")
+        ds.ImageLaterality = "U"
         ds.ImagePositionPatient = [_ds(ox), _ds(oy), _ds(z)]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.SliceLocation = _ds(z)
@@ -121,9 +127,10 @@ def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path:
     from pydicom.uid import generate_uid
 
     sop_uid = sop_uid or generate_uid()
-    ds = _base_dataset(ref, RT_STRUCTURE_SET_STORAGE, sop_uid, "RTSTRUCT", generate_uid(), 2, "rtgen structures")
+    ds = _base_dataset(ref, RT_STRUCTURE_SET_STORAGE, sop_uid, "RTSTRUCT", generate_uid(), 2, "rtgen structures",
+                       content_date=False)
     ds.StructureSetLabel = "rtgen"
-    ds.StructureSetDate, ds.StructureSetTime = ds.ContentDate, ds.ContentTime
+    ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     contour_images = []
     for uid in ref.sop_instance_uids:
         img = Dataset()
@@ -171,7 +178,8 @@ def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path:
         rc = Dataset()
         rc.ROIDisplayColor = list(_COLOURS[(number - 1) % len(_COLOURS)])
         rc.ReferencedROINumber = number
-        rc.ContourSequence = seq
+        if seq:  # an empty structure keeps its ROI but has no ContourSequence (an empty one is not allowed)
+            rc.ContourSequence = seq
         contours.append(rc)
         obs = Dataset()
         obs.ObservationNumber = number
@@ -186,23 +194,86 @@ def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path:
     return _save(ds, path)
 
 
+# DoseSummationType without a plan. Every Defined Term of PS3.3 C.8.8.3 presupposes one: PLAN,
+# MULTI_PLAN, FRACTION, BEAM, BRACHY, the *_SESSION terms and CONTROL_POINT require a
+# ReferencedRTPlanSequence, RECORD a ReferencedTreatmentRecordSequence. A predicted dose has neither,
+# so it says what it is with a term of its own (Defined Terms may be extended; dciodvfy reports it as
+# an unrecognised term, a warning) rather than claim a plan it cannot reference. With an RTPLAN in
+# the patient's folder, the dose is that plan's (PLAN, referencing it).
+PREDICTED = "PREDICTED"
+IMPORTED = "IMPORTED"  # a dose converted from a non-DICOM source (OpenKBP, NIfTI): its plan is not known
+
+
+def _dvh_module(ds, dose: np.ndarray, rois: Mapping[int, tuple[str, np.ndarray]], voxel_cc: float) -> None:
+    """The RT DVH module: a cumulative DVH (cm3 receiving at least each dose, in 0.1 Gy bins or coarser
+    so the DVHData of one ROI stays well under a DS element's 64 KiB) of every ROI of the referenced
+    structure set, computed on the CT grid (the dose before any resampling onto a dose grid)."""
+    from pydicom.dataset import Dataset
+
+    top = float(dose.max(initial=0.0))
+    width = max(0.1, float(np.ceil(top / 2000 * 100) / 100))
+    items = []
+    for number, (_, mask) in rois.items():
+        values = dose[np.asarray(mask, bool)]
+        n_bins = max(1, int(np.floor(float(values.max(initial=0.0)) / width)) + 1)
+        counts = np.bincount(np.minimum((values / width).astype(np.int64), n_bins - 1), minlength=n_bins)
+        at_least = np.cumsum(counts[::-1])[::-1] * voxel_cc  # bin i: volume with dose >= i * width
+        item = Dataset()
+        roi = Dataset()
+        roi.ReferencedROINumber = number
+        roi.DVHROIContributionType = "INCLUDED"
+        item.DVHReferencedROISequence = [roi]
+        item.DVHType = "CUMULATIVE"
+        item.DoseUnits, item.DoseType = "GY", "PHYSICAL"
+        item.DVHDoseScaling = 1
+        item.DVHVolumeUnits = "CM3"
+        item.DVHNumberOfBins = n_bins
+        data = np.empty(2 * n_bins)
+        data[0::2], data[1::2] = width, at_least
+        item.DVHData = [f"{v:.6g}" for v in data]
+        if values.size:
+            item.DVHMinimumDose = f"{float(values.min()):.6g}"
+            item.DVHMaximumDose = f"{float(values.max()):.6g}"
+            item.DVHMeanDose = f"{float(values.mean()):.6g}"
+        items.append(item)
+    ds.DVHSequence = items
+
+
 def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference | str | Path,
-                 description: str = "rtgen predicted dose", bits: int = 32) -> Path:
+                 description: str = "rtgen predicted dose", bits: int = 16,
+                 rois: Mapping[int, tuple[str, np.ndarray]] | None = None, plan_uid: str | None = None,
+                 summation: str = PREDICTED) -> Path:
     """An RTDOSE of `dose` (Gy, on the CT grid of `ct_reference`: a CtReference or a DICOM folder).
 
     Frames run from feet to head so GridFrameOffsetVector increases ([0, dz, 2 dz, ...]) as most
-    viewers expect; stored as uint32 (or uint16) with DoseGridScaling chosen so the maximum dose
-    uses the full range (error <= half a step, ~1e-8 Gy at 70 Gy for uint32). DoseUnits GY,
-    DoseType PHYSICAL, DoseSummationType PLAN, fresh SOP and series UIDs; the study, frame of
-    reference and (if known) structure set are the CT's. A predicted dose has no RT plan, so no
-    ReferencedRTPlanSequence is written.
+    viewers expect. Stored as uint16 by default, with DoseGridScaling chosen so the maximum dose uses
+    the full range: a step of max / 65535 (0.001 Gy at 70 Gy, under 0.01 Gy up to 655 Gy), read back
+    within half a step. 16 bits rather than 32 because every planning system and validator reads
+    them (Debian's dciodvfy asserts on 32-bit pixel data) and 0.01 Gy is finer than any dose
+    criterion; `bits=32` remains for a finer step. DoseUnits GY, DoseType PHYSICAL, fresh SOP and
+    series UIDs; the study and frame of reference are the CT's.
+
+    The plan: with `plan_uid` (an RTPLAN's SOPInstanceUID; a folder's own RTPLAN on the CT's frame
+    of reference when `ct_reference` is a folder) DoseSummationType is PLAN and ReferencedRTPlanSequence
+    references it; without one, `summation` (PREDICTED, or IMPORTED for a converted dose: see the
+    comment above PREDICTED). The RT DVH module is written whole or not at all: with `rois`
+    (ROINumber -> (name, mask on the CT grid) of every ROI of the structure set `ct_reference`
+    names; a folder's RTSTRUCT when `ct_reference` is a folder) it references the structure set and
+    holds the DVH of every ROI; without them neither.
     """
     from pydicom.dataset import Dataset
     from pydicom.tag import Tag
     from pydicom.uid import generate_uid
 
+    from rtgen.data.sources.dicom.read import read_dose_reference
+
     path = Path(path)
-    ref = ct_reference if isinstance(ct_reference, CtReference) else read_ct_reference(ct_reference)
+    if isinstance(ct_reference, CtReference):
+        ref = ct_reference
+    else:
+        ref, found, found_plan = read_dose_reference(ct_reference)
+        rois = found if rois is None else rois
+        plan_uid = plan_uid or found_plan
     dose = np.asarray(dose, np.float64)
     if dose.shape != ref.shape:
         raise DataError(path, f"dose shape {dose.shape} differs from the CT grid {ref.shape}")
@@ -217,6 +288,7 @@ def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference |
     scaling = float(f"{(top / levels * (1 + 1e-7) if top > 0 else 1e-6):.8e}")
     stored = np.clip(np.rint(dose / scaling), 0, levels).astype(np.uint32 if bits == 32 else np.uint16)
     ds = _base_dataset(ref, RT_DOSE_STORAGE, generate_uid(), "RTDOSE", generate_uid(), 3, description)
+    ds.InstanceNumber = 1
     dy, dx, dz = ref.spacing
     ox, oy, _ = ref.origin
     zs = ref.slice_z()
@@ -233,14 +305,21 @@ def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference |
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     ds.GridFrameOffsetVector = [_ds(z - zs[-1]) for z in zs[::-1]]
-    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseUnits, ds.DoseType = "GY", "PHYSICAL"
+    ds.DoseSummationType = "PLAN" if plan_uid else summation
+    if plan_uid:
+        plan = Dataset()
+        plan.ReferencedSOPClassUID = RT_PLAN_STORAGE
+        plan.ReferencedSOPInstanceUID = plan_uid
+        ds.ReferencedRTPlanSequence = [plan]
     ds.DoseGridScaling = f"{scaling:.8e}"
     ds.TissueHeterogeneityCorrection = "IMAGE"
-    if ref.structure_set_uid:
+    if ref.structure_set_uid and rois:
         ss = Dataset()
         ss.ReferencedSOPClassUID = RT_STRUCTURE_SET_STORAGE
         ss.ReferencedSOPInstanceUID = ref.structure_set_uid
         ds.ReferencedStructureSetSequence = [ss]
+        _dvh_module(ds, dose, rois, dy * dx * dz / 1000.0)
     frames = np.moveaxis(stored[:, :, ::-1], -1, 0)  # (frames feet to head, rows, cols)
     ds.PixelData = np.ascontiguousarray(frames).astype("<u4" if bits == 32 else "<u2").tobytes()
     return _save(ds, path)
@@ -261,8 +340,10 @@ def write_dicom_patient(patient: Patient, out_dir: str | Path, ref: CtReference 
     with staged_dir(out_dir) as stage:
         write_ct_series(patient.ct, ref, stage / "CT")
         ss_uid = generate_uid()
-        write_rtstruct({**patient.structures, BODY: patient.possible_dose_mask}, ref, stage / "RTSTRUCT.dcm", ss_uid)
-        if patient.dose is not None:
+        structures = {**patient.structures, BODY: patient.possible_dose_mask}
+        write_rtstruct(structures, ref, stage / "RTSTRUCT.dcm", ss_uid)
+        if patient.dose is not None:  # ROI numbers as write_rtstruct gives them
+            rois = {number: item for number, item in enumerate(structures.items(), start=1)}
             write_rtdose(stage / "RTDOSE.dcm", patient.dose, replace(ref, structure_set_uid=ss_uid),
-                         description="rtgen dose")
+                         description="rtgen dose", rois=rois, summation=IMPORTED)
     return out_dir
