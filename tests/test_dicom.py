@@ -234,21 +234,27 @@ def test_pydicom_bundled_rtdose_and_rtstruct():
 
 
 def test_pydicom_bundled_ct_slice(tmp_path):
+    """pydicom's CT_small.dcm alone is a CT series of one slice: refused in one line naming it (no
+    slice spacing, and a dose of one frame). With a second slice 5 mm below, it is a patient."""
     src = get_testdata_file("CT_small.dcm")
     shutil.copy(src, tmp_path / "CT_small.dcm")
     (tmp_path / "README.txt").write_text("exported by a test\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RtgenWarning)
+        with pytest.raises(DataError, match=r"CT_small\.dcm: the CT series has 1 slice"):
+            read_dicom_patient(tmp_path)
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) - 5]
+    ds.save_as(tmp_path / "CT_small_2.dcm")
     with pytest.warns(RtgenWarning) as rec:
         p = read_dicom_patient(tmp_path)
     assert any("no RTSTRUCT" in str(w.message) for w in rec) and any("README.txt" in str(w.message) for w in rec)
-    ds = pydicom.dcmread(src)
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    assert p.grid == (ds.Rows, ds.Columns, 1) and p.ct.dtype == np.int16
+    assert p.grid == (ds.Rows, ds.Columns, 2) and p.ct.dtype == np.int16 and p.spacing[2] == pytest.approx(5)
     assert np.array_equal(p.ct[:, :, 0], hu.astype(np.int16))
     assert p.spacing[:2] == pytest.approx([float(v) for v in ds.PixelSpacing])
     assert p.dose is None and p.structures == {} and p.possible_dose_mask.any()  # body from the CT
-
-
-# ---------------------------------------------------------------- ROI names
 
 
 @pytest.mark.parametrize("name,target", [
@@ -355,6 +361,22 @@ def _raises(folder, match: str):
         with pytest.raises(DataError, match=match) as e:
             read_dicom_patient(folder)
     return e.value
+
+
+def test_modality_follows_the_sop_class(small_dir):
+    """An RTSTRUCT whose Modality says CT is read as the RTSTRUCT its SOP Class UID says it is (it
+    was reported as a CT slice without pixel data), with a warning naming it."""
+    p = small_patient()
+    _edit(small_dir / "RTSTRUCT.dcm", Modality="CT")
+    with pytest.warns(RtgenWarning, match=r"RTSTRUCT\.dcm: Modality 'CT' but SOP Class UID .* read as RTSTRUCT"):
+        q = read_dicom_patient(small_dir)
+    assert all(np.array_equal(q.structures[n], p.structures[n]) for n in p.structures)
+
+
+def test_an_empty_frame_of_reference_is_refused(small_dir):
+    for f in (small_dir / "CT").glob("*.dcm"):
+        _edit(f, FrameOfReferenceUID="")
+    _raises(small_dir, r"CT_\d{4}\.dcm: empty FrameOfReferenceUID")
 
 
 def test_missing_slice(small_dir):
