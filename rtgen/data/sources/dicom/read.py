@@ -38,9 +38,10 @@ def read_ct_reference(folder: str | Path) -> CtReference:
 
 def read_dose_reference(folder: str | Path) -> tuple[CtReference, dict[int, tuple[str, np.ndarray]], str | None]:
     """What an RTDOSE written onto a DICOM patient folder refers to: the CT (`read_ct_reference`),
-    every ROI of its RTSTRUCT as ROINumber -> (name, mask on the CT grid), for the RT DVH module
-    (empty without an RTSTRUCT), and the SOPInstanceUID of the folder's RTPLAN on the CT's frame of
-    reference (None without one, or with several: which plan a prediction belongs to is then unknown)."""
+    every ROI of its RTSTRUCT as ROINumber -> (name, its voxels as flat indices on the CT grid), for
+    the RT DVH module (empty without an RTSTRUCT), and the SOPInstanceUID of the folder's RTPLAN on
+    the CT's frame of reference (None without one, or with several: which plan a prediction belongs
+    to is then unknown)."""
     folder = Path(folder)
     scan = scan_folder(folder)
     series = ct_series(folder, scan)
@@ -50,7 +51,8 @@ def read_dose_reference(folder: str | Path) -> tuple[CtReference, dict[int, tupl
     if st is not None:
         ref = replace(ref, structure_set_uid=uid(st[1], "SOPInstanceUID", st[0]))
         for number, (name, contours) in rois_by_number(st[0], st[1]).items():
-            masks[number] = (name, rasterise_contours(contours, ref)[0])
+            # flat voxel indices rather than masks: a clinical structure set has dozens of ROIs
+            masks[number] = (name, np.flatnonzero(rasterise_contours(contours, ref)[0]).astype(np.int32))
     plans = []
     for path, ds in scan.rtplan:
         with reading(path):

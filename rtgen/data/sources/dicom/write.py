@@ -204,6 +204,12 @@ PREDICTED = "PREDICTED"
 IMPORTED = "IMPORTED"  # a dose converted from a non-DICOM source (OpenKBP, NIfTI): its plan is not known
 
 
+def _voxel_indices(voxels: np.ndarray, shape) -> np.ndarray:
+    """An ROI given as a mask on the CT grid or as flat (C-order) voxel indices -> the indices."""
+    voxels = np.asarray(voxels)
+    return np.flatnonzero(voxels) if voxels.dtype == bool and voxels.shape == tuple(shape) else voxels.ravel()
+
+
 def _dvh_module(ds, dose: np.ndarray, rois: Mapping[int, tuple[str, np.ndarray]], voxel_cc: float) -> None:
     """The RT DVH module: a cumulative DVH (cm3 receiving at least each dose, in 0.1 Gy bins or coarser
     so the DVHData of one ROI stays well under a DS element's 64 KiB) of every ROI of the referenced
@@ -213,8 +219,9 @@ def _dvh_module(ds, dose: np.ndarray, rois: Mapping[int, tuple[str, np.ndarray]]
     top = float(dose.max(initial=0.0))
     width = max(0.1, float(np.ceil(top / 2000 * 100) / 100))
     items = []
-    for number, (_, mask) in rois.items():
-        values = dose[np.asarray(mask, bool)]
+    flat = dose.ravel()
+    for number, (_, voxels) in rois.items():
+        values = flat[_voxel_indices(voxels, dose.shape)]
         n_bins = max(1, int(np.floor(float(values.max(initial=0.0)) / width)) + 1)
         counts = np.bincount(np.minimum((values / width).astype(np.int64), n_bins - 1), minlength=n_bins)
         at_least = np.cumsum(counts[::-1])[::-1] * voxel_cc  # bin i: volume with dose >= i * width
@@ -342,9 +349,10 @@ def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference |
     of reference when `ct_reference` is a folder) DoseSummationType is PLAN and ReferencedRTPlanSequence
     references it; without one, `summation` (PREDICTED, or IMPORTED for a converted dose: see the
     comment above PREDICTED). The RT DVH module is written whole or not at all: with `rois`
-    (ROINumber -> (name, mask on the CT grid) of every ROI of the structure set `ct_reference`
-    names; a folder's RTSTRUCT when `ct_reference` is a folder) it references the structure set and
-    holds the DVH of every ROI, computed on the CT grid; without them neither.
+    (ROINumber -> (name, mask on the CT grid or its flat voxel indices) of every ROI of the
+    structure set `ct_reference` names; a folder's RTSTRUCT when `ct_reference` is a folder) it
+    references the structure set and holds the DVH of every ROI, computed on the CT grid; without
+    them neither.
     """
     from pydicom.dataset import Dataset
     from pydicom.tag import Tag
@@ -373,8 +381,9 @@ def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference |
     if dose.min(initial=0.0) < 0:
         dose = np.maximum(dose, 0)
     region = dose > 0 if body is None else np.asarray(body, bool)
-    for _, mask in (rois or {}).values():  # the grid covers every ROI too, as the DVHs of other software need
-        region = region | np.asarray(mask, bool)
+    region = region.copy()
+    for _, voxels in (rois or {}).values():  # the grid covers every ROI too, as the DVHs of other software need
+        region.ravel()[_voxel_indices(voxels, ref.shape)] = True
     grid = _dose_grid(ref, region, grid_spacing, margin)
     values = _on_dose_grid(dose, region, ref, grid)
     top = float(values.max(initial=0.0))
