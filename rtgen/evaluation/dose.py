@@ -50,7 +50,11 @@ def read_prediction(path: Path, grid: tuple[int, ...] | None = None, reference: 
     when that is a DICOM folder, and set to 0 outside `mask` (the reference's possible dose mask)
     when given: a dose grid holds dose just outside the skin, where rtgen's predictions are 0."""
     if path.name.endswith(".dcm"):
-        from rtgen.data.sources.dicom import is_dicom_patient_dir, read_rtdose, read_rtdose_on_grid
+        from rtgen.data.sources.dicom import (
+            is_dicom_patient_dir,
+            read_rtdose,
+            read_rtdose_on_grid,
+        )
 
         if grid is None:
             return read_rtdose(path).values
