@@ -131,15 +131,23 @@ def test_from_dicom_to_openkbp_and_npz(tmp_path, dicom_dir, openkbp):
 
 
 def test_written_rtdose_opens_in_pydicom_with_the_dose_written(dicom_dir, openkbp):
+    """pt_204's CT (3.9 mm pixels) is coarser than the 2.5 mm dose grid: the RTDOSE is a crop of the CT
+    grid around the possible dose mask and every ROI, 10 mm wider, with the dose values as written."""
     ds = pydicom.dcmread(dicom_dir / "RTDOSE.dcm")
     ct = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((dicom_dir / "CT").glob("*.dcm"))]
     rs = pydicom.dcmread(dicom_dir / "RTSTRUCT.dcm", stop_before_pixels=True)
     scaling = float(ds.DoseGridScaling)
     frames = ds.pixel_array * scaling  # (frames, rows, cols), frames feet to head
-    written = np.moveaxis(openkbp.dose[:, :, ::-1], -1, 0)
-    assert frames.shape == written.shape
+    region = openkbp.possible_dose_mask | np.any(list(openkbp.structures.values()), axis=0)
+    lo, hi = np.argwhere(region).min(axis=0), np.argwhere(region).max(axis=0)
+    margin = np.ceil(10.0 / np.asarray(openkbp.spacing)).astype(int)
+    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, np.asarray(openkbp.grid) - 1)
+    crop = openkbp.dose[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+    written = np.moveaxis(crop[:, :, ::-1], -1, 0)
+    assert frames.shape == written.shape and frames.shape[0] < openkbp.grid[2]
     assert float(np.abs(frames - written).max()) <= scaling / 2 + 1e-6  # float32 input
-    assert ds.DoseUnits == "GY" and ds.DoseSummationType == "PLAN" and ds.DoseType == "PHYSICAL"
+    assert not openkbp.dose[~np.pad(np.ones(crop.shape, bool), [(a, n - 1 - b) for a, b, n in zip(lo, hi, openkbp.grid)])].any()
+    assert ds.DoseUnits == "GY" and ds.DoseSummationType == "IMPORTED" and ds.DoseType == "PHYSICAL"
     assert ds.Modality == "RTDOSE" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.2"
     assert ds.FrameOfReferenceUID == ct[0].FrameOfReferenceUID == rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
     assert ds.StudyInstanceUID == ct[0].StudyInstanceUID
@@ -149,8 +157,11 @@ def test_written_rtdose_opens_in_pydicom_with_the_dose_written(dicom_dir, openkb
     gfov = np.asarray(ds.GridFrameOffsetVector, float)
     assert gfov[0] == 0 and np.allclose(np.diff(gfov), openkbp.spacing[2])
     zs = sorted(float(c.ImagePositionPatient[2]) for c in ct)
-    assert float(ds.ImagePositionPatient[2]) == pytest.approx(zs[0])  # frame 0 on the lowest CT slice
-    assert list(ds.ImagePositionPatient)[:2] == list(ct[0].ImagePositionPatient)[:2]
+    assert float(ds.ImagePositionPatient[2]) == pytest.approx(zs[openkbp.grid[2] - 1 - hi[2]])  # the lowest frame
+    x0, y0 = (float(v) for v in ct[0].ImagePositionPatient[:2])
+    dy, dx = openkbp.spacing[:2]
+    assert [float(v) for v in ds.ImagePositionPatient[:2]] == pytest.approx([x0 + lo[1] * dx, y0 + lo[0] * dy])
+    assert [float(v) for v in ds.PixelSpacing] == [float(v) for v in ct[0].PixelSpacing]
 
 
 def test_write_rtdose_on_a_dicom_folder_reference(tmp_path, dicom_dir, openkbp):
@@ -158,15 +169,18 @@ def test_write_rtdose_on_a_dicom_folder_reference(tmp_path, dicom_dir, openkbp):
     assert ref.shape == openkbp.grid and ref.spacing == pytest.approx(openkbp.spacing)
     dose = openkbp.dose * 0.5
     a = write_rtdose(tmp_path / "a.dcm", dose, dicom_dir)  # the folder itself as the reference
-    b = write_rtdose(tmp_path / "b.dcm", dose, ref, bits=16)
+    b = write_rtdose(tmp_path / "b.dcm", dose, ref, bits=32)
     da, db = pydicom.dcmread(a), pydicom.dcmread(b)
     assert da.SOPInstanceUID != db.SOPInstanceUID
     for d in (da, db):
         assert d.FrameOfReferenceUID == ref.frame_of_reference_uid and d.StudyInstanceUID == ref.study_uid
         assert d.PatientID == "pt_204"
-    assert db.BitsAllocated == 16
-    assert float(np.abs(read_rtdose_on_grid(a, ref.shape) - dose).max()) <= float(da.DoseGridScaling)
-    assert float(np.abs(read_rtdose_on_grid(b, ref.shape) - dose).max()) <= float(db.DoseGridScaling)
+    assert da.BitsAllocated == 16 and db.BitsAllocated == 32
+    assert float(np.abs(read_rtdose_on_grid(a, ref.shape, ref) - dose).max()) <= float(da.DoseGridScaling)
+    # 32 bits: a step of 1e-8 Gy, read back as float32 (a resolution of 4e-6 Gy at 70 Gy)
+    assert float(np.abs(read_rtdose_on_grid(b, ref.shape, dicom_dir) - dose).max()) <= 1e-5
+    with pytest.raises(DataError, match="needs the patient's DICOM CT"):  # a crop of the CT grid
+        read_rtdose_on_grid(a, ref.shape)
     with pytest.raises(DataError, match="differs from the CT grid"):
         write_rtdose(tmp_path / "c.dcm", dose[:, :, :10], ref)
     assert not (tmp_path / "c.dcm").exists()
@@ -220,21 +234,27 @@ def test_pydicom_bundled_rtdose_and_rtstruct():
 
 
 def test_pydicom_bundled_ct_slice(tmp_path):
+    """pydicom's CT_small.dcm alone is a CT series of one slice: refused in one line naming it (no
+    slice spacing, and a dose of one frame). With a second slice 5 mm below, it is a patient."""
     src = get_testdata_file("CT_small.dcm")
     shutil.copy(src, tmp_path / "CT_small.dcm")
     (tmp_path / "README.txt").write_text("exported by a test\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RtgenWarning)
+        with pytest.raises(DataError, match=r"CT_small\.dcm: the CT series has 1 slice"):
+            read_dicom_patient(tmp_path)
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) - 5]
+    ds.save_as(tmp_path / "CT_small_2.dcm")
     with pytest.warns(RtgenWarning) as rec:
         p = read_dicom_patient(tmp_path)
     assert any("no RTSTRUCT" in str(w.message) for w in rec) and any("README.txt" in str(w.message) for w in rec)
-    ds = pydicom.dcmread(src)
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    assert p.grid == (ds.Rows, ds.Columns, 1) and p.ct.dtype == np.int16
+    assert p.grid == (ds.Rows, ds.Columns, 2) and p.ct.dtype == np.int16 and p.spacing[2] == pytest.approx(5)
     assert np.array_equal(p.ct[:, :, 0], hu.astype(np.int16))
     assert p.spacing[:2] == pytest.approx([float(v) for v in ds.PixelSpacing])
     assert p.dose is None and p.structures == {} and p.possible_dose_mask.any()  # body from the CT
-
-
-# ---------------------------------------------------------------- ROI names
 
 
 @pytest.mark.parametrize("name,target", [
@@ -269,14 +289,15 @@ def small_patient(n: int = 8) -> Patient:
 
 @pytest.fixture
 def small_dir(tmp_path):
-    return write_dicom_patient(small_patient(), tmp_path / "small")
+    """Its RTDOSE on the CT grid itself (a dose grid would interpolate the 70 Gy island in the hole)."""
+    return write_dicom_patient(small_patient(), tmp_path / "small", dose_spacing=None)
 
 
 def test_small_patient_round_trip_with_holes(small_dir):
     p, q = small_patient(), read_dicom_patient(small_dir)
     assert np.array_equal(q.ct, p.ct) and np.array_equal(q.possible_dose_mask, p.possible_dose_mask)
     assert all(np.array_equal(q.structures[n], p.structures[n]) for n in p.structures)  # hole and island kept
-    assert float(np.abs(q.dose - p.dose).max()) <= 1e-6
+    assert float(np.abs(q.dose - p.dose).max()) <= 70 / 65535 / 2 + 1e-6  # 16-bit: within half a step
 
 
 def test_flipped_in_plane_orientation_reads_the_same(small_dir):
@@ -295,7 +316,7 @@ def test_flipped_in_plane_orientation_reads_the_same(small_dir):
     q = read_dicom_patient(small_dir)
     assert np.array_equal(q.ct, p.ct)
     assert all(np.array_equal(q.structures[n], p.structures[n]) for n in p.structures)
-    assert float(np.abs(q.dose - p.dose).max()) <= 1e-6
+    assert float(np.abs(q.dose - p.dose).max()) <= 70 / 65535 / 2 + 1e-6  # 16-bit: within half a step
 
 
 def test_unmatched_rois_are_warned_and_an_alias_file_maps_them(tmp_path):
@@ -340,6 +361,22 @@ def _raises(folder, match: str):
         with pytest.raises(DataError, match=match) as e:
             read_dicom_patient(folder)
     return e.value
+
+
+def test_modality_follows_the_sop_class(small_dir):
+    """An RTSTRUCT whose Modality says CT is read as the RTSTRUCT its SOP Class UID says it is (it
+    was reported as a CT slice without pixel data), with a warning naming it."""
+    p = small_patient()
+    _edit(small_dir / "RTSTRUCT.dcm", Modality="CT")
+    with pytest.warns(RtgenWarning, match=r"RTSTRUCT\.dcm: Modality 'CT' but SOP Class UID .* read as RTSTRUCT"):
+        q = read_dicom_patient(small_dir)
+    assert all(np.array_equal(q.structures[n], p.structures[n]) for n in p.structures)
+
+
+def test_an_empty_frame_of_reference_is_refused(small_dir):
+    for f in (small_dir / "CT").glob("*.dcm"):
+        _edit(f, FrameOfReferenceUID="")
+    _raises(small_dir, r"CT_\d{4}\.dcm: empty FrameOfReferenceUID")
 
 
 def test_missing_slice(small_dir):
@@ -553,10 +590,10 @@ def test_predict_format_dicom_on_a_fine_dicom_ct(tmp_path, openkbp, direct):
     path = tmp_path / "pred" / "pt_204_RTDOSE.dcm"
     ds = pydicom.dcmread(path)
     ct0 = pydicom.dcmread(export / "CT" / "CT_0001.dcm", stop_before_pixels=True)
-    assert (ds.Rows, ds.Columns, ds.NumberOfFrames) == fine.grid
+    assert ds.Rows * ds.Columns < fine.grid[0] * fine.grid[1] / 2 and ds.NumberOfFrames <= fine.grid[2]
     assert ds.FrameOfReferenceUID == ct0.FrameOfReferenceUID and ds.StudyInstanceUID == ct0.StudyInstanceUID
-    assert list(ds.PixelSpacing) == list(ct0.PixelSpacing)
-    dose = read_rtdose_on_grid(path, fine.grid)
+    assert [float(v) for v in ds.PixelSpacing] == [2.5, 2.5]  # the dose grid, not the CT's 1.95 mm
+    dose = read_rtdose_on_grid(path, fine.grid, export)
     coarse = dose.reshape(128, 2, 128, 2, 128).mean(axis=(1, 3))  # back onto pt_204's grid
     mask = openkbp.possible_dose_mask
     assert float(np.abs(coarse - direct)[mask].mean()) < 1.5
@@ -569,7 +606,11 @@ def test_predict_format_dicom_on_a_fine_dicom_ct(tmp_path, openkbp, direct):
     from rtgen.evaluation import evaluate_folders
 
     result = evaluate_folders(tmp_path / "pred", tmp_path / "export", figures=False, progress=False)
-    fine_score = float(np.abs(dose - fine.dose)[fine.possible_dose_mask].mean())
+    from rtgen.dosimetry.openkbp import dose_score
+
+    reference = load_patient(export)  # its RTDOSE, on a 2.5 mm dose grid, read back onto the CT
+    mask = reference.possible_dose_mask  # the prediction as scored: 0 outside it, as rtgen predicts
+    fine_score = dose_score(reference.dose, np.where(mask, dose, 0), mask)
     assert len(result.scores.patients) == 1 and result.scores.dose_score == pytest.approx(fine_score, rel=1e-3)
 
 

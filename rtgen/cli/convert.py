@@ -51,6 +51,8 @@ def convert_to_dicom(
     patient: Path = typer.Argument(..., help="One patient in any layout rtgen reads (OpenKBP CSV folder, NIfTI folder, .npz)."),
     dest: Path = typer.Argument(..., help="Output folder (created): CT/CT_0001.dcm ..., RTSTRUCT.dcm, RTDOSE.dcm."),
     patient_name: str | None = typer.Option(None, "--patient-name", help="DICOM PatientName (default: the patient id)."),
+    dose_grid: float = typer.Option(2.5, "--dose-grid", min=0, help="The RTDOSE's in-plane spacing in mm (the CT's where coarser; frames on the CT's slices), over the possible dose mask's and the structures' bounding box plus --dose-margin; 0 writes the CT's whole grid."),
+    dose_margin: float = typer.Option(10.0, "--dose-margin", min=0, help="mm around the possible dose mask and the structures that the RTDOSE covers."),
 ):
     """Write a patient as DICOM RT: a CT series, an RTSTRUCT (every structure and the possible dose mask
     as the External ROI) and an RTDOSE if the patient has a dose, with fresh UIDs. For sharing with a
@@ -60,7 +62,7 @@ def convert_to_dicom(
     from rtgen.data.sources.dicom import write_dicom_patient
 
     p = load_patient(patient)
-    write_dicom_patient(p, dest, patient_name=patient_name)
+    write_dicom_patient(p, dest, patient_name=patient_name, dose_spacing=dose_grid or None, dose_margin=dose_margin)
     n = len(list((dest / "CT").glob("*.dcm")))
     out.print(f"{p.id}: {n} CT slices, RTSTRUCT ({len(p.structures)} structures + External)"
               f"{', RTDOSE' if p.dose is not None else ''} -> {dest}")

@@ -34,6 +34,8 @@ def predict(
     best_of: int | None = typer.Option(None, "--best-of", min=1, help="DiffKT3D: sample N doses and keep the one with the best clinical scorecard (default: the model's own setting)."),
     target: str = typer.Option("dose", "--target", help="DiffKT3D: the modality to generate from the others (dose, ct, ptv, oar or body); a non-dose target is written as OUT/<id>_<target>.nii.gz."),
     report: bool = typer.Option(False, "--report/--no-report", help="Also write OUT/report.html: slices, DVHs and metrics of each prediction, compared with the patient's own dose when it has one."),
+    dose_grid: float = typer.Option(2.5, "--dose-grid", min=0, help="--format dicom: the RTDOSE's in-plane spacing in mm (the CT's where coarser; frames on the CT's slices), over the body's bounding box plus --dose-margin; 0 writes the CT's whole grid."),
+    dose_margin: float = typer.Option(10.0, "--dose-margin", min=0, help="--format dicom: mm around the body (and every ROI) that the RTDOSE covers."),
     register: bool = typer.Option(True, "--register/--no-register", help="CT -> MR models: a patient whose MR is on another grid than its CT (not registered) has its CT registered onto the MR first, as `rtgen register` does, and its synthetic MR written on the MR's grid. --no-register synthesises on the CT's grid instead."),
 ):
     """Predict whole doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
@@ -94,7 +96,8 @@ def predict(
                 return
             dose, std = predictor.predict_with_uncertainty(patient, batch_size, tta, sampling if diffusion else None)
             write_dose(out_dir, patient.id, dose, patient.spacing, fmt.value, std,  # std: spread of K samples
-                       source=path)
+                       source=path, body=patient.possible_dose_mask, dose_grid=dose_grid or None,
+                       dose_margin=dose_margin)
             if page is not None:
                 page.add(patient, dose)
 

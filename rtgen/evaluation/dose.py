@@ -44,13 +44,25 @@ def find_prediction(pred_dir: Path, patient_id: str) -> Path | None:
     return found[0] if found else None
 
 
-def read_prediction(path: Path, grid: tuple[int, ...] | None = None) -> np.ndarray:
+def read_prediction(path: Path, grid: tuple[int, ...] | None = None, reference: Path | None = None,
+                    mask: np.ndarray | None = None) -> np.ndarray:
     """A predicted dose in Gy, checked like any dose (finite, 0 to 200 Gy); `grid` is the reference
-    patient's, which the prediction must match."""
-    if path.name.endswith(".dcm"):  # an RTDOSE on the reference CT's grid (rtgen's DICOM predictions are)
-        from rtgen.data.sources.dicom import read_rtdose, read_rtdose_on_grid
+    patient's, which the prediction must match. An RTDOSE (rtgen's DICOM predictions are on a dose
+    grid around the body) is resampled onto the CT of `reference`, the reference patient's folder,
+    when that is a DICOM folder, and set to 0 outside `mask` (the reference's possible dose mask)
+    when given: a dose grid holds dose just outside the skin, where rtgen's predictions are 0."""
+    if path.name.endswith(".dcm"):
+        from rtgen.data.sources.dicom import (
+            is_dicom_patient_dir,
+            read_rtdose,
+            read_rtdose_on_grid,
+        )
 
-        return read_rtdose_on_grid(path, grid) if grid is not None else read_rtdose(path).values
+        if grid is None:
+            return read_rtdose(path).values
+        ct = reference if reference is not None and is_dicom_patient_dir(reference) else None
+        dose = read_rtdose_on_grid(path, grid, ct)
+        return dose if mask is None else np.where(mask, dose, 0).astype(np.float32)
     if path.name.endswith((".nii", ".nii.gz")):
         dose, _ = read_nifti(path, "dose")
         if grid is not None and dose.shape != tuple(grid):
@@ -203,7 +215,7 @@ def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Pa
     ref = refs[i]
     if ref.dose is None:
         raise DataError(refs.paths[i], "reference patient has no dose (dose.csv or dose.nii.gz)")
-    pred = read_prediction(path, ref.grid)
+    pred = read_prediction(path, ref.grid, refs.paths[i], ref.possible_dose_mask)
     std_path = pred_dir / f"{ref.id}_std.nii.gz"
     std = read_prediction(std_path, ref.grid) if std_path.is_file() else None
     score_patient(result, ref, pred, gamma, scorecard, std, figure_dir)

@@ -179,7 +179,8 @@ def write_report(pred_dir: str | Path, ref_dir: str | Path, out_html: str | Path
             patient = load_patient(path)
             if patient.dose is None:
                 raise DataError(path, "reference patient has no dose")
-            yield patient, read_prediction(found[path.name.removesuffix(".npz")], patient.grid)
+            yield patient, read_prediction(found[path.name.removesuffix(".npz")], patient.grid, path,
+                                          patient.possible_dose_mask)
 
     sources = {"predictions": str(pred_dir.resolve()), "reference": str(ref_dir.resolve())}
     return _write(out, render_report(cases(), gamma=gamma, title=title, sources=sources))

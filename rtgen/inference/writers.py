@@ -23,11 +23,13 @@ def estimated_bytes(grid=(128, 128, 128), with_std: bool = False) -> int:
 
 
 def write_dose(out_dir: str | Path, patient_id: str, dose: np.ndarray, spacing, fmt: str = "csv",
-               std: np.ndarray | None = None, source: str | Path | None = None) -> Path:
+               std: np.ndarray | None = None, source: str | Path | None = None, body: np.ndarray | None = None,
+               dose_grid: float | None = 2.5, dose_margin: float = 10.0) -> Path:
     """`pt_N.csv` (OpenKBP submission format), `pt_N.nii.gz` or, for fmt "dicom", `pt_N_RTDOSE.dcm`:
     an RTDOSE on the frame of reference and study of `source`, the patient's DICOM folder (the dose
-    must be on that CT's grid, as predictions are). The spread of several samples, when given, beside
-    it as `pt_N_std.nii.gz`. Returns the dose file."""
+    must be on that CT's grid, as predictions are), on a dose grid of `dose_grid` mm around `body`
+    (see `write_rtdose`). The spread of several samples, when given, beside it as `pt_N_std.nii.gz`.
+    Returns the dose file."""
     out_dir = Path(out_dir)
     if fmt == "dicom":
         from rtgen.data.sources.dicom import is_dicom_patient_dir, write_rtdose
@@ -36,7 +38,8 @@ def write_dose(out_dir: str | Path, patient_id: str, dose: np.ndarray, spacing, 
             raise DataError(source or out_dir, f"patient {patient_id}: --format dicom writes an RTDOSE on the "
                                                "patient's own DICOM CT, so the patient must be a DICOM folder "
                                                "(rtgen convert to-dicom makes one)")
-        path = write_rtdose(out_dir / f"{patient_id}_RTDOSE.dcm", dose, source)
+        path = write_rtdose(out_dir / f"{patient_id}_RTDOSE.dcm", dose, source, body=body, grid_spacing=dose_grid,
+                            margin=dose_margin)
     elif fmt == "csv":
         path = write_dose_csv(out_dir / f"{patient_id}.csv", dose)
     elif fmt == "nifti":

@@ -47,6 +47,7 @@ from rtgen.data.sources.dicom.tags import (
     CT_IMAGE_STORAGE,
     MEDIA_STORAGE_DIRECTORY,
     RT_DOSE_STORAGE,
+    RT_PLAN_STORAGE,
     RT_STRUCTURE_SET_STORAGE,
     STUDY_COMPONENT_MANAGEMENT,
     reading,
@@ -60,7 +61,7 @@ from rtgen.data.sources.dicom.write import (
 
 __all__ = [
     "BODY", "CT_IMAGE_STORAGE", "DEFAULT_ALIASES", "MEDIA_STORAGE_DIRECTORY", "RT_DOSE_STORAGE",
-    "RT_STRUCTURE_SET_STORAGE", "STUDY_COMPONENT_MANAGEMENT", "CtReference", "DoseGrid", "body_from_ct",
+    "RT_PLAN_STORAGE", "RT_STRUCTURE_SET_STORAGE", "STUDY_COMPONENT_MANAGEMENT", "CtReference", "DoseGrid", "body_from_ct",
     "dose_on_ct_grid", "is_dicom_dir", "is_dicom_patient_dir", "load_aliases", "mask_contours", "match_roi_names",
     "normalise_roi_name", "rasterise_contours", "read_ct_reference", "read_dicom_patient", "read_rtdose",
     "read_rtdose_on_grid", "read_rtstruct_rois", "reading", "write_ct_series", "write_dicom_patient",

@@ -148,16 +148,17 @@ def ct_series(folder: Path, scan: Scan) -> CtSeries:
     _check_agree(slices, "pixel spacing", lambda s: s.spacing)
     _check_agree(slices, "FrameOfReferenceUID", lambda s: s.frame_of_reference_uid)
     first = slices[0]
+    if len(slices) < 2:  # no slice spacing, and a dose grid of one frame: nothing a dose can be predicted on
+        raise DataError(first.path, "the CT series has 1 slice; a patient needs a CT volume (2 slices at least)")
+    if not first.frame_of_reference_uid:  # the same in every slice (checked above)
+        raise DataError(first.path, "empty FrameOfReferenceUID: structures and doses cannot be placed on this CT "
+                                    "(export the series with its frame of reference)")
     inplane = canonical_inplane(first.path, first.orientation, first.spacing, *first.size)
     iop = np.asarray(first.orientation)
     slices, z, dz = _slice_order(slices, np.cross(iop[:3], iop[3:]), scan.other)
     headers = dict(items)
     head_path = slices[0].path
     head = headers[head_path]
-    if dz is None:
-        with reading(head_path):
-            dz = number(head, "SliceThickness", head_path, default=0.0)
-        dz = dz if dz > 0 else 1.0
     transpose, _, _, (dy, dx), (x_off, y_off) = inplane
     rows, cols = first.size
     ny, nx = (cols, rows) if transpose else (rows, cols)

@@ -15,9 +15,17 @@ from rtgen.core.errors import DataError, RtgenWarning
 from rtgen.data.sources.dicom.tags import (
     CT_IMAGE_STORAGE,
     MEDIA_STORAGE_DIRECTORY,
+    RT_DOSE_STORAGE,
+    RT_PLAN_STORAGE,
+    RT_STRUCTURE_SET_STORAGE,
     reading,
     text,
 )
+
+# What a file is follows its SOP Class UID, which says which IOD it holds; Modality only when the SOP
+# class is not one of these (an export that writes the wrong Modality still holds the right object)
+_KIND_OF_SOP_CLASS = {CT_IMAGE_STORAGE: "CT", RT_STRUCTURE_SET_STORAGE: "RTSTRUCT", RT_DOSE_STORAGE: "RTDOSE",
+                      RT_PLAN_STORAGE: "RTPLAN"}
 
 
 def _has_preamble(path: Path) -> bool:
@@ -99,6 +107,7 @@ class Scan:
     ct: dict[str, list[tuple[Path, object]]] = field(default_factory=dict)  # series UID -> [(path, header)]
     rtstruct: list[tuple[Path, object]] = field(default_factory=list)
     rtdose: list[tuple[Path, object]] = field(default_factory=list)
+    rtplan: list[tuple[Path, object]] = field(default_factory=list)  # referenced by an RTDOSE rtgen writes
     ignored: list[str] = field(default_factory=list)
     other: list[tuple[Path, str]] = field(default_factory=list)  # (path, why) of DICOM files with a garbled modality
 
@@ -142,18 +151,24 @@ def scan_folder(folder: Path) -> Scan:
                 continue
             if not sop and not modality:
                 raise DataError(path, "DICOM header without SOPClassUID and Modality (a damaged or truncated file?)")
-            if modality == "CT" or sop == CT_IMAGE_STORAGE:
+            kind = _KIND_OF_SOP_CLASS.get(sop, modality)
+            if kind != modality and modality:
+                warnings.warn(f"{path}: Modality {modality!r} but SOP Class UID {sop} ({kind}): read as {kind}",
+                              RtgenWarning, stacklevel=3)
+            if kind == "CT":
                 scan.ct.setdefault(text(ds, "SeriesInstanceUID", path), []).append((path, ds))
-            elif modality == "RTSTRUCT":
+            elif kind == "RTSTRUCT":
                 scan.rtstruct.append((path, ds))
-            elif modality == "RTDOSE":
+            elif kind == "RTDOSE":
                 scan.rtdose.append((path, ds))
+            elif kind == "RTPLAN":
+                scan.rtplan.append((path, ds))
             else:
                 scan.ignored.append(f"{path.name} ({modality or 'no modality'})")
                 if not re.fullmatch(r"[A-Z0-9_ ]{2,16}", modality):  # no or a garbled modality: a damaged file?
                     scan.other.append((path, f"Modality {modality!r}, SOPClassUID {sop!r}"))
     if scan.ignored:
         shown = ", ".join(scan.ignored[:8]) + (f" and {len(scan.ignored) - 8} more" if len(scan.ignored) > 8 else "")
-        warnings.warn(f"{folder}: ignored files that are not CT, RTSTRUCT or RTDOSE: {shown}", RtgenWarning,
+        warnings.warn(f"{folder}: ignored files that are not CT, RTSTRUCT, RTDOSE or RTPLAN: {shown}", RtgenWarning,
                       stacklevel=3)
     return scan

@@ -20,7 +20,7 @@ from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.names import BODY, load_aliases, match_roi_names
 from rtgen.data.sources.dicom.raster import rasterise_contours
 from rtgen.data.sources.dicom.rtdose import dose_on_ct_grid, read_rtdose
-from rtgen.data.sources.dicom.rtstruct import matching_rtstruct, rois
+from rtgen.data.sources.dicom.rtstruct import matching_rtstruct, rois, rois_by_number
 from rtgen.data.sources.dicom.tags import reading, text, uid
 from rtgen.data.validate import check_values
 
@@ -34,6 +34,35 @@ def read_ct_reference(folder: str | Path) -> CtReference:
     if st is not None:
         return replace(series.ref, structure_set_uid=uid(st[1], "SOPInstanceUID", st[0]))
     return series.ref
+
+
+def read_dose_reference(folder: str | Path) -> tuple[CtReference, dict[int, tuple[str, np.ndarray]], str | None]:
+    """What an RTDOSE written onto a DICOM patient folder refers to: the CT (`read_ct_reference`),
+    every ROI of its RTSTRUCT as ROINumber -> (name, its voxels as flat indices on the CT grid), for
+    the RT DVH module (empty without an RTSTRUCT), and the SOPInstanceUID of the folder's RTPLAN on
+    the CT's frame of reference (None without one, or with several: which plan a prediction belongs
+    to is then unknown)."""
+    folder = Path(folder)
+    scan = scan_folder(folder)
+    series = ct_series(folder, scan)
+    ref = series.ref
+    masks: dict[int, tuple[str, np.ndarray]] = {}
+    st = matching_rtstruct(scan, ref, required=False)
+    if st is not None:
+        ref = replace(ref, structure_set_uid=uid(st[1], "SOPInstanceUID", st[0]))
+        for number, (name, contours) in rois_by_number(st[0], st[1]).items():
+            # flat voxel indices rather than masks: a clinical structure set has dozens of ROIs
+            masks[number] = (name, np.flatnonzero(rasterise_contours(contours, ref)[0]).astype(np.int32))
+    plans = []
+    for path, ds in scan.rtplan:
+        with reading(path):
+            fo = text(ds, "FrameOfReferenceUID", path)
+            if fo in ("", ref.frame_of_reference_uid):
+                plans.append((path, uid(ds, "SOPInstanceUID", path)))
+    if len(plans) > 1:
+        warnings.warn(f"{folder}: {len(plans)} RTPLAN files ({', '.join(p.name for p, _ in plans)}); the RTDOSE "
+                      "references none of them", RtgenWarning, stacklevel=2)
+    return ref, masks, plans[0][1] if len(plans) == 1 else None
 
 
 def _pick_rtdose(scan: Scan, ref: CtReference) -> Path:

@@ -81,12 +81,26 @@ def read_rtdose(path: str | Path) -> DoseGrid:
                     (dy, dx), z[order], units, summation, frame_of_reference)
 
 
-def read_rtdose_on_grid(path: str | Path, grid: tuple[int, ...]) -> np.ndarray:
-    """An RTDOSE that is already on a patient's grid (as rtgen writes them), as a volume in rtgen's
-    axis order; DataError if its grid differs (resampling needs the CT: use read_dicom_patient)."""
+def read_rtdose_on_grid(path: str | Path, grid: tuple[int, ...], ct: CtReference | str | Path | None = None
+                        ) -> np.ndarray:
+    """An RTDOSE as a volume on a patient's grid, in rtgen's axis order: resampled onto the CT of `ct`
+    (a CtReference or the patient's DICOM folder) when given, as rtgen's own RTDOSEs on a dose grid
+    need; without `ct`, an RTDOSE already on a grid of shape `grid`, else DataError."""
     d = read_rtdose(path)
+    if ct is not None:
+        if not isinstance(ct, CtReference):
+            from rtgen.data.sources.dicom.read import read_ct_reference
+
+            ct = read_ct_reference(ct)
+        if d.frame_of_reference_uid and d.frame_of_reference_uid != ct.frame_of_reference_uid:
+            raise DataError(path, f"RTDOSE on frame of reference {d.frame_of_reference_uid}, the CT's is "
+                                  f"{ct.frame_of_reference_uid}")
+        if ct.shape != tuple(grid):
+            raise DataError(path, f"the CT grid {ct.shape} differs from the reference grid {tuple(grid)}")
+        return dose_on_ct_grid(d, ct)
     if d.values.shape != tuple(grid):
-        raise DataError(path, f"RTDOSE grid {d.values.shape} differs from the reference grid {tuple(grid)}")
+        raise DataError(path, f"RTDOSE grid {d.values.shape} differs from the reference grid {tuple(grid)} "
+                              "(resampling it needs the patient's DICOM CT as the reference)")
     return d.values
 
 

@@ -74,14 +74,24 @@ def read_rtstruct_rois(path: str | Path) -> dict[str, list[np.ndarray]]:
 
 
 def rois(path: Path, ds) -> dict[str, list[np.ndarray]]:
-    """The ROIs of an RTSTRUCT dataset read from `path` (see `read_rtstruct_rois`)."""
+    """The ROIs of an RTSTRUCT dataset read from `path` (see `read_rtstruct_rois`); ROIs of the same
+    name are merged."""
+    found: dict[str, list[np.ndarray]] = {}
+    for name, contours in rois_by_number(path, ds).values():
+        found.setdefault(name, []).extend(contours)
+    return found
+
+
+def rois_by_number(path: Path, ds) -> dict[int, tuple[str, list[np.ndarray]]]:
+    """ROINumber -> (ROI name, closed planar contours in patient mm) of an RTSTRUCT dataset, in the
+    order of its StructureSetROISequence (an ROI without contours has none)."""
     with reading(path):
         names: dict[int, str] = {}
         for i, r in enumerate(sequence(ds, "StructureSetROISequence", path), start=1):
             where = f"StructureSetROISequence item {i}"
             number = integer(r, "ROINumber", path, where)
             names[number] = text(r, "ROIName", path, f"ROI {number}", where)
-        found: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
+        found: dict[int, tuple[str, list[np.ndarray]]] = {n: (name, []) for n, name in names.items()}
         for i, rc in enumerate(sequence(ds, "ROIContourSequence", path), start=1):
             where = f"ROIContourSequence item {i}"
             number = integer(rc, "ReferencedROINumber", path, where)
@@ -96,5 +106,5 @@ def rois(path: Path, ds) -> dict[str, list[np.ndarray]]:
                 pts = floats(c, "ContourData", path, where=here, default=())
                 if pts.size < 9 or pts.size % 3:
                     raise DataError(path, f"{here}: {pts.size} coordinates (need >= 3 points of x, y, z)")
-                found[name].append(pts.reshape(-1, 3))
+                found[number][1].append(pts.reshape(-1, 3))
     return found

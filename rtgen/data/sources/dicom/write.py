@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,10 @@ from rtgen.data.records import Patient
 from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.names import BODY
 from rtgen.data.sources.dicom.raster import mask_contours
-from rtgen.data.sources.dicom.read import read_ct_reference
 from rtgen.data.sources.dicom.tags import (
     CT_IMAGE_STORAGE,
     RT_DOSE_STORAGE,
+    RT_PLAN_STORAGE,
     RT_STRUCTURE_SET_STORAGE,
     STUDY_COMPONENT_MANAGEMENT,
 )
@@ -32,7 +32,7 @@ _COLOURS = [(255, 0, 0), (255, 128, 0), (255, 255, 0), (0, 200, 255), (0, 255, 0
 
 
 def _base_dataset(ref: CtReference, sop_class: str, sop_uid: str, modality: str, series_uid: str,
-                  series_number: int, description: str):
+                  series_number: int, description: str, content_date: bool = True):
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
@@ -52,12 +52,14 @@ def _base_dataset(ref: CtReference, sop_class: str, sop_uid: str, modality: str,
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.StudyDate, ds.StudyTime = ref.study_date, ref.study_time
-    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if content_date:  # part of the image modules (CT, RTDOSE), not of the RT Structure Set IOD
+        ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.AccessionNumber = ref.accession_number
     ds.Modality = modality
     ds.Manufacturer = "rtgen"
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = description
+    ds.OperatorsName = ""  # type 2 in the RT Series module: present, empty (no operator)
     ds.PatientName = ref.patient_name
     ds.PatientID = ref.patient_id
     ds.PatientBirthDate = ref.patient_birth_date
@@ -92,6 +94,10 @@ def write_ct_series(ct: np.ndarray, ref: CtReference, folder: Path) -> list[Path
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientPosition = "HFS"
         ds.InstanceNumber = k + 1
+        ds.AcquisitionNumber = 1  # type 2 (CT Image); one acquisition
+        # Laterality (type 2C, General Series) is needed unless ImageLaterality is sent: U, unpaired,
+        # as an axial CT of the body is (an empty Laterality would mean "unknown")
+        ds.ImageLaterality = "U"
         ds.ImagePositionPatient = [_ds(ox), _ds(oy), _ds(z)]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.SliceLocation = _ds(z)
@@ -121,9 +127,10 @@ def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path:
     from pydicom.uid import generate_uid
 
     sop_uid = sop_uid or generate_uid()
-    ds = _base_dataset(ref, RT_STRUCTURE_SET_STORAGE, sop_uid, "RTSTRUCT", generate_uid(), 2, "rtgen structures")
+    ds = _base_dataset(ref, RT_STRUCTURE_SET_STORAGE, sop_uid, "RTSTRUCT", generate_uid(), 2, "rtgen structures",
+                       content_date=False)
     ds.StructureSetLabel = "rtgen"
-    ds.StructureSetDate, ds.StructureSetTime = ds.ContentDate, ds.ContentTime
+    ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     contour_images = []
     for uid in ref.sop_instance_uids:
         img = Dataset()
@@ -171,7 +178,8 @@ def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path:
         rc = Dataset()
         rc.ROIDisplayColor = list(_COLOURS[(number - 1) % len(_COLOURS)])
         rc.ReferencedROINumber = number
-        rc.ContourSequence = seq
+        if seq:  # an empty structure keeps its ROI but has no ContourSequence (an empty one is not allowed)
+            rc.ContourSequence = seq
         contours.append(rc)
         obs = Dataset()
         obs.ObservationNumber = number
@@ -186,72 +194,248 @@ def write_rtstruct(structures: Mapping[str, np.ndarray], ref: CtReference, path:
     return _save(ds, path)
 
 
+# DoseSummationType without a plan. Every Defined Term of PS3.3 C.8.8.3 presupposes one: PLAN,
+# MULTI_PLAN, FRACTION, BEAM, BRACHY, the *_SESSION terms and CONTROL_POINT require a
+# ReferencedRTPlanSequence, RECORD a ReferencedTreatmentRecordSequence. A predicted dose has neither,
+# so it says what it is with a term of its own (Defined Terms may be extended; dciodvfy reports it as
+# an unrecognised term, a warning) rather than claim a plan it cannot reference. With an RTPLAN in
+# the patient's folder, the dose is that plan's (PLAN, referencing it).
+PREDICTED = "PREDICTED"
+IMPORTED = "IMPORTED"  # a dose converted from a non-DICOM source (OpenKBP, NIfTI): its plan is not known
+
+
+def _voxel_indices(voxels: np.ndarray, shape) -> np.ndarray:
+    """An ROI given as a mask on the CT grid or as flat (C-order) voxel indices -> the indices."""
+    voxels = np.asarray(voxels)
+    return np.flatnonzero(voxels) if voxels.dtype == bool and voxels.shape == tuple(shape) else voxels.ravel()
+
+
+def _dvh_module(ds, dose: np.ndarray, rois: Mapping[int, tuple[str, np.ndarray]], voxel_cc: float) -> None:
+    """The RT DVH module: a cumulative DVH (cm3 receiving at least each dose, in 0.1 Gy bins or coarser
+    so the DVHData of one ROI stays well under a DS element's 64 KiB) of every ROI of the referenced
+    structure set, computed on the CT grid (the dose before any resampling onto a dose grid)."""
+    from pydicom.dataset import Dataset
+
+    top = float(dose.max(initial=0.0))
+    width = max(0.1, float(np.ceil(top / 2000 * 100) / 100))
+    items = []
+    flat = dose.ravel()
+    for number, (_, voxels) in rois.items():
+        values = flat[_voxel_indices(voxels, dose.shape)]
+        n_bins = max(1, int(np.floor(float(values.max(initial=0.0)) / width)) + 1)
+        counts = np.bincount(np.minimum((values / width).astype(np.int64), n_bins - 1), minlength=n_bins)
+        at_least = np.cumsum(counts[::-1])[::-1] * voxel_cc  # bin i: volume with dose >= i * width
+        item = Dataset()
+        roi = Dataset()
+        roi.ReferencedROINumber = number
+        roi.DVHROIContributionType = "INCLUDED"
+        item.DVHReferencedROISequence = [roi]
+        item.DVHType = "CUMULATIVE"
+        item.DoseUnits, item.DoseType = "GY", "PHYSICAL"
+        item.DVHDoseScaling = 1
+        item.DVHVolumeUnits = "CM3"
+        item.DVHNumberOfBins = n_bins
+        data = np.empty(2 * n_bins)
+        data[0::2], data[1::2] = width, at_least
+        item.DVHData = [f"{v:.6g}" for v in data]
+        if values.size:
+            item.DVHMinimumDose = f"{float(values.min()):.6g}"
+            item.DVHMaximumDose = f"{float(values.max()):.6g}"
+            item.DVHMeanDose = f"{float(values.mean()):.6g}"
+        items.append(item)
+    ds.DVHSequence = items
+
+
+@dataclass(frozen=True)
+class _DoseGrid:
+    """Where an RTDOSE's values lie: points origin + (i sy, j sx) in each plane, on the CT slices
+    k0 .. k1 (inclusive); `aligned` when the points are CT voxel centres (a crop of the CT grid)."""
+
+    origin_xy: tuple[float, float]
+    spacing_yx: tuple[float, float]
+    shape_yx: tuple[int, int]
+    k0: int
+    k1: int
+    aligned: bool
+
+
+def _dose_grid(ref: CtReference, region: np.ndarray, spacing: float | None, margin: float) -> _DoseGrid:
+    """The dose grid of an RTDOSE, as a planning system's: the bounding box of `region` (the body)
+    plus `margin` mm, `spacing` mm in-plane (the CT's where it is coarser; None: the whole CT grid).
+    Frames lie on the CT's slices (its slice spacing, so no dose is interpolated along z and the
+    frames stay uniform); in-plane the CT's 0.5-1 mm pixels are 4-25 times more than a dose needs."""
+    dy, dx, dz = ref.spacing
+    ox, oy, _ = ref.origin
+    ny, nx, nz = ref.shape
+    if spacing is None or not region.any():
+        return _DoseGrid((ox, oy), (dy, dx), (ny, nx), 0, nz - 1, True)
+    lo = np.argwhere(region).min(axis=0)
+    hi = np.argwhere(region).max(axis=0)
+    kz = int(np.ceil(margin / dz - 1e-9))
+    k0, k1 = max(0, int(lo[2]) - kz), min(nz - 1, int(hi[2]) + kz)
+    sy, sx = max(float(spacing), dy), max(float(spacing), dx)
+    if np.isclose(sy, dy, rtol=1e-6) and np.isclose(sx, dx, rtol=1e-6):  # the CT is as coarse: a crop
+        iy, ix = int(np.ceil(margin / dy - 1e-9)), int(np.ceil(margin / dx - 1e-9))
+        i0, i1 = max(0, int(lo[0]) - iy), min(ny - 1, int(hi[0]) + iy)
+        j0, j1 = max(0, int(lo[1]) - ix), min(nx - 1, int(hi[1]) + ix)
+        return _DoseGrid((ox + j0 * dx, oy + i0 * dy), (dy, dx), (i1 - i0 + 1, j1 - j0 + 1), k0, k1, True)
+    # in mm, clipped to the CT's extent (there is no dose beyond it)
+    y0, y1 = max(oy, oy + lo[0] * dy - margin), min(oy + (ny - 1) * dy, oy + hi[0] * dy + margin)
+    x0, x1 = max(ox, ox + lo[1] * dx - margin), min(ox + (nx - 1) * dx, ox + hi[1] * dx + margin)
+    shape = (int(np.ceil((y1 - y0) / sy - 1e-9)) + 1, int(np.ceil((x1 - x0) / sx - 1e-9)) + 1)
+    return _DoseGrid((float(x0), float(y0)), (sy, sx), shape, k0, k1, False)
+
+
+def _on_dose_grid(dose: np.ndarray, region: np.ndarray, ref: CtReference, g: _DoseGrid) -> np.ndarray:
+    """The dose at the points of `g` (rows, cols, CT slices k0..k1), from the dose on the CT grid.
+
+    Aligned: the CT voxels themselves. Otherwise bilinear in-plane (trilinear with the frames on CT
+    slices) and normalised by the region: a point near the body's edge averages only the voxels
+    inside it (dose x body / body), so the edge is not diluted by the zeros outside; points with no
+    body voxel near them take the nearest such value within two dose voxels, so that reading the
+    RTDOSE back onto the CT (trilinear) does not dilute the body's edge either. Zero beyond."""
+    ks = slice(g.k0, g.k1 + 1)
+    dy, dx, _ = ref.spacing
+    ox, oy, _ = ref.origin
+    if g.aligned:
+        i0, j0 = round((g.origin_xy[1] - oy) / dy), round((g.origin_xy[0] - ox) / dx)
+        return dose[i0:i0 + g.shape_yx[0], j0:j0 + g.shape_yx[1], ks]
+    from scipy import ndimage
+
+    fi = (g.origin_xy[1] + np.arange(g.shape_yx[0]) * g.spacing_yx[0] - oy) / dy
+    fj = (g.origin_xy[0] + np.arange(g.shape_yx[1]) * g.spacing_yx[1] - ox) / dx
+    coords = np.stack(np.meshgrid(fi, fj, indexing="ij"))
+    out = np.zeros((*g.shape_yx, g.k1 - g.k0 + 1), np.float32)
+    for n, k in enumerate(range(g.k0, g.k1 + 1)):
+        inside = region[:, :, k]
+        if not inside.any():
+            continue
+        w = ndimage.map_coordinates(inside.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
+        num = ndimage.map_coordinates(np.where(inside, dose[:, :, k], 0).astype(np.float32), coords, order=1,
+                                      mode="constant", cval=0.0)
+        valid = w > 1e-3
+        plane = np.where(valid, num / np.where(valid, w, 1), 0)
+        dist, (ii, jj) = ndimage.distance_transform_edt(~valid, return_indices=True)
+        rim = ~valid & (dist <= 2)
+        plane[rim] = plane[ii[rim], jj[rim]]
+        out[:, :, n] = plane
+    return out
+
+
 def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference | str | Path,
-                 description: str = "rtgen predicted dose", bits: int = 32) -> Path:
+                 description: str = "rtgen predicted dose", bits: int = 16,
+                 rois: Mapping[int, tuple[str, np.ndarray]] | None = None, plan_uid: str | None = None,
+                 summation: str = PREDICTED, body: np.ndarray | None = None, grid_spacing: float | None = 2.5,
+                 margin: float = 10.0) -> Path:
     """An RTDOSE of `dose` (Gy, on the CT grid of `ct_reference`: a CtReference or a DICOM folder).
 
+    The dose grid, as a planning system's: the bounding box of `body` (a mask on the CT grid;
+    default where the dose is > 0, as rtgen's predictions are zero outside the body) and of every
+    ROI of `rois` (so software that computes DVHs on the dose grid sees all of each ROI) plus `margin`
+    mm, at `grid_spacing` mm in-plane (the CT's spacing where it is coarser, the grid is then a crop
+    of the CT's; None writes the whole CT grid), frames on the CT's slices. Resampled bilinearly
+    in-plane without diluting the body's edge (see `_on_dose_grid`): 2-5 MB for a 512 x 512 CT,
+    where the CT's own grid takes 51 MB (16-bit).
+
     Frames run from feet to head so GridFrameOffsetVector increases ([0, dz, 2 dz, ...]) as most
-    viewers expect; stored as uint32 (or uint16) with DoseGridScaling chosen so the maximum dose
-    uses the full range (error <= half a step, ~1e-8 Gy at 70 Gy for uint32). DoseUnits GY,
-    DoseType PHYSICAL, DoseSummationType PLAN, fresh SOP and series UIDs; the study, frame of
-    reference and (if known) structure set are the CT's. A predicted dose has no RT plan, so no
-    ReferencedRTPlanSequence is written.
+    viewers expect. Stored as uint16 by default, with DoseGridScaling chosen so the maximum dose uses
+    the full range: a step of max / 65535 (0.001 Gy at 70 Gy, under 0.01 Gy up to 655 Gy), read back
+    within half a step. 16 bits rather than 32 because every planning system and validator reads
+    them (Debian's dciodvfy asserts on 32-bit pixel data) and 0.01 Gy is finer than any dose
+    criterion; `bits=32` remains for a finer step. DoseUnits GY, DoseType PHYSICAL, fresh SOP and
+    series UIDs; the study and frame of reference are the CT's.
+
+    The plan: with `plan_uid` (an RTPLAN's SOPInstanceUID; a folder's own RTPLAN on the CT's frame
+    of reference when `ct_reference` is a folder) DoseSummationType is PLAN and ReferencedRTPlanSequence
+    references it; without one, `summation` (PREDICTED, or IMPORTED for a converted dose: see the
+    comment above PREDICTED). The RT DVH module is written whole or not at all: with `rois`
+    (ROINumber -> (name, mask on the CT grid or its flat voxel indices) of every ROI of the
+    structure set `ct_reference` names; a folder's RTSTRUCT when `ct_reference` is a folder) it
+    references the structure set and holds the DVH of every ROI, computed on the CT grid; without
+    them neither.
     """
     from pydicom.dataset import Dataset
     from pydicom.tag import Tag
     from pydicom.uid import generate_uid
 
+    from rtgen.data.sources.dicom.read import read_dose_reference
+
     path = Path(path)
-    ref = ct_reference if isinstance(ct_reference, CtReference) else read_ct_reference(ct_reference)
-    dose = np.asarray(dose, np.float64)
+    if isinstance(ct_reference, CtReference):
+        ref = ct_reference
+    else:
+        ref, found, found_plan = read_dose_reference(ct_reference)
+        rois = found if rois is None else rois
+        plan_uid = plan_uid or found_plan
+    dose = np.asarray(dose, np.float32)
     if dose.shape != ref.shape:
         raise DataError(path, f"dose shape {dose.shape} differs from the CT grid {ref.shape}")
+    if body is not None and np.shape(body) != ref.shape:
+        raise DataError(path, f"body mask shape {np.shape(body)} differs from the CT grid {ref.shape}")
     if not np.all(np.isfinite(dose)):
         raise DataError(path, "dose contains NaN or infinite values; refusing to write")
     if bits not in (16, 32):
         raise ValueError(f"bits must be 16 or 32, got {bits}")
-    dose = np.maximum(dose, 0)
-    top = float(dose.max(initial=0.0))
+    if grid_spacing is not None and not grid_spacing > 0 or not margin >= 0:
+        raise ValueError(f"grid_spacing must be > 0 (or None) and margin >= 0, got {grid_spacing}, {margin}")
+    if dose.min(initial=0.0) < 0:
+        dose = np.maximum(dose, 0)
+    region = dose > 0 if body is None else np.asarray(body, bool)
+    region = region.copy()
+    for _, voxels in (rois or {}).values():  # the grid covers every ROI too, as the DVHs of other software need
+        region.ravel()[_voxel_indices(voxels, ref.shape)] = True
+    grid = _dose_grid(ref, region, grid_spacing, margin)
+    values = _on_dose_grid(dose, region, ref, grid)
+    top = float(values.max(initial=0.0))
     levels = (1 << bits) - 1
     # rounded up in its 9th digit, so the maximum dose never exceeds the stored range
     scaling = float(f"{(top / levels * (1 + 1e-7) if top > 0 else 1e-6):.8e}")
-    stored = np.clip(np.rint(dose / scaling), 0, levels).astype(np.uint32 if bits == 32 else np.uint16)
+    stored = np.clip(np.rint(values.astype(np.float64) / scaling), 0, levels).astype(np.uint32 if bits == 32 else np.uint16)
     ds = _base_dataset(ref, RT_DOSE_STORAGE, generate_uid(), "RTDOSE", generate_uid(), 3, description)
-    dy, dx, dz = ref.spacing
-    ox, oy, _ = ref.origin
-    zs = ref.slice_z()
-    ds.ImagePositionPatient = [_ds(ox), _ds(oy), _ds(zs[-1])]
+    ds.InstanceNumber = 1
+    dz = ref.spacing[2]
+    zs = ref.slice_z()[grid.k0:grid.k1 + 1]
+    ds.ImagePositionPatient = [_ds(grid.origin_xy[0]), _ds(grid.origin_xy[1]), _ds(zs[-1])]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [_ds(dy), _ds(dx)]
+    ds.PixelSpacing = [_ds(grid.spacing_yx[0]), _ds(grid.spacing_yx[1])]
     ds.SliceThickness = _ds(dz)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = int(ref.shape[2])
+    ds.NumberOfFrames = len(zs)
     ds.FrameIncrementPointer = Tag(0x3004, 0x000C)
-    ds.Rows, ds.Columns = int(ref.shape[0]), int(ref.shape[1])
+    ds.Rows, ds.Columns = (int(n) for n in grid.shape_yx)
     ds.BitsAllocated = ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     ds.GridFrameOffsetVector = [_ds(z - zs[-1]) for z in zs[::-1]]
-    ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
+    ds.DoseUnits, ds.DoseType = "GY", "PHYSICAL"
+    ds.DoseSummationType = "PLAN" if plan_uid else summation
+    if plan_uid:
+        plan = Dataset()
+        plan.ReferencedSOPClassUID = RT_PLAN_STORAGE
+        plan.ReferencedSOPInstanceUID = plan_uid
+        ds.ReferencedRTPlanSequence = [plan]
     ds.DoseGridScaling = f"{scaling:.8e}"
     ds.TissueHeterogeneityCorrection = "IMAGE"
-    if ref.structure_set_uid:
+    if ref.structure_set_uid and rois:
         ss = Dataset()
         ss.ReferencedSOPClassUID = RT_STRUCTURE_SET_STORAGE
         ss.ReferencedSOPInstanceUID = ref.structure_set_uid
         ds.ReferencedStructureSetSequence = [ss]
+        _dvh_module(ds, dose, rois, float(np.prod(ref.spacing)) / 1000.0)
     frames = np.moveaxis(stored[:, :, ::-1], -1, 0)  # (frames feet to head, rows, cols)
     ds.PixelData = np.ascontiguousarray(frames).astype("<u4" if bits == 32 else "<u2").tobytes()
     return _save(ds, path)
 
 
 def write_dicom_patient(patient: Patient, out_dir: str | Path, ref: CtReference | None = None,
-                        patient_name: str | None = None) -> Path:
+                        patient_name: str | None = None, dose_spacing: float | None = 2.5,
+                        dose_margin: float = 10.0) -> Path:
     """Write a patient as DICOM RT: `CT/CT_0001.dcm ...` (one file per axial slice), `RTSTRUCT.dcm`
     (every structure plus the possible dose mask as the External ROI, so reading it back gives the
     same mask) and `RTDOSE.dcm` if the patient has a dose. All or nothing (staged folder).
-    Without `ref`, fresh UIDs and a grid centred on the origin."""
+    Without `ref`, fresh UIDs and a grid centred on the origin. The RTDOSE's grid: see `write_rtdose`
+    (`dose_spacing`, `dose_margin`; the body is the possible dose mask)."""
     out_dir = Path(out_dir)
     if patient.ct is None:
         raise DataError(out_dir, f"patient {patient.id} has no CT; a DICOM export needs one")
@@ -261,8 +445,12 @@ def write_dicom_patient(patient: Patient, out_dir: str | Path, ref: CtReference 
     with staged_dir(out_dir) as stage:
         write_ct_series(patient.ct, ref, stage / "CT")
         ss_uid = generate_uid()
-        write_rtstruct({**patient.structures, BODY: patient.possible_dose_mask}, ref, stage / "RTSTRUCT.dcm", ss_uid)
-        if patient.dose is not None:
+        structures = {**patient.structures, BODY: patient.possible_dose_mask}
+        write_rtstruct(structures, ref, stage / "RTSTRUCT.dcm", ss_uid)
+        if patient.dose is not None:  # ROI numbers as write_rtstruct gives them
+            rois = {number: item for number, item in enumerate(structures.items(), start=1)}
             write_rtdose(stage / "RTDOSE.dcm", patient.dose, replace(ref, structure_set_uid=ss_uid),
-                         description="rtgen dose")
+                         description="rtgen dose", rois=rois, summation=IMPORTED,
+                         body=patient.possible_dose_mask | (patient.dose > 0), grid_spacing=dose_spacing,
+                         margin=dose_margin)
     return out_dir
