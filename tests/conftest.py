@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one compute thread a worker: two workers share 2 cores
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import shutil  # noqa: E402
 from pathlib import Path
 
 import pytest
