@@ -282,43 +282,158 @@ def _dose_grid(ref: CtReference, region: np.ndarray, spacing: float | None, marg
     # in mm, clipped to the CT's extent (there is no dose beyond it)
     y0, y1 = max(oy, oy + lo[0] * dy - margin), min(oy + (ny - 1) * dy, oy + hi[0] * dy + margin)
     x0, x1 = max(ox, ox + lo[1] * dx - margin), min(ox + (nx - 1) * dx, ox + hi[1] * dx + margin)
-    shape = (int(np.ceil((y1 - y0) / sy - 1e-9)) + 1, int(np.ceil((x1 - x0) / sx - 1e-9)) + 1)
+    shape = (max(2, int(np.ceil((y1 - y0) / sy - 1e-9)) + 1), max(2, int(np.ceil((x1 - x0) / sx - 1e-9)) + 1))
     return _DoseGrid((float(x0), float(y0)), (sy, sx), shape, k0, k1, False)
+
+
+# The weight of the smoothness term of the dose grid's fit, per CT voxel that a dose point covers:
+# small enough that the fit follows the dose (DVH points within 0.1 Gy on the bundled patients), large
+# enough to keep the points that few voxels read from ringing.
+_SMOOTHING = 1e-3
+
+
+def _interval_weights(f: np.ndarray, n: int):
+    """Linear interpolation along one axis of a grid of `n` >= 2 points at the fractional indices `f`
+    of a CT's rows (or columns): (matrix, w0, w1), w0 and w1 the weights of the points before and
+    after each row, and matrix(v) the sparse (n - 1 intervals x len(f)) matrix that sums v over the
+    rows of each interval (rows outside the grid count in its first or last interval)."""
+    from scipy import sparse
+
+    i0 = np.clip(np.floor(f).astype(np.int64), 0, n - 2)
+    t = np.clip(f - i0, 0.0, 1.0)
+
+    def matrix(w):
+        return sparse.csr_matrix((w, (i0, np.arange(f.size))), shape=(n - 1, f.size))
+
+    return matrix, 1 - t, t
+
+
+def _fit_plane(values: np.ndarray, inside: np.ndarray, fi: np.ndarray, fj: np.ndarray, shape: tuple[int, int],
+               smoothing: float, start: np.ndarray | None = None) -> np.ndarray:
+    """The values u on a grid of `shape` (rows, cols, each >= 2) whose bilinear interpolation at the
+    pixels of a plane (fractional grid indices fi of its rows, fj of its columns) best fits `values`
+    where `inside`: min |A u - values|^2 + smoothing |D u|^2, A the interpolation, D the differences
+    between neighbouring points. Only the points that some pixel inside reads are fitted (the others
+    are 0). The normal equations, assembled by intervals of the grid (the pixels between two grid
+    rows and two grid columns read the same four points), are solved by conjugate gradients from
+    `start` (e.g. the fit of the neighbouring slice) or from the mean of the values each point reads."""
+    from scipy import sparse
+
+    rows, cols = shape
+    r = np.flatnonzero(inside.any(axis=1))
+    c = np.flatnonzero(inside.any(axis=0))
+    rs, cs = slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1)
+    w = inside[rs, cs].astype(np.float64)
+    wd = w * values[rs, cs]
+    my, y0, y1 = _interval_weights(fi[rs], rows)
+    mx, x0, x1 = _interval_weights(fj[cs], cols)
+    wy = (y0 * y0, y0 * y1, y1 * y1, y0, y1)  # st = 00, 01, 11 (for the normal matrix), then s (for A'b)
+    ys = sparse.vstack([my(v) for v in wy]).tocsr() @ np.hstack([w, wd])  # interval sums along the rows
+    ys = ys.reshape(5, rows - 1, 2 * w.shape[1])
+    gx = sparse.hstack([mx(v).T for v in (x0 * x0, x0 * x1, x1 * x1)]).tocsc()
+    bx = sparse.hstack([mx(v).T for v in (x0, x1)]).tocsc()
+    # g[s, t, u, v][a, b]: sum over the pixels inside interval (a, b) of the weight of grid point
+    # (a + s, b + u) times that of (a + t, b + v)
+    pair = {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 2}
+    gyx = [(gx.T @ ys[m, :, :w.shape[1]].T).T.reshape(rows - 1, 3, cols - 1) for m in range(3)]
+    g = np.empty((2, 2, 2, 2, rows - 1, cols - 1))
+    for (s, t), m in pair.items():
+        for (u, v), m_x in pair.items():
+            g[s, t, u, v] = gyx[m][:, m_x]
+    rhs = np.zeros(shape)
+    for s in (0, 1):
+        sums = (bx.T @ ys[3 + s, :, w.shape[1]:].T).T.reshape(rows - 1, 2, cols - 1)
+        for u in (0, 1):
+            rhs[s:s + rows - 1, u:u + cols - 1] += sums[:, u]
+    # the normal matrix A'A + smoothing D'D, a 9-point stencil: stencil[dy, dx][p] couples grid point p
+    # with p + (dy, dx); the points that no pixel reads are left out (a 1 on the diagonal, rhs 0)
+    stencil = np.zeros((3, 3, rows, cols))
+    for s, t, u, v in np.ndindex(2, 2, 2, 2):
+        stencil[t - s + 1, v - u + 1, s:s + rows - 1, u:u + cols - 1] += g[s, t, u, v]
+    centre = stencil[1, 1]
+    used = centre > 1e-9 * max(float(centre.max(initial=0.0)), 1e-30)
+    if not used.any():
+        return np.zeros(shape)
+    pair_y = smoothing * (used[:-1] & used[1:])  # neighbours that are both fitted
+    pair_x = smoothing * (used[:, :-1] & used[:, 1:])
+    centre[:-1] += pair_y
+    centre[1:] += pair_y
+    stencil[2, 1, :-1] -= pair_y
+    stencil[0, 1, 1:] -= pair_y
+    centre[:, :-1] += pair_x
+    centre[:, 1:] += pair_x
+    stencil[1, 2, :, :-1] -= pair_x
+    stencil[1, 0, :, 1:] -= pair_x
+    centre[~used] = 1.0
+    n = rows * cols
+    diagonals: dict[int, np.ndarray] = {}  # offset -> the matrix's diagonal, by column (scipy's dia layout)
+    for dy, dx in np.ndindex(3, 3):
+        o = (dy - 1) * cols + (dx - 1)  # on a grid of 2 columns, two stencil entries share an offset
+        flat = stencil[dy, dx].ravel()
+        data = diagonals.setdefault(o, np.zeros(n))
+        if o >= 0:
+            data[o:] += flat[:n - o]
+        else:
+            data[:n + o] += flat[-o:]
+    normal = sparse.dia_matrix((np.array(list(diagonals.values())), list(diagonals)), shape=(n, n)).tocsr()
+    used = used.ravel()
+    b = np.where(used, rhs.ravel(), 0)
+    if not b.any():  # no dose inside: the fit is 0
+        return np.zeros(shape)
+    precondition = 1 / centre.ravel()
+    if start is None:  # the weighted mean of the values each point reads
+        x = b / np.where(used, normal @ used.astype(np.float64), 1)
+    else:
+        x = np.where(used, start.ravel(), 0)
+    # conjugate gradients, preconditioned by the diagonal, to a residual of 1e-8 of the right-hand side
+    # (products summed by numpy, not by a threaded BLAS, which is slow on vectors this short)
+    r = b - normal @ x
+    z = precondition * r
+    p = z.copy()
+    rz = float((r * z).sum())
+    stop = 1e-16 * float((b * b).sum())
+    for _ in range(1000):
+        if float((r * r).sum()) <= stop:
+            break
+        q = normal @ p
+        pq = float((p * q).sum())
+        if not pq > 0:  # converged to the precision of float64
+            break
+        alpha = rz / pq
+        x += alpha * p
+        r -= alpha * q
+        z = precondition * r
+        rz, rz_old = float((r * z).sum()), rz
+        p = z + rz / rz_old * p
+    return x.reshape(shape)
 
 
 def _on_dose_grid(dose: np.ndarray, region: np.ndarray, ref: CtReference, g: _DoseGrid) -> np.ndarray:
     """The dose at the points of `g` (rows, cols, CT slices k0..k1), from the dose on the CT grid.
 
-    Aligned: the CT voxels themselves. Otherwise bilinear in-plane (trilinear with the frames on CT
-    slices) and normalised by the region: a point near the body's edge averages only the voxels
-    inside it (dose x body / body), so the edge is not diluted by the zeros outside; points with no
-    body voxel near them take the nearest such value within two dose voxels, so that reading the
-    RTDOSE back onto the CT (trilinear) does not dilute the body's edge either. Zero beyond."""
+    Aligned: the CT voxels themselves. Otherwise, in each CT slice, the values whose bilinear
+    interpolation (the trilinear reading of a planning system, with the frames on the CT's slices)
+    best fits the dose of every voxel of `region` (least squares, with a little smoothing; see
+    `_fit_plane`): sampling the dose at the points and interpolating it back would smooth it twice, and
+    lose up to 0.7 Gy of a PTV's D99 where the dose falls steeply at the body's edge. Points just
+    outside the body are fitted too (the voxels inside read them), so the edge is not diluted; points
+    that no voxel of the region reads are 0. Clipped to the dose's range."""
     ks = slice(g.k0, g.k1 + 1)
     dy, dx, _ = ref.spacing
     ox, oy, _ = ref.origin
     if g.aligned:
         i0, j0 = round((g.origin_xy[1] - oy) / dy), round((g.origin_xy[0] - ox) / dx)
         return dose[i0:i0 + g.shape_yx[0], j0:j0 + g.shape_yx[1], ks]
-    from scipy import ndimage
-
-    fi = (g.origin_xy[1] + np.arange(g.shape_yx[0]) * g.spacing_yx[0] - oy) / dy
-    fj = (g.origin_xy[0] + np.arange(g.shape_yx[1]) * g.spacing_yx[1] - ox) / dx
-    coords = np.stack(np.meshgrid(fi, fj, indexing="ij"))
+    smoothing = _SMOOTHING * g.spacing_yx[0] * g.spacing_yx[1] / (dy * dx)
+    top = float(dose[region].max(initial=0.0))
     out = np.zeros((*g.shape_yx, g.k1 - g.k0 + 1), np.float32)
+    fi = (oy + np.arange(ref.shape[0]) * dy - g.origin_xy[1]) / g.spacing_yx[0]
+    fj = (ox + np.arange(ref.shape[1]) * dx - g.origin_xy[0]) / g.spacing_yx[1]
+    fit = None
     for n, k in enumerate(range(g.k0, g.k1 + 1)):
-        inside = region[:, :, k]
-        if not inside.any():
-            continue
-        w = ndimage.map_coordinates(inside.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
-        num = ndimage.map_coordinates(np.where(inside, dose[:, :, k], 0).astype(np.float32), coords, order=1,
-                                      mode="constant", cval=0.0)
-        valid = w > 1e-3
-        plane = np.where(valid, num / np.where(valid, w, 1), 0)
-        dist, (ii, jj) = ndimage.distance_transform_edt(~valid, return_indices=True)
-        rim = ~valid & (dist <= 2)
-        plane[rim] = plane[ii[rim], jj[rim]]
-        out[:, :, n] = plane
+        if region[:, :, k].any():
+            fit = _fit_plane(dose[:, :, k], region[:, :, k], fi, fj, g.shape_yx, smoothing, fit)
+            out[:, :, n] = np.clip(fit, 0, top)
     return out
 
 
@@ -333,9 +448,10 @@ def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference |
     default where the dose is > 0, as rtgen's predictions are zero outside the body) and of every
     ROI of `rois` (so software that computes DVHs on the dose grid sees all of each ROI) plus `margin`
     mm, at `grid_spacing` mm in-plane (the CT's spacing where it is coarser, the grid is then a crop
-    of the CT's; None writes the whole CT grid), frames on the CT's slices. Resampled bilinearly
-    in-plane without diluting the body's edge (see `_on_dose_grid`): 2-5 MB for a 512 x 512 CT,
-    where the CT's own grid takes 51 MB (16-bit).
+    of the CT's; None writes the whole CT grid), frames on the CT's slices. The values are fitted
+    (least squares) so that the trilinear reading of the grid, as a planning system reads it, gives
+    back the dose on the CT inside the body, its edge included (see `_on_dose_grid`): 2-5 MB for a
+    512 x 512 CT, where the CT's own grid takes 51 MB (16-bit).
 
     Frames run from feet to head so GridFrameOffsetVector increases ([0, dz, 2 dz, ...]) as most
     viewers expect. Stored as uint16 by default, with DoseGridScaling chosen so the maximum dose uses
