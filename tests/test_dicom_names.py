@@ -292,6 +292,23 @@ def test_inspect_takes_aliases(tmp_path):
     assert r.exit_code == 0 and "PTV70" not in r.output.split("[", 1)[1] and "no target" in r.output, r.output
 
 
+def test_evaluate_and_report_take_aliases_for_the_references(tmp_path):
+    from rtgen.data.sources.nifti import write_nifti
+
+    no_target(tmp_path / "split")
+    ref = patient({"high": "Volume1", "cord": "Cord"}, "Volume1")
+    write_nifti(tmp_path / "pred" / "Volume1.nii.gz", ref.dose * 1.02, ref.spacing)
+    aliases = tmp_path / "aliases.yaml"
+    aliases.write_text("PTV70: [Volume1]\n")
+    r = invoke("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "split")
+    assert r.exit_code == 0 and "HI PTV70" not in r.output and "no target" in r.output, r.output
+    r = invoke("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "split", "--aliases", aliases)
+    assert r.exit_code == 0 and "HI PTV70" in r.output, r.output
+    r = invoke("report", "--pred", tmp_path / "pred", "--ref", tmp_path / "split", "--out", tmp_path / "r.html",
+               "--aliases", aliases)
+    assert r.exit_code == 0 and "PTV70" in (tmp_path / "r.html").read_text(), r.output
+
+
 @pytest.mark.parametrize("content,problem", [
     (None, "alias file cannot be read|not found"),
     ("PTV70: [Volume1\n", "alias file is not valid JSON/YAML"),
