@@ -60,7 +60,8 @@ def _is_image_pair_folder(path: Path) -> bool:
     return is_patient_dir(path) and not (path / "possible_dose_mask.nii.gz").exists()
 
 
-def read_patient(path: PathLike, load_ct: bool = True, load_dose: bool = True) -> Patient | ImagePair:
+def read_patient(path: PathLike, load_ct: bool = True, load_dose: bool = True, aliases: Any = None
+                 ) -> Patient | ImagePair:
     """Read one patient, in any layout rtgen reads.
 
     Every volume is checked by its reader (finite values, units, shapes, grids): a bad file raises
@@ -73,6 +74,9 @@ def read_patient(path: PathLike, load_ct: bool = True, load_dose: bool = True) -
             mask `mask.nii.gz`).
         load_ct: Dose patients: read the CT (False reads the structures and dose only, faster).
         load_dose: Dose patients: read the reference dose when there is one.
+        aliases: DICOM exports: ROI names to map besides the built-in table (TG-263 names and common
+            variants), as a JSON/YAML file or a mapping {rtgen structure: [ROI names]}, e.g.
+            `{"PTV70": ["Volume1"]}` (`rtgen ... --aliases FILE`).
 
     Returns:
         A dose patient, `rtgen.data.records.Patient` (`ct` in HU, `dose` in Gy or None,
@@ -97,7 +101,16 @@ def read_patient(path: PathLike, load_ct: bool = True, load_dose: bool = True) -
         return load_pair(path, need_mr=False)
     from rtgen.data.sources import load_patient
 
-    return load_patient(path, load_ct, load_dose)
+    return load_patient(path, load_ct, load_dose, aliases=_alias_table(aliases))
+
+
+def _alias_table(aliases: Any):
+    """The built-in ROI-name table extended by `aliases` (a file or a mapping), or None for the built-in one."""
+    if aliases is None:
+        return None
+    from rtgen.data.sources.dicom.names import load_aliases
+
+    return load_aliases(aliases)
 
 
 @dataclass
@@ -237,7 +250,8 @@ class Model:
 
     def predict(self, patient: PathLike | Patient | ImagePair, *, tta: bool = False, batch_size: int = 32,
                 sampler: str | None = None, steps: int = 10, samples: int = 1, seed: int = 0,
-                best_of: int | None = None, target: str = "dose", register: bool = True) -> Prediction:
+                best_of: int | None = None, target: str = "dose", register: bool = True,
+                aliases: Any = None) -> Prediction:
         """Predict one patient, as `rtgen predict` does.
 
         Args:
@@ -257,6 +271,7 @@ class Model:
             target: DiffKT3D: the modality to generate from the others ("dose", "ct", "ptv", "oar", "body").
             register: CT -> MR models given a folder whose MR is on another grid than its CT: register
                 the CT onto the MR first (as `rtgen register`) and synthesise on the MR's grid.
+            aliases: A DICOM export: ROI names to map besides the built-in table, as for `read_patient`.
 
         Returns:
             A `Prediction`: `.dose` (Gy) or `.image` ([0, 1]), float32 on the patient's grid, and `.save`.
@@ -305,12 +320,16 @@ class Model:
             volume, pair = synthesise(p, patient, batch_size, sampling, register)
             return Prediction(pair.id, "image", np.asarray(volume, np.float32), tuple(pair.spacing),
                               affine=pair.affine, patient=pair, source=source)
+        from rtgen.core.structures import TARGETS
         from rtgen.data.records import Patient
 
         if source is not None:
-            record = self._read_dose_patient(source)
+            record = self._read_dose_patient(source, aliases, require_target=target == "dose")
         elif isinstance(patient, Patient):
             record = patient
+            if target == "dose" and not any(t in record.structures for t in TARGETS):
+                raise RtgenError(f"{record.id}: no target (PTV56, PTV63 or PTV70), and a dose is predicted from "
+                                 f"the patient's targets; structures: {', '.join(record.structures) or 'none'}")
         else:
             raise RtgenError(f"{self.model_name} predicts doses of dose patients (a path or a Patient), "
                              f"not {type(patient).__name__}")
@@ -322,7 +341,7 @@ class Model:
         return Prediction(record.id, "dose", np.asarray(dose, np.float32), tuple(record.spacing),
                           std=None if std is None else np.asarray(std, np.float32), patient=record, source=source)
 
-    def _read_dose_patient(self, path: Path) -> Patient:
+    def _read_dose_patient(self, path: Path, aliases: Any = None, require_target: bool = False) -> Patient:
         from rtgen.core.errors import DataError
         from rtgen.data.sources import is_patient, load_patient
 
@@ -334,7 +353,7 @@ class Model:
             if subs and all(q.is_dir() or q.suffix == ".npz" for q in subs):
                 raise DataError(path, f"is a folder of {len(subs)} patients; predict takes one patient "
                                       "(rtgen predict --patients takes a whole split)")
-        return load_patient(path)
+        return load_patient(path, aliases=_alias_table(aliases), require_target=require_target)
 
 
 def load(name_or_path: PathLike, device: str = "auto") -> Model:
@@ -370,7 +389,8 @@ def load(name_or_path: PathLike, device: str = "auto") -> Model:
 
 def evaluate(pred: PathLike | Prediction | np.ndarray, ref: PathLike | Patient | ImagePair | None = None, *,
              out: PathLike | None = None, gamma: bool = False,
-             scorecard: bool | PathLike | Scorecard = False) -> EvaluationResult | ImageEvaluation:
+             scorecard: bool | PathLike | Scorecard = False, aliases: Any = None
+             ) -> EvaluationResult | ImageEvaluation:
     """Score predictions against references, as `rtgen evaluate` does.
 
     Doses get the OpenKBP dose and DVH scores (exactly as the challenge computes them), the DVH
@@ -390,6 +410,7 @@ def evaluate(pred: PathLike | Prediction | np.ndarray, ref: PathLike | Patient |
         scorecard: Doses: also score each prediction and reference plan on a clinical scorecard:
             True for the built-in head-and-neck SIB template, or a scorecard JSON path, or an
             `rtgen.dosimetry.scorecard.Scorecard`; adds the GDP-HMM MAE.
+        aliases: DICOM references: ROI names to map besides the built-in table, as for `read_patient`.
 
     Returns:
         An `rtgen.evaluation.EvaluationResult` for doses (`.summary()`: {"dose_score", "dvh_score",
@@ -422,7 +443,10 @@ def evaluate(pred: PathLike | Prediction | np.ndarray, ref: PathLike | Patient |
             if card is not None or gamma:
                 raise RtgenError(f"{ref}: holds CT/MR pairs; the scorecard and gamma score doses")
             return evaluate_image_folders(pred, ref, out, progress=False)
-        return evaluate_folders(pred, ref, out, gamma=gamma, progress=False, scorecard=card)
+        from rtgen.data.sources.dicom.names import using_aliases
+
+        with using_aliases(_alias_table(aliases)):  # the references' ROI names
+            return evaluate_folders(pred, ref, out, gamma=gamma, progress=False, scorecard=card)
     if out is not None:
         raise RtgenError("out=: metrics.json and per_patient.csv are written for folders of predictions; "
                          "one prediction's scores are returned")
@@ -447,7 +471,7 @@ def evaluate(pred: PathLike | Prediction | np.ndarray, ref: PathLike | Patient |
     from rtgen.dosimetry import OpenKBPScores
     from rtgen.evaluation.dose import EvaluationResult, score_patient
 
-    patient = ref if not isinstance(ref, (str, Path)) else read_patient(ref, load_ct=False)
+    patient = ref if not isinstance(ref, (str, Path)) else read_patient(ref, load_ct=False, aliases=aliases)
     result = EvaluationResult(OpenKBPScores())
     score_patient(result, patient, volume, gamma, card, prediction.std if prediction is not None else None)
     return result

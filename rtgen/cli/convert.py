@@ -78,7 +78,10 @@ def convert_from_dicom(
 ):
     """Read a DICOM patient (CT in HU, RTSTRUCT contours rasterised with holes, RTDOSE resampled onto the CT)
     and write it in an rtgen layout. ROIs that match no rtgen structure are listed as a warning."""
-    preflight(**({"output_files": [dest]} if fmt is FromDicomFormat.npz else {"outputs": [dest]}))
+    preflight(**({"output_files": [dest]} if fmt is FromDicomFormat.npz else {"outputs": [dest]}), inputs=[aliases])
+    from rtgen.data.sources.dicom.names import load_aliases
+
+    names = load_aliases(aliases)  # a bad alias file fails before the export is read
     from rtgen.core.atomic import staged_dir
     from rtgen.core.errors import DataError
     from rtgen.core.structures import GRID_SHAPE
@@ -87,7 +90,7 @@ def convert_from_dicom(
     from rtgen.data.sources.npz import write_npz
     from rtgen.data.sources.openkbp import write_patient
 
-    p = read_dicom_patient(src, aliases=aliases)
+    p = read_dicom_patient(src, aliases=names)
     if fmt is FromDicomFormat.nifti:
         write_nifti_patient(p, dest)
     elif fmt is FromDicomFormat.npz:

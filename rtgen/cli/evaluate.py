@@ -19,11 +19,16 @@ def evaluate(
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
     scorecard: bool = typer.Option(False, "--scorecard", help="Also score each prediction (and reference plan) on the clinical head-and-neck SIB scorecard, print a table per patient, and add the scorecard totals and the GDP-HMM MAE (body = possible dose mask, 5 Gy threshold) to --out."),
     scorecard_file: Path | None = typer.Option(None, "--scorecard-template", help="A scorecard JSON (Scorecard.to_dict form) to use instead of the built-in HN-SIB template; implies --scorecard."),
+    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM references: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
 ):
     """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them.
     A patient whose prediction or reference is missing or bad is reported and skipped; exit 1 if any."""
-    preflight(outputs=[out_dir])  # an unwritable --out fails in a second, before any heavy import
+    preflight(outputs=[out_dir], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
     import contextlib
+
+    from rtgen.data.sources.dicom.names import load_aliases, using_aliases
+
+    names = load_aliases(aliases)
 
     from rtgen.core.atomic import output_dir
     from rtgen.data.sources import find_patients
@@ -45,7 +50,8 @@ def evaluate(
     batch = Batch("patients", n)
     room = output_dir(out_dir, n * FIGURE_BYTES) if out_dir is not None else contextlib.nullcontext()
     with room:  # an unwritable --out fails here, before any scoring
-        result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record, scorecard=card)
+        with using_aliases(names):  # the references' ROI names
+            result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record, scorecard=card)
         print_evaluation(result)
         if card is not None:
             print_scorecards(result)

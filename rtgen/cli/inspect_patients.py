@@ -20,10 +20,14 @@ def inspect(
     ),
     out_dir: Path = typer.Option(Path("rtgen-out/inspect"), "--out", help="Where DVH figures and summary.json go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON instead of tables."),
+    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM patients: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
 ):
     """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs.
     A patient that fails to load is reported and skipped; exit 1 if any failed."""
-    preflight(outputs=[out_dir])  # an unwritable --out fails in a second, before any heavy import
+    preflight(outputs=[out_dir], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
+    from rtgen.data.sources.dicom.names import load_aliases
+
+    names = load_aliases(aliases)
     from rtgen.core.atomic import atomic_write_text, output_dir, staged_dir
     from rtgen.data.examples import example_patients_dir
     from rtgen.data.sources import load_patient, patients_in
@@ -37,7 +41,7 @@ def inspect(
     batch = Batch("patients", len(paths))
 
     def inspect_one(path: Path, stage: Path) -> None:
-        patient = load_patient(path)
+        patient = load_patient(path, aliases=names)
         s = summarize(patient)
         if patient.dose is not None:
             s["dvh_figure"] = str(out_dir / f"dvh_{patient.id}.png")

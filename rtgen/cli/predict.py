@@ -36,10 +36,14 @@ def predict(
     report: bool = typer.Option(False, "--report/--no-report", help="Also write OUT/report.html: slices, DVHs and metrics of each prediction, compared with the patient's own dose when it has one."),
     dose_grid: float = typer.Option(2.5, "--dose-grid", min=0, help="--format dicom: the RTDOSE's in-plane spacing in mm (the CT's where coarser; frames on the CT's slices), over the body's bounding box plus --dose-margin; 0 writes the CT's whole grid."),
     dose_margin: float = typer.Option(10.0, "--dose-margin", min=0, help="--format dicom: mm around the body (and every ROI) that the RTDOSE covers."),
+    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM patients: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
     register: bool = typer.Option(True, "--register/--no-register", help="CT -> MR models: a patient whose MR is on another grid than its CT (not registered) has its CT registered onto the MR first, as `rtgen register` does, and its synthetic MR written on the MR's grid. --no-register synthesises on the CT's grid instead."),
 ):
     """Predict whole doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
-    preflight(outputs=[out_dir], inputs=[patients])  # before PyTorch and the model are imported
+    preflight(outputs=[out_dir], inputs=[patients, aliases])  # before PyTorch and the model are imported
+    from rtgen.data.sources.dicom.names import load_aliases
+
+    names = load_aliases(aliases)  # a bad alias file fails now, in one line
     if model is not None and str(model).startswith("hub:"):  # an unknown name lists the shipped ones, at once
         from rtgen.hub import shipped_model_dir
 
@@ -87,7 +91,7 @@ def predict(
         batch = Batch("patients", len(paths))
 
         def predict_one(path: Path) -> None:
-            patient = load_patient(path)
+            patient = load_patient(path, aliases=names, require_target=target == "dose")  # no PTV: no dose
             if target != "dose":
                 from rtgen.data.sources.nifti import write_nifti
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rtgen.core.errors import DataError
+from rtgen.core.structures import TARGETS
 from rtgen.data.sources.dicom import is_dicom_dir, is_dicom_patient_dir, read_dicom_patient
 from rtgen.data.sources.nifti import is_nifti_patient_dir, read_nifti_patient
 from rtgen.data.sources.npz import read_npz
@@ -17,18 +18,28 @@ from rtgen.data.sources.openkbp import Patient, is_patient_dir, patient_number, 
 VOLUME_SUFFIXES = (".csv.gz", ".csv", ".nii.gz", ".nii")
 
 
-def load_patient(path: str | Path, load_ct: bool = True, load_dose: bool = True) -> Patient:
-    """Read a patient from whichever format `path` holds; every volume is validated by its reader."""
+def load_patient(path: str | Path, load_ct: bool = True, load_dose: bool = True, aliases=None,
+                 require_target: bool = False) -> Patient:
+    """Read a patient from whichever format `path` holds; every volume is validated by its reader.
+
+    `aliases` (a DICOM export: an alias table or file, see `read_dicom_patient`) maps ROI names;
+    `require_target` refuses a patient with no target (PTV56, PTV63 or PTV70), for a dose prediction."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        return read_npz(path, load_ct, load_dose)
-    if path.is_dir():
-        check_patient_folder(path)
-    if is_nifti_patient_dir(path):
-        return read_nifti_patient(path, load_ct, load_dose)
-    if not is_patient_dir(path) and is_dicom_dir(path):  # CT series (+ RTSTRUCT, RTDOSE), any nesting
-        return read_dicom_patient(path, load_ct, load_dose)
-    return read_patient(path, load_ct, load_dose)
+        patient = read_npz(path, load_ct, load_dose)
+    else:
+        if path.is_dir():
+            check_patient_folder(path)
+        if is_nifti_patient_dir(path):
+            patient = read_nifti_patient(path, load_ct, load_dose)
+        elif not is_patient_dir(path) and is_dicom_dir(path):  # CT series (+ RTSTRUCT, RTDOSE), any nesting
+            return read_dicom_patient(path, load_ct, load_dose, aliases=aliases, require_target=require_target)
+        else:
+            patient = read_patient(path, load_ct, load_dose)
+    if require_target and not any(t in patient.structures for t in TARGETS):
+        raise DataError(path, f"no target (PTV56, PTV63 or PTV70), and a dose is predicted from the patient's "
+                              f"targets; structures found: {', '.join(patient.structures) or 'none'}")
+    return patient
 
 
 def check_patient_folder(folder: Path) -> None:

@@ -19,7 +19,7 @@ Every malformed file raises ONE `DataError` naming that file and the problem (se
 
 A package of short modules, one job each: `names` (ROI alias table and matching), `tags` (reading a
 file's tags safely), `geometry` (CtReference, in-plane orientation), `scan` (finding and sorting the
-files), `ct`, `rtstruct`, `rtdose` (reading each kind), `raster` (contours <-> masks), `read` (a
+files), `ct`, `rtstruct`, `rtdose`, `rtplan` (reading each kind), `raster` (contours <-> masks), `read` (a
 folder -> a Patient) and `write` (a Patient or a dose -> DICOM RT). The public names are re-exported
 here, so callers import them from `rtgen.data.sources.dicom`.
 """
@@ -30,9 +30,13 @@ from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.names import (
     BODY,
     DEFAULT_ALIASES,
+    aliases_in_use,
     load_aliases,
     match_roi_names,
+    nearest_level,
     normalise_roi_name,
+    ptv_dose_gy,
+    using_aliases,
 )
 from rtgen.data.sources.dicom.raster import mask_contours, rasterise_contours
 from rtgen.data.sources.dicom.read import read_ct_reference, read_dicom_patient
@@ -65,5 +69,5 @@ __all__ = [
     "dose_on_ct_grid", "is_dicom_dir", "is_dicom_patient_dir", "load_aliases", "mask_contours", "match_roi_names",
     "normalise_roi_name", "rasterise_contours", "read_ct_reference", "read_dicom_patient", "read_rtdose",
     "read_rtdose_on_grid", "read_rtstruct_rois", "reading", "write_ct_series", "write_dicom_patient",
-    "write_rtdose", "write_rtstruct",
+    "write_rtdose", "write_rtstruct", "aliases_in_use", "nearest_level", "ptv_dose_gy", "using_aliases",
 ]
