@@ -20,6 +20,8 @@ from rtgen.data.examples import example_patients_dir
 from rtgen.data.records import Patient
 from rtgen.data.sources.dicom import read_dicom_patient, read_rtdose, write_dicom_patient
 from rtgen.data.sources.dicom.ct import read_pixels
+from rtgen.data.sources.nifti import read_nifti_patient as read_patient_nifti
+from rtgen.data.sources.nifti import write_nifti
 
 runner = CliRunner()
 
@@ -100,3 +102,94 @@ def test_a_written_series_recompressed_reads_as_the_same_patient(written, tmp_pa
     assert np.array_equal(q.ct, openkbp.ct) and np.array_equal(q.ct, plain.ct)
     assert np.array_equal(q.dose, plain.dose)
     assert all(np.array_equal(q.structures[n], plain.structures[n]) for n in plain.structures)
+
+
+# -- several RTDOSEs -------------------------------------------------------------------------------
+
+def tiny_patient(pid: str = "tiny", n: int = 6) -> Patient:
+    """A 16 x 14 x n patient with a PTV70, a cord and a dose."""
+    shape = (16, 14, n)
+    ct = np.full(shape, -1000, np.int16)
+    ct[2:14, 2:12] = 40
+    ptv = np.zeros(shape, bool)
+    ptv[5:10, 4:9, 1:5] = True
+    cord = np.zeros(shape, bool)
+    cord[11:13, 6:8] = True
+    dose = np.where(ptv, 70.0, 20.0).astype(np.float32) * (ct > -500)
+    return Patient(pid, ct, dose, ct > -500, {"PTV70": ptv, "SpinalCord": cord}, (2.0, 2.0, 3.0))
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return write_dicom_patient(tiny_patient(), tmp_path / "tiny", dose_spacing=None)
+
+
+def add_dose(folder, name: str, summation: str, factor: float):
+    """A copy of the folder's RTDOSE as `name`, with another DoseSummationType and its dose times `factor`."""
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(folder / "RTDOSE.dcm")
+    ds.DoseSummationType = summation
+    ds.DoseGridScaling = f"{float(ds.DoseGridScaling) * factor:.8e}"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / name)
+    return folder / name
+
+
+def test_the_plan_dose_is_chosen_before_beam_doses_and_said(tiny_dir):
+    pydicom_ds = pydicom.dcmread(tiny_dir / "RTDOSE.dcm")
+    pydicom_ds.DoseSummationType = "PLAN"
+    pydicom_ds.save_as(tiny_dir / "RTDOSE.dcm")
+    add_dose(tiny_dir, "RD_beam1.dcm", "BEAM", 0.5)
+    add_dose(tiny_dir, "RD_fraction.dcm", "FRACTION", 1 / 35)
+    with pytest.warns(RtgenWarning) as caught:
+        p = read_dicom_patient(tiny_dir)
+    assert p.dose.max() == pytest.approx(70, abs=0.01)
+    notes = [str(w.message) for w in caught if type(w.message).__name__ == "RtgenNote"]
+    assert len(notes) == 1 and "using the plan dose RTDOSE.dcm (PLAN)" in notes[0]
+    assert "RD_beam1.dcm (BEAM)" in notes[0] and "RD_fraction.dcm (FRACTION)" in notes[0] and "--dose" in notes[0]
+    beam = read_dicom_patient(tiny_dir, dose_file=tiny_dir / "RD_beam1.dcm")  # the choice is the user's
+    assert beam.dose.max() == pytest.approx(35, abs=0.01)
+
+
+def test_two_plan_doses_or_none_are_refused_and_point_to_dose(tiny_dir, tmp_path):
+    from rtgen.core.errors import DataError
+
+    add_dose(tiny_dir, "RD_beam.dcm", "BEAM", 0.5)  # IMPORTED and BEAM: no plan dose
+    with pytest.raises(DataError, match=r"2 RTDOSEs and none is a plan dose .*RD_beam.dcm \(BEAM\).*--dose FILE"):
+        quiet_read(tiny_dir)
+    add_dose(tiny_dir, "RD_plan1.dcm", "PLAN", 1.0)
+    add_dose(tiny_dir, "RD_plan2.dcm", "PLAN", 0.9)
+    with pytest.raises(DataError, match=r"2 plan doses .*RD_plan1.dcm \(PLAN\), .*RD_plan2.dcm \(PLAN\); choose one "
+                                        r"with --dose FILE") as e:
+        quiet_read(tiny_dir)
+    assert "RD_beam" not in str(e.value)
+    assert quiet_read(tiny_dir, dose_file=tiny_dir / "RD_plan2.dcm").dose.max() == pytest.approx(63, abs=0.01)
+    with pytest.raises(DataError, match="--dose: not an RTDOSE"):
+        quiet_read(tiny_dir, dose_file=tiny_dir / "RTSTRUCT.dcm")
+    outside = shutil.copy(tiny_dir / "RD_plan1.dcm", tmp_path / "elsewhere.dcm")
+    with pytest.raises(DataError, match="--dose: not inside"):
+        quiet_read(tiny_dir, dose_file=outside)
+
+
+def test_dose_option_on_every_command_that_reads_a_reference(tmp_path):
+    tiny_dir = write_dicom_patient(tiny_patient(), tmp_path / "split" / "tiny", dose_spacing=None)
+    add_dose(tiny_dir, "RD_plan1.dcm", "PLAN", 1.0)
+    add_dose(tiny_dir, "RD_plan2.dcm", "PLAN", 0.5)
+    r = invoke("inspect", tiny_dir, "--out", tmp_path / "i", "--json")
+    assert r.exit_code == 1 and "choose one with --dose FILE" in r.output
+    r = invoke("inspect", tiny_dir, "--out", tmp_path / "i", "--json", "--dose", tiny_dir / "RD_plan2.dcm")
+    assert r.exit_code == 0, r.output
+    r = invoke("convert", "from-dicom", tiny_dir, tmp_path / "c", "--dose", tiny_dir / "RD_plan2.dcm")
+    assert r.exit_code == 0 and "dose: RD_plan2.dcm (PLAN); not used: " in r.output, r.output
+    assert read_patient_nifti(tmp_path / "c").dose.max() == pytest.approx(35, abs=0.01)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_nifti(pred / "tiny.nii.gz", tiny_patient().dose * 0.5, tiny_patient().spacing)
+    r = invoke("evaluate", "--pred", pred, "--ref", tmp_path / "split", "--dose", tiny_dir / "RD_plan2.dcm")
+    assert r.exit_code == 0 and "dose score" in r.output, r.output
+    r = invoke("report", "--pred", pred, "--ref", tiny_dir, "--out", tmp_path / "r.html", "--dose", tiny_dir / "nope.dcm")
+    assert r.exit_code == 1 and "nope.dcm: --dose: not found" in r.output
+    for bad in (tiny_dir / "RTSTRUCT.dcm", tmp_path / "pred" / "tiny.nii.gz"):
+        r = invoke("report", "--pred", pred, "--ref", tiny_dir, "--out", tmp_path / "r.html", "--dose", bad)
+        assert r.exit_code == 1 and "--dose: not" in r.output and "Traceback" not in r.output, r.output

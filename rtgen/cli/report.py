@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import app, out, preflight, user_errors
+from rtgen.cli.app import DOSE_HELP, app, dose_option, out, preflight, user_errors
 
 
 @app.command()
@@ -16,9 +16,11 @@ def report(
     ref: Path = typer.Option(..., "--ref", help="Reference split folder or patient (with CT and dose)."),
     out_html: Path = typer.Option(Path("rtgen-out/report.html"), "--out", help="The HTML file to write."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
+    dose: list[Path] | None = typer.Option(None, "--dose", help=DOSE_HELP),
 ):
     """Slices with dose colourwash and isodoses, DVHs and metric tables per patient, and a cohort summary."""
     preflight(output_files=[out_html])  # an unwritable --out fails in a second, before any heavy import
+    dose_option(dose, [ref])
     import time
 
     from rtgen.evaluation.report import write_report

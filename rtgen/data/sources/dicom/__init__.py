@@ -35,7 +35,17 @@ from rtgen.data.sources.dicom.names import (
     normalise_roi_name,
 )
 from rtgen.data.sources.dicom.raster import mask_contours, rasterise_contours
-from rtgen.data.sources.dicom.read import read_ct_reference, read_dicom_patient
+from rtgen.data.sources.dicom.read import (
+    DicomCase,
+    DoseChoice,
+    check_dose_files,
+    choose_doses,
+    chosen_doses,
+    prescription,
+    read_ct_reference,
+    read_dicom_case,
+    read_dicom_patient,
+)
 from rtgen.data.sources.dicom.rtdose import (
     DoseGrid,
     dose_on_ct_grid,
@@ -64,6 +74,7 @@ __all__ = [
     "RT_PLAN_STORAGE", "RT_STRUCTURE_SET_STORAGE", "STUDY_COMPONENT_MANAGEMENT", "CtReference", "DoseGrid", "body_from_ct",
     "dose_on_ct_grid", "is_dicom_dir", "is_dicom_patient_dir", "load_aliases", "mask_contours", "match_roi_names",
     "normalise_roi_name", "rasterise_contours", "read_ct_reference", "read_dicom_patient", "read_rtdose",
+    "DicomCase", "DoseChoice", "check_dose_files", "choose_doses", "chosen_doses", "prescription", "read_dicom_case",
     "read_rtdose_on_grid", "read_rtstruct_rois", "reading", "write_ct_series", "write_dicom_patient",
     "write_rtdose", "write_rtstruct",
 ]
