@@ -193,3 +193,59 @@ def test_dose_option_on_every_command_that_reads_a_reference(tmp_path):
     for bad in (tiny_dir / "RTSTRUCT.dcm", tmp_path / "pred" / "tiny.nii.gz"):
         r = invoke("report", "--pred", pred, "--ref", tiny_dir, "--out", tmp_path / "r.html", "--dose", bad)
         assert r.exit_code == 1 and "--dose: not" in r.output and "Traceback" not in r.output, r.output
+
+
+# -- cohorts ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, written):
+    """Two bundled patients as DICOM, one folder each, and a third whose CT misses a slice."""
+    root = tmp_path_factory.mktemp("cohort") / "export"
+    shutil.copytree(written, root / "pt_204")
+    write_dicom_patient(read_patient(example_patients_dir() / "pt_219"), root / "pt_219")
+    write_dicom_patient(tiny_patient("pt_9"), root / "pt_9")
+    (root / "pt_9" / "CT" / "CT_0003.dcm").unlink()
+    return root
+
+
+def test_a_cohort_goes_on_past_a_bad_patient_and_says_what_each_holds(cohort, tmp_path):
+    r = invoke("convert", "from-dicom", cohort, tmp_path / "out", "--format", "npz")
+    assert r.exit_code == 1, r.output
+    assert "export: 3 patients" in r.output and "2 of 3 patients converted" in r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pt_204.npz", "pt_219.npz"]
+    lines = r.output.splitlines()
+    at = next(i for i, s in enumerate(lines) if s.startswith("pt_219:"))
+    assert "Mandible <- 'Mandible'" in lines[at + 1] and "body <- 'External'" in lines[at + 1]
+    assert lines[at + 1].endswith("not matched: none")
+    assert lines[at + 2] == "  prescription: PTV56 56 Gy, PTV63 63 Gy, PTV70 70 Gy"
+    assert lines[at + 3] == "  dose: RTDOSE.dcm (IMPORTED)"
+    failed = r.output[r.output.index("1 failed"):]  # the failures, listed at the end
+    assert "pt_9" in failed and "missing slice" in failed
+
+
+def test_a_flat_export_is_sorted_into_patients_and_studies(tmp_path):
+    """Every file of three cases in one folder: pt_a (no dose, an unmatched ROI), and pt_b with two
+    planning CTs in two studies (a case each)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    a = tiny_patient("pt_a")
+    a = Patient(a.id, a.ct, None, a.possible_dose_mask, {"PTV70": a.structures["PTV70"]}, a.spacing)
+    for p, tag in [(a, "a"), (tiny_patient("pt_b"), "b1"), (tiny_patient("pt_b", 5), "b2")]:
+        d = write_dicom_patient(p, tmp_path / tag)
+        if tag == "a":
+            ds = pydicom.dcmread(d / "RTSTRUCT.dcm")
+            ds.StructureSetROISequence[0].ROIName = "GTV"
+            ds.save_as(d / "RTSTRUCT.dcm")
+        for f in d.rglob("*.dcm"):
+            shutil.copy(f, flat / f"{tag}_{f.name}")
+    (flat / "README.txt").write_text("export notes\n")
+    r = invoke("convert", "from-dicom", flat, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "flat: 3 patients" in r.output and "3 of 3 patients converted" in r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pt_a", "pt_b_study1", "pt_b_study2"]
+    grids = sorted(read_patient_nifti(tmp_path / "out" / n).grid[2] for n in ("pt_b_study1", "pt_b_study2"))
+    assert grids == [5, 6]
+    lines = r.output.splitlines()
+    at = next(i for i, s in enumerate(lines) if s.startswith("pt_a:"))
+    assert lines[at + 1].endswith("not matched: 'GTV'")
+    assert lines[at + 2] == "  prescription: none (no PTV recognised)" and lines[at + 3] == "  dose: none found"
