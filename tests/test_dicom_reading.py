@@ -249,3 +249,84 @@ def test_a_flat_export_is_sorted_into_patients_and_studies(tmp_path):
     at = next(i for i, s in enumerate(lines) if s.startswith("pt_a:"))
     assert lines[at + 1].endswith("not matched: 'GTV'")
     assert lines[at + 2] == "  prescription: none (no PTV recognised)" and lines[at + 3] == "  dose: none found"
+
+
+# -- patient identity and --anonymize -------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")  # pydicom's, on writing the bad values
+def test_invalid_identity_is_dropped_with_a_warning_never_written(tiny_dir, tmp_path):
+    from rtgen.data.sources.dicom.identity import valid_da, valid_pn, valid_tm
+
+    assert valid_da("19700101") and not valid_da("1970-01-01") and not valid_da("19700230")
+    assert valid_tm("093015.25") and valid_tm("09") and not valid_tm("25") and not valid_tm("09:30")
+    assert valid_pn("Doe^John") and valid_pn("") and not valid_pn("Doe\\John") and not valid_pn("x" * 65)
+    for f in tiny_dir.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientSex, ds.PatientBirthDate = "Doe^Jane", "Female", "1970-01-01"
+        ds.save_as(f)
+    with pytest.warns(RtgenWarning, match=r"CT_0001.dcm: invalid PatientBirthDate '1970-01-01', PatientSex "
+                                          r"'Female': not copied"):
+        read_dicom_patient(tiny_dir)
+    from rtgen.data.sources.dicom import write_rtdose
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RtgenWarning)
+        path = write_rtdose(tmp_path / "RD.dcm", tiny_patient().dose, tiny_dir)
+    ds = pydicom.dcmread(path)
+    assert (str(ds.PatientName), ds.PatientSex, ds.PatientBirthDate) == ("Doe^Jane", "", "")  # valid ones are kept
+
+
+def _identity(folder):
+    files = [*sorted((folder / "CT").glob("*.dcm")), folder / "RTSTRUCT.dcm", folder / "RTDOSE.dcm"]
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def test_to_dicom_anonymize_writes_fresh_consistent_identifiers(tmp_path):
+    src = tmp_path / "src"
+    write_dicom_patient(tiny_patient("Doe_Jane_1970"), src)
+    r = invoke("convert", "to-dicom", src, tmp_path / "anon", "--anonymize")
+    assert r.exit_code == 0 and "anonymized as ANON-" in r.output, r.output
+    dss = _identity(tmp_path / "anon")
+    original = pydicom.dcmread(src / "RTSTRUCT.dcm")
+    for key in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID"):
+        values = {str(ds.get(key)) for ds in dss}
+        assert len(values) == 1 and str(original.get(key)) not in values, key  # shared, and new
+    assert str(dss[0].PatientID).startswith("ANON-") and "Doe" not in str(dss[0].PatientName)
+    assert all(ds.StudyDate == "" and ds.PatientBirthDate == "" and ds.PatientSex == "" for ds in dss)
+    assert all(ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod for ds in dss)
+    assert {ds.SeriesInstanceUID for ds in dss[:-2]} != {dss[-1].SeriesInstanceUID}
+    rt = dss[-2].ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    cts = {ds.SOPInstanceUID for ds in dss[:-2]}
+    assert {c.ReferencedSOPInstanceUID for c in rt.RTReferencedSeriesSequence[0].ContourImageSequence} == cts
+    assert dss[-1].ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == dss[-2].SOPInstanceUID
+    p = quiet_read(tmp_path / "anon")
+    assert np.array_equal(p.ct, tiny_patient().ct) and p.id == "anon"
+    r = invoke("convert", "to-dicom", src, tmp_path / "x", "--anonymize", "--patient-name", "A")
+    assert r.exit_code == 1 and "leave out --patient-name" in r.output
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install dicom3tools)")
+def test_anonymized_files_pass_dciodvfy(tmp_path):
+    import subprocess
+
+    folder = write_dicom_patient(tiny_patient(), tmp_path / "anon", anonymize=True)
+    for f in (folder / "CT" / "CT_0001.dcm", folder / "RTSTRUCT.dcm", folder / "RTDOSE.dcm"):
+        run = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60, check=False)
+        errors = [s for s in (run.stdout + run.stderr).splitlines() if s.startswith("Error")]
+        assert not errors, (f.name, errors)
+
+
+def test_predict_anonymize_writes_the_set_and_is_checked_early(tmp_path):
+    from rtgen.cli.predict import _write_anonymized
+
+    p = tiny_patient("Doe_Jane")
+    _write_anonymized(tmp_path / "out", p, p.dose * 0.9, 2.5, 10.0)
+    (folder,) = list((tmp_path / "out").iterdir())
+    assert folder.name.startswith("ANON-")
+    dss = _identity(folder)
+    assert {str(ds.PatientID) for ds in dss} == {folder.name} and dss[-1].DoseSummationType == "PREDICTED"
+    assert quiet_read(folder).dose.max() == pytest.approx(63, abs=0.5)
+    for extra in ([], ["--format", "dicom", "--report"]):
+        r = invoke("predict", "--patients", example_patients_dir() / "pt_204", "--out", tmp_path / "p", "--anonymize",
+                   *extra)
+        assert r.exit_code == 1 and "--anonymize writes anonymized DICOM RT sets" in r.output, r.output

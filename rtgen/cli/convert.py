@@ -53,6 +53,7 @@ def convert_to_dicom(
     patient_name: str | None = typer.Option(None, "--patient-name", help="DICOM PatientName (default: the patient id)."),
     dose_grid: float = typer.Option(2.5, "--dose-grid", min=0, help="The RTDOSE's in-plane spacing in mm (the CT's where coarser; frames on the CT's slices), over the possible dose mask's and the structures' bounding box plus --dose-margin; 0 writes the CT's whole grid."),
     dose_margin: float = typer.Option(10.0, "--dose-margin", min=0, help="mm around the possible dose mask and the structures that the RTDOSE covers."),
+    anonymize: bool = typer.Option(False, "--anonymize", help="Fresh identifiers: PatientName and PatientID ANON-<8 hex digits>, new study, series and frame of reference UIDs shared by the files written, the patient's dates and sex removed; PatientIdentityRemoved YES."),
 ):
     """Write a patient as DICOM RT: a CT series, an RTSTRUCT (every structure and the possible dose mask
     as the External ROI) and an RTDOSE if the patient has a dose, with fresh UIDs. For sharing with a
@@ -61,9 +62,19 @@ def convert_to_dicom(
     from rtgen.data.sources import load_patient
     from rtgen.data.sources.dicom import write_dicom_patient
 
+    if anonymize and patient_name is not None:
+        from rtgen.core.errors import RtgenError
+
+        raise RtgenError("--anonymize writes a fresh PatientName; leave out --patient-name")
     p = load_patient(patient)
-    write_dicom_patient(p, dest, patient_name=patient_name, dose_spacing=dose_grid or None, dose_margin=dose_margin)
+    write_dicom_patient(p, dest, patient_name=patient_name, dose_spacing=dose_grid or None, dose_margin=dose_margin,
+                        anonymize=anonymize)
     n = len(list((dest / "CT").glob("*.dcm")))
+    if anonymize:
+        import pydicom
+
+        new_id = pydicom.dcmread(dest / "RTSTRUCT.dcm", stop_before_pixels=True).PatientID
+        out.print(f"{p.id}: anonymized as {new_id}")
     out.print(f"{p.id}: {n} CT slices, RTSTRUCT ({len(p.structures)} structures + External)"
               f"{', RTDOSE' if p.dose is not None else ''} -> {dest}")
 

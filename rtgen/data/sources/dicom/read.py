@@ -19,6 +19,7 @@ from rtgen.data.records import Patient
 from rtgen.data.sources.dicom.ct import body_from_ct, ct_series, read_ct_volume
 from rtgen.data.sources.dicom.folder import Scan, read_header, scan_folder
 from rtgen.data.sources.dicom.geometry import CtReference
+from rtgen.data.sources.dicom.identity import valid_identity
 from rtgen.data.sources.dicom.names import BODY, load_aliases, match_roi_names
 from rtgen.data.sources.dicom.raster import rasterise_contours
 from rtgen.data.sources.dicom.rtdose import dose_on_ct_grid, read_rtdose
@@ -215,6 +216,7 @@ def read_dicom_case(folder: str | Path, load_ct: bool = True, load_dose: bool = 
     scan = scan_folder(folder, files)
     series = ct_series(folder, scan)
     ref = series.ref
+    valid_identity(ref, series.files[0])  # warns of invalid identity values, which the writers drop
     structures: dict[str, np.ndarray] = {}
     body = None
     matched: dict[str, str] = {}
