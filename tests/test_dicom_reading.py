@@ -303,6 +303,8 @@ def test_to_dicom_anonymize_writes_fresh_consistent_identifiers(tmp_path):
     assert np.array_equal(p.ct, tiny_patient().ct) and p.id == "anon"
     r = invoke("convert", "to-dicom", src, tmp_path / "x", "--anonymize", "--patient-name", "A")
     assert r.exit_code == 1 and "leave out --patient-name" in r.output
+    r = invoke("convert", "to-dicom", src, tmp_path / "x", "--patient-name", "Doe\\Jane")
+    assert r.exit_code == 1 and "is not a valid DICOM person name" in r.output
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install dicom3tools)")

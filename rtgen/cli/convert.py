@@ -59,13 +59,16 @@ def convert_to_dicom(
     as the External ROI) and an RTDOSE if the patient has a dose, with fresh UIDs. For sharing with a
     planning system or viewer, and for testing DICOM pipelines. All or nothing."""
     preflight(outputs=[dest])
+    from rtgen.core.errors import RtgenError
     from rtgen.data.sources import load_patient
     from rtgen.data.sources.dicom import write_dicom_patient
+    from rtgen.data.sources.dicom.identity import valid_pn
 
     if anonymize and patient_name is not None:
-        from rtgen.core.errors import RtgenError
-
         raise RtgenError("--anonymize writes a fresh PatientName; leave out --patient-name")
+    if patient_name is not None and not valid_pn(patient_name):
+        raise RtgenError(f"--patient-name {patient_name!r} is not a valid DICOM person name (at most 64 characters "
+                         "a group, no backslash or control character)")
     p = load_patient(patient)
     write_dicom_patient(p, dest, patient_name=patient_name, dose_spacing=dose_grid or None, dose_margin=dose_margin,
                         anonymize=anonymize)
