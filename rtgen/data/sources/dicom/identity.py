@@ -79,15 +79,16 @@ def valid_identity(ref: CtReference, source: str | Path | None = None) -> CtRefe
 
 
 def anonymized(ref: CtReference) -> CtReference:
-    """A copy of `ref` with fresh identifiers: PatientName and PatientID "ANON-" and 8 random hex
-    digits, new study, series, frame of reference and CT slice UIDs (every object written on it shares
+    """A copy of `ref` with fresh identifiers: PatientID "ANON-" and 8 random hex digits, PatientName
+    the same as family and given name ("ANON^" and the digits: a name of one component is the retired
+    PN form that validators warn about), new study, series, frame of reference and CT slice UIDs (every object written on it shares
     them), and the patient's dates, sex and the study's numbers removed (emptied: type 2). The dates
     rtgen stamps on what it writes (InstanceCreationDate, ContentDate) are the day of writing, which
     says nothing about the patient, and are kept."""
     from pydicom.uid import generate_uid
 
-    name = f"ANON-{secrets.token_hex(4).upper()}"
-    return replace(ref, patient_id=name, patient_name=name, study_uid=generate_uid(), series_uid=generate_uid(),
+    digits = secrets.token_hex(4).upper()
+    return replace(ref, patient_id=f"ANON-{digits}", patient_name=f"ANON^{digits}", study_uid=generate_uid(), series_uid=generate_uid(),
                    frame_of_reference_uid=generate_uid(),
                    sop_instance_uids=tuple(generate_uid() for _ in ref.sop_instance_uids),
                    structure_set_uid=None, study_date="", study_time="", study_id="", accession_number="",
