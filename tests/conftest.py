@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# rich wraps CLI output at 80 columns when it is not a terminal: a long temporary path (longer under
+# xdist) would then split a file name that a test looks for
+os.environ.setdefault("COLUMNS", "200")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one compute thread a worker: two workers share 2 cores
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(_var, "1")

@@ -410,15 +410,19 @@ def test_rtstruct_of_another_series(small_dir):
 
 def test_compressed_transfer_syntax_without_decoder(small_dir):
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGLSLossless
+    from pydicom.uid import MPEG2MPML, JPEGLSLossless
 
     f = small_dir / "CT" / "CT_0003.dcm"
     ds = pydicom.dcmread(f)
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless  # no JPEG-LS decoder ships with pydicom
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless  # decoded by pylibjpeg-libjpeg, but the stream is damaged
     ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64)])
     ds.save_as(f)
-    e = _raises(small_dir, "pixel data cannot be decoded")
-    assert e.path == f and "JPEG-LS" in str(e)
+    e = _raises(small_dir, "pixel data cannot be decoded .transfer syntax JPEG-LS Lossless.* a damaged")
+    assert e.path == f
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML  # no decoder at all
+    ds.save_as(f)
+    e = _raises(small_dir, "no decoder for transfer syntax MPEG2")
+    assert e.path == f
 
 
 def test_non_dicom_file_among_the_dicom_files(small_dir):

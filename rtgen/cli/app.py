@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import warnings
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 
 from rtgen import __version__
-from rtgen.core.errors import OutputError, RtgenError, RtgenWarning
+from rtgen.core.errors import OutputError, RtgenError, RtgenNote, RtgenWarning
 
 T = TypeVar("T")
 
@@ -34,7 +35,10 @@ err = Console(stderr=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    if issubclass(category, RtgenWarning):
+    if issubclass(category, RtgenNote):
+        err.print("[cyan]note:[/] ", end="", highlight=False)
+        err.print(str(message), markup=False, highlight=False, soft_wrap=True)
+    elif issubclass(category, RtgenWarning):
         err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True, markup=True)
     else:
         err.print(f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False, soft_wrap=True)
@@ -114,14 +118,28 @@ def preflight(outputs=(), output_files=(), inputs=()) -> None:
         check_writable(folder)
 
 
+DOSE_HELP = ("A DICOM patient's RTDOSE to read as its dose where its folder holds several (by default the one "
+             "plan dose, DoseSummationType PLAN, is read and the others named in a note); repeat for several patients.")
+
+
+def dose_option(files: list[Path] | None, roots) -> None:
+    """`--dose FILE ...`: checked now (an RTDOSE inside one of `roots`, the folders the command reads),
+    before any heavy import, then chosen for the rest of the command."""
+    if files:
+        from rtgen.data.sources.dicom import check_dose_files, choose_doses
+
+        check_dose_files(files, roots)
+        choose_doses(files)
+
+
 def user_errors(fn):
     """Turn RtgenError into one clear line on stderr and exit status 1, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         warnings.showwarning = _show_warning
-        try:
-            return fn(*args, **kwargs)
+        try:  # in a context of its own: what a command chooses for its reading (--dose) ends with it
+            return contextvars.copy_context().run(fn, *args, **kwargs)
         except RtgenError as e:
             fail(str(e))
             raise typer.Exit(1) from None

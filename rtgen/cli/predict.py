@@ -37,10 +37,14 @@ def predict(
     dose_grid: float = typer.Option(2.5, "--dose-grid", min=0, help="--format dicom: the RTDOSE's in-plane spacing in mm (the CT's where coarser; frames on the CT's slices), over the body's bounding box plus --dose-margin; 0 writes the CT's whole grid."),
     dose_margin: float = typer.Option(10.0, "--dose-margin", min=0, help="--format dicom: mm around the body (and every ROI) that the RTDOSE covers."),
     aliases: Path | None = typer.Option(None, "--aliases", help="DICOM patients: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
+    anonymize: bool = typer.Option(False, "--anonymize", help="--format dicom: write each patient as an anonymized DICOM RT set instead, OUT/ANON-<8 hex digits>/ (its CT series, an RTSTRUCT of the structures rtgen read and the predicted RTDOSE), with fresh identifiers shared by the three and the patient's dates and sex removed: a dose to share with its CT."),
     register: bool = typer.Option(True, "--register/--no-register", help="CT -> MR models: a patient whose MR is on another grid than its CT (not registered) has its CT registered onto the MR first, as `rtgen register` does, and its synthetic MR written on the MR's grid. --no-register synthesises on the CT's grid instead."),
 ):
     """Predict whole doses. A patient that fails to load is reported and skipped; exit 1 if any failed."""
     preflight(outputs=[out_dir], inputs=[patients, aliases])  # before PyTorch and the model are imported
+    if anonymize and (fmt is not PredFormat.dicom or report):
+        raise RtgenError("--anonymize writes anonymized DICOM RT sets: it needs --format dicom, and no --report "
+                         "(the report names the patients; run rtgen report on the anonymized sets)")
     from rtgen.data.sources.dicom.names import load_aliases
 
     names = load_aliases(aliases)  # a bad alias file fails now, in one line
@@ -60,7 +64,7 @@ def predict(
 
     image_data = holds_image_pairs(patients)  # CT/MR patients: a split folder or one patient folder
     paths = find_pairs(patients) if image_data else patients_in(patients)
-    if fmt is PredFormat.dicom:
+    if fmt is PredFormat.dicom and not anonymize:  # an anonymized set brings its own CT
         from rtgen.data.sources.dicom import is_dicom_dir
 
         others = [p for p in paths if not is_dicom_dir(p)]
@@ -99,6 +103,9 @@ def predict(
                 write_nifti(out_dir / f"{patient.id}_{target}.nii.gz", volume, patient.spacing)
                 return
             dose, std = predictor.predict_with_uncertainty(patient, batch_size, tta, sampling if diffusion else None)
+            if anonymize:
+                _write_anonymized(out_dir, patient, dose, dose_grid, dose_margin)
+                return
             write_dose(out_dir, patient.id, dose, patient.spacing, fmt.value, std,  # std: spread of K samples
                        source=path, body=patient.possible_dose_mask, dose_grid=dose_grid or None,
                        dose_margin=dose_margin)
@@ -110,6 +117,19 @@ def predict(
         if page is not None and len(page):  # at least one patient predicted
             out.print(f"report written to [bold]{page.write(out_dir / 'report.html')}[/]")
         batch.finish(f"predicted -> {out_dir}")  # inside: a folder left empty by failures is removed
+
+
+def _write_anonymized(out_dir: Path, patient, dose, dose_grid: float, dose_margin: float) -> None:
+    """OUT/ANON-xxxxxxxx/: the patient's CT, structures and predicted dose as DICOM RT with fresh identifiers."""
+    from dataclasses import replace
+
+    from rtgen.data.sources.dicom import PREDICTED, CtReference, anonymized, write_dicom_patient
+
+    ref = anonymized(CtReference.new(patient.grid, patient.spacing))
+    folder = write_dicom_patient(replace(patient, dose=dose), out_dir / ref.patient_id, ref=ref, summation=PREDICTED,
+                                 description="rtgen predicted dose", dose_spacing=dose_grid or None,
+                                 dose_margin=dose_margin)
+    out.print(f"{patient.id}: anonymized as {ref.patient_id} -> {folder}")
 
 
 def _predict_images(predictor, paths: list[Path], out_dir: Path, batch_size: int, sampling, register: bool) -> None:

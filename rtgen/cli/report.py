@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import app, out, preflight, user_errors
+from rtgen.cli.app import DOSE_HELP, app, dose_option, out, preflight, user_errors
 
 
 @app.command()
@@ -17,9 +17,11 @@ def report(
     out_html: Path = typer.Option(Path("rtgen-out/report.html"), "--out", help="The HTML file to write."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
     aliases: Path | None = typer.Option(None, "--aliases", help="DICOM references: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
+    dose: list[Path] | None = typer.Option(None, "--dose", help=DOSE_HELP),
 ):
     """Slices with dose colourwash and isodoses, DVHs and metric tables per patient, and a cohort summary."""
     preflight(output_files=[out_html], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
+    dose_option(dose, [ref])
     import time
 
     from rtgen.data.sources.dicom.names import load_aliases, using_aliases

@@ -42,3 +42,8 @@ class ValueRangeError(RtgenError, ValueError):
 
 class RtgenWarning(UserWarning):
     """Something was skipped or assumed; the result is still valid."""
+
+
+class RtgenNote(RtgenWarning):
+    """A choice rtgen made that the user should see (which of several files it read); the CLI prints it
+    as a note rather than a warning."""

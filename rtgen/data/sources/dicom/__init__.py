@@ -27,6 +27,7 @@ here, so callers import them from `rtgen.data.sources.dicom`.
 from rtgen.data.sources.dicom.ct import body_from_ct
 from rtgen.data.sources.dicom.folder import is_dicom_dir, is_dicom_patient_dir
 from rtgen.data.sources.dicom.geometry import CtReference
+from rtgen.data.sources.dicom.identity import anonymized, valid_identity
 from rtgen.data.sources.dicom.names import (
     BODY,
     DEFAULT_ALIASES,
@@ -39,7 +40,17 @@ from rtgen.data.sources.dicom.names import (
     using_aliases,
 )
 from rtgen.data.sources.dicom.raster import mask_contours, rasterise_contours
-from rtgen.data.sources.dicom.read import read_ct_reference, read_dicom_patient
+from rtgen.data.sources.dicom.read import (
+    DicomCase,
+    DoseChoice,
+    check_dose_files,
+    choose_doses,
+    chosen_doses,
+    prescription,
+    read_ct_reference,
+    read_dicom_case,
+    read_dicom_patient,
+)
 from rtgen.data.sources.dicom.rtdose import (
     DoseGrid,
     dose_on_ct_grid,
@@ -57,6 +68,8 @@ from rtgen.data.sources.dicom.tags import (
     reading,
 )
 from rtgen.data.sources.dicom.write import (
+    IMPORTED,
+    PREDICTED,
     write_ct_series,
     write_dicom_patient,
     write_rtdose,
@@ -68,6 +81,8 @@ __all__ = [
     "RT_PLAN_STORAGE", "RT_STRUCTURE_SET_STORAGE", "STUDY_COMPONENT_MANAGEMENT", "CtReference", "DoseGrid", "body_from_ct",
     "dose_on_ct_grid", "is_dicom_dir", "is_dicom_patient_dir", "load_aliases", "mask_contours", "match_roi_names",
     "normalise_roi_name", "rasterise_contours", "read_ct_reference", "read_dicom_patient", "read_rtdose",
+    "DicomCase", "DoseChoice", "check_dose_files", "choose_doses", "chosen_doses", "prescription", "read_dicom_case",
+    "IMPORTED", "PREDICTED", "anonymized", "valid_identity",
     "read_rtdose_on_grid", "read_rtstruct_rois", "reading", "write_ct_series", "write_dicom_patient",
     "write_rtdose", "write_rtstruct", "aliases_in_use", "nearest_level", "ptv_dose_gy", "using_aliases",
 ]

@@ -194,9 +194,13 @@ def read_pixels(path: Path):
             name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
         except Exception:  # noqa: BLE001 - only for the message
             name = "unreadable"
-        raise DataError(path, f"pixel data cannot be decoded (transfer syntax {name}; "
-                              f"install a decoder such as pylibjpeg or convert the export to uncompressed): "
-                              f"{' '.join(str(e).split())[:400] or type(e).__name__}") from None
+        detail = " ".join(str(e).split())[:400] or type(e).__name__
+        if isinstance(e, NotImplementedError) or "missing" in detail.lower():  # no decoder for this syntax
+            raise DataError(path, f"pixel data cannot be decoded: no decoder for transfer syntax {name} (rtgen's "
+                                  "pylibjpeg plugins decode JPEG lossless, JPEG-LS, JPEG 2000 and RLE; convert "
+                                  f"the export to uncompressed otherwise): {detail}") from None
+        raise DataError(path, f"pixel data cannot be decoded (transfer syntax {name}; a damaged or truncated "
+                              f"file?): {detail}") from None
     return ds, np.asarray(arr)
 
 

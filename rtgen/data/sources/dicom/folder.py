@@ -134,12 +134,13 @@ def read_header(path: Path):
     return ds
 
 
-def scan_folder(folder: Path) -> Scan:
-    """Every DICOM file below `folder`, sorted by kind; other files are listed in an RtgenWarning."""
+def scan_folder(folder: Path, files: Iterable[Path] | None = None) -> Scan:
+    """Every DICOM file below `folder` (or only `files`), sorted by kind; other files are listed in an
+    RtgenWarning."""
     if not folder.is_dir():
         raise DataError(folder, "DICOM folder not found")
     scan = Scan()
-    for path in _walk_files(folder):
+    for path in _walk_files(folder) if files is None else files:
         if not _has_preamble(path) and path.suffix.lower() not in _DICOM_SUFFIXES:
             scan.ignored.append(path.name)  # README.txt, .xml manifests and the like
             continue

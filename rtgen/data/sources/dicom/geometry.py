@@ -36,6 +36,7 @@ class CtReference:
     accession_number: str = ""
     patient_birth_date: str = ""
     patient_sex: str = ""
+    anonymized: bool = False  # fresh identifiers (identity.anonymized): written with PatientIdentityRemoved YES
 
     def slice_z(self) -> np.ndarray:
         return self.origin[2] - np.arange(self.shape[2]) * self.spacing[2]

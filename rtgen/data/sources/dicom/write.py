@@ -16,6 +16,7 @@ from rtgen.core.errors import DataError
 from rtgen.core.structures import TARGETS
 from rtgen.data.records import Patient
 from rtgen.data.sources.dicom.geometry import CtReference
+from rtgen.data.sources.dicom.identity import DEIDENTIFICATION_METHOD, anonymized, valid_identity
 from rtgen.data.sources.dicom.names import BODY
 from rtgen.data.sources.dicom.raster import mask_contours
 from rtgen.data.sources.dicom.tags import (
@@ -60,10 +61,14 @@ def _base_dataset(ref: CtReference, sop_class: str, sop_uid: str, modality: str,
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = description
     ds.OperatorsName = ""  # type 2 in the RT Series module: present, empty (no operator)
+    ref = valid_identity(ref)  # read values were checked (with a warning); a caller's invalid ones are dropped too
     ds.PatientName = ref.patient_name
     ds.PatientID = ref.patient_id
     ds.PatientBirthDate = ref.patient_birth_date
     ds.PatientSex = ref.patient_sex
+    if ref.anonymized:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
     ds.StudyInstanceUID = ref.study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = ref.study_id
@@ -546,16 +551,21 @@ def write_rtdose(path: str | Path, dose: np.ndarray, ct_reference: CtReference |
 
 def write_dicom_patient(patient: Patient, out_dir: str | Path, ref: CtReference | None = None,
                         patient_name: str | None = None, dose_spacing: float | None = 2.5,
-                        dose_margin: float = 10.0) -> Path:
+                        dose_margin: float = 10.0, anonymize: bool = False, summation: str = IMPORTED,
+                        description: str = "rtgen dose") -> Path:
     """Write a patient as DICOM RT: `CT/CT_0001.dcm ...` (one file per axial slice), `RTSTRUCT.dcm`
     (every structure plus the possible dose mask as the External ROI, so reading it back gives the
     same mask) and `RTDOSE.dcm` if the patient has a dose. All or nothing (staged folder).
     Without `ref`, fresh UIDs and a grid centred on the origin. The RTDOSE's grid: see `write_rtdose`
-    (`dose_spacing`, `dose_margin`; the body is the possible dose mask)."""
+    (`dose_spacing`, `dose_margin`; the body is the possible dose mask). `anonymize`: fresh identifiers
+    (`identity.anonymized`), the same in every file written; `summation`: the RTDOSE's
+    DoseSummationType (IMPORTED for a converted dose, PREDICTED for a prediction)."""
     out_dir = Path(out_dir)
     if patient.ct is None:
         raise DataError(out_dir, f"patient {patient.id} has no CT; a DICOM export needs one")
     ref = ref or CtReference.new(patient.grid, patient.spacing, patient_id=patient.id, patient_name=patient_name)
+    if anonymize:
+        ref = anonymized(ref)
     from pydicom.uid import generate_uid
 
     with staged_dir(out_dir) as stage:
@@ -566,7 +576,7 @@ def write_dicom_patient(patient: Patient, out_dir: str | Path, ref: CtReference 
         if patient.dose is not None:  # ROI numbers as write_rtstruct gives them
             rois = {number: item for number, item in enumerate(structures.items(), start=1)}
             write_rtdose(stage / "RTDOSE.dcm", patient.dose, replace(ref, structure_set_uid=ss_uid),
-                         description="rtgen dose", rois=rois, summation=IMPORTED,
+                         description=description, rois=rois, summation=summation,
                          body=patient.possible_dose_mask | (patient.dose > 0), grid_spacing=dose_spacing,
                          margin=dose_margin)
     return out_dir
