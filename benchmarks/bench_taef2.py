@@ -20,6 +20,7 @@ import platform
 import statistics
 import time
 
+import common
 import torch
 
 from rtgen.models.taef2 import load_taef2
@@ -42,12 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.smoke:
         a.slices, a.size, a.repeats, a.unet = 2, 64, 1, a.unet or "hub:unet_sts"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
+    with common.torch_threads(a.threads):
         run(a)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(a: argparse.Namespace) -> None:

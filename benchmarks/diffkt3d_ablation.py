@@ -31,7 +31,6 @@ import json
 from pathlib import Path
 
 import common
-import torch
 
 from rtgen.core.checkpoint import read_config, resolve_checkpoint
 from rtgen.inference import resolve_model
@@ -104,12 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         args.setting, args.limit, args.cache, args.out = ["1x1"], 1, work / "cache", work / "ablation.json"
     if not args.run or not args.val:
         ap.error("--run and --val are required (or --smoke)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> None:

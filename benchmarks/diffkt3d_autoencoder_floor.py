@@ -74,12 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         args.limit, args.all_modalities, args.out = 1, 1, work / "floor.json"
     if not args.run or not args.split:
         ap.error("RUN and SPLIT are required (or --smoke)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -86,12 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         args.json = common.smoke_dir("taef2") / "scores.json"
     if args.split is None:
         ap.error("SPLIT is required (or --smoke)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> None:
