@@ -20,7 +20,14 @@ from rtgen.data.sources.dicom.ct import body_from_ct, ct_series, read_ct_volume
 from rtgen.data.sources.dicom.folder import Scan, read_header, scan_folder
 from rtgen.data.sources.dicom.geometry import CtReference
 from rtgen.data.sources.dicom.identity import valid_identity
-from rtgen.data.sources.dicom.names import BODY, aliases_in_use, load_aliases, match_rois, nearest_level
+from rtgen.data.sources.dicom.names import (
+    BODY,
+    ROI_LEVEL_TOLERANCE,
+    aliases_in_use,
+    load_aliases,
+    match_rois,
+    nearest_level,
+)
 from rtgen.data.sources.dicom.raster import rasterise_contours
 from rtgen.data.sources.dicom.rtdose import dose_on_ct_grid, read_rtdose
 from rtgen.data.sources.dicom.rtplan import PlanPrescriptions, plan_prescriptions
@@ -183,7 +190,7 @@ def _structures(st_path: Path, st_ds, ref: CtReference, table, scan: Scan, requi
     for note in notes:
         warnings.warn(f"{st_path}: {note}", RtgenWarning, stacklevel=4)
     if not any(t in matched for t in TARGETS):
-        problem = no_target_message(list(found), plan)
+        problem = no_target_message(list(found), plan, matched.values())
         if require_target:
             raise DataError(st_path, problem)
         warnings.warn(f"{st_path}: {problem}", RtgenWarning, stacklevel=4)
@@ -259,20 +266,30 @@ def read_dicom_case(folder: str | Path, load_ct: bool = True, load_dose: bool = 
     return DicomCase(patient, folder, st[0] if st is not None else None, matched, unmatched, choice)
 
 
-def no_target_message(names: Sequence[str], plan: PlanPrescriptions | None = None) -> str:
+def no_target_message(names: Sequence[str], plan: PlanPrescriptions | None = None,
+                      read_as: Iterable[str] = ()) -> str:
     """Why a dose cannot be predicted from these ROIs, with the names found and an alias file that
-    would map one (the ROI the plan prescribes to, else a ROI whose name starts with PTV, else the first)."""
-    hint_roi, level = None, "PTV70"
-    for roi, dose in (plan.by_roi.items() if plan is not None else ()):
-        if roi in names and (lv := nearest_level(dose)[0]) is not None:
+    would map one: the ROI the plan prescribes to (at the level nearest its prescription, PTV70 when
+    none is near, which is then said), else a ROI whose name starts with PTV, else the first ROI not
+    `read_as` an organ or the body (never the body as a target), else the first."""
+    hint_roi, level, said = None, "PTV70", ""
+    off_level = [(roi, dose) for roi, dose in (plan.by_roi.items() if plan is not None else ()) if roi in names]
+    for roi, dose in off_level:
+        if (lv := nearest_level(dose)[0]) is not None:
             hint_roi, level = roi, lv
             break
+    if hint_roi is None and off_level:
+        hint_roi, dose = off_level[0]
+        said = (f"; the RTPLAN prescribes {dose:g} Gy to {hint_roi!r}, more than {ROI_LEVEL_TOLERANCE:.0%} from "
+                "56, 63 and 70 Gy, the levels rtgen's models know")
+    read_as = set(read_as)
     if hint_roi is None:
-        hint_roi = next((n for n in names if n.strip().lower().startswith("ptv")), names[0] if names else "PTV_main")
+        hint_roi = next((n for n in names if n.strip().lower().startswith("ptv")), None) or \
+            next((n for n in names if n not in read_as), names[0] if names else "PTV_main")
     shown = ", ".join(repr(n) for n in names[:40]) + (f" and {len(names) - 40} more" if len(names) > 40 else "")
     return (f"no target: none of its ROIs reads as PTV56, PTV63 or PTV70 (a PTV named with its dose, PTV_7000, "
             f"PTV70 or PTV_70Gy, or prescribed by an RTPLAN), and a dose is predicted from its targets; ROIs found: "
-            f"{shown or 'none'}; map the PTV with --aliases aliases.yaml holding `{level}: [{hint_roi}]`")
+            f"{shown or 'none'}{said}; map the PTV with --aliases aliases.yaml holding `{level}: [{hint_roi}]`")
 
 
 def read_dicom_patient(folder: str | Path, load_ct: bool = True, load_dose: bool = True,
