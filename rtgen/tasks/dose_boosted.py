@@ -200,7 +200,11 @@ class BoostedDoseTask(Task):
     def _calibrate(self, patient: Patient, dose: np.ndarray) -> np.ndarray:
         if self.dvh_calibration is None:
             return dose
-        return self.dvh_calibration.apply(dose, patient.structures, patient.voxel_volume_mm3)
+        out = self.dvh_calibration.apply(dose, patient.structures, patient.voxel_volume_mm3)
+        # an organ's map applies to all of its voxels, and OpenKBP's structures can reach past the
+        # possible dose mask (outside the body): no dose there, as in the reference plans
+        out[~patient.possible_dose_mask] = 0.0
+        return out
 
     def validate(self, model, paths: list[Path], progress: bool = True) -> dict:
         """OpenKBP scores of whole-volume predictions for the patients at `paths`."""
