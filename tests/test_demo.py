@@ -28,7 +28,7 @@ def test_demo_predicts_and_evaluates_the_examples(tmp_path):
     assert (tmp_path / "demo" / "evaluation" / "dvh_pt_204.png").is_file()
     assert (tmp_path / "demo" / "predictions" / "pt_219.csv").is_file()
     assert (tmp_path / "demo" / "report.html").stat().st_size > 100_000  # the HTML report (tests/test_report.py)
-    assert "report.html" in "".join(r.output.split())  # rich wraps a long tmp path anywhere
+    assert "report.html" in r.output
 
 
 def test_shipped_md_dose_is_a_trained_diffusion_checkpoint():
