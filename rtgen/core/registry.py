@@ -22,6 +22,15 @@ from rtgen.core.errors import ConfigError
 from rtgen.core.schema import validate_section
 
 
+def with_presets(name: str, presets: dict, values: dict, source: str = "config") -> dict:
+    """A model's architecture keys `values` over the `presets` its name fixes, or ConfigError where a
+    value contradicts one (also what `rtgen.engine.config.check_dict` checks, without PyTorch)."""
+    clash = sorted(k for k in presets if k in values and values[k] != presets[k])
+    if clash:
+        raise ConfigError(source, f"model.{clash[0]} is fixed to {presets[clash[0]]!r} for {name!r}")
+    return {**presets, **values}
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -33,10 +42,7 @@ class ModelEntry:
 
     def make_config(self, source: str = "config", **values):
         """Validated architecture: presets, then `values` (unknown keys, wrong types and ranges refused)."""
-        clash = sorted(k for k in self.presets if k in values and values[k] != self.presets[k])
-        if clash:
-            raise ConfigError(source, f"model.{clash[0]} is fixed to {self.presets[clash[0]]!r} for {self.name!r}")
-        return validate_section(self.config, {**self.presets, **values}, "model", source)
+        return validate_section(self.config, with_presets(self.name, self.presets, values, source), "model", source)
 
     def build(self, config=None, **values):
         config = config if config is not None else self.make_config(**values)
@@ -101,9 +107,9 @@ MODELS = Registry("model", "rtgen.models")
 TASKS = Registry("task", "rtgen.tasks")
 
 
-def _summary(cls: type) -> str:
+def summary(doc: str | None) -> str:
     """The first line of a class's docstring: what `rtgen models` shows when no description is given."""
-    return ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+    return ((doc or "").strip().splitlines() or [""])[0]
 
 
 def register_model(name: str, *, config: type, task: str, description: str = "", **presets) -> Callable[[type], type]:
@@ -111,7 +117,7 @@ def register_model(name: str, *, config: type, task: str, description: str = "",
         raise TypeError(f"model {name!r}: config must be a dataclass, got {config!r}")
 
     def decorate(cls: type) -> type:
-        MODELS.add(name, ModelEntry(name, cls, config, task, dict(presets), description or _summary(cls)))
+        MODELS.add(name, ModelEntry(name, cls, config, task, dict(presets), description or summary(cls.__doc__)))
         return cls
 
     return decorate
@@ -119,7 +125,7 @@ def register_model(name: str, *, config: type, task: str, description: str = "",
 
 def register_task(name: str, description: str = "") -> Callable[[type], type]:
     def decorate(cls: type) -> type:
-        TASKS.add(name, TaskEntry(name, cls, description or _summary(cls)))
+        TASKS.add(name, TaskEntry(name, cls, description or summary(cls.__doc__)))
         cls.name = name
         return cls
 

@@ -145,11 +145,6 @@ def _literal(node: ast.AST) -> Any:
         raise NotStatic(ast.unparse(node)) from None
 
 
-def _summary(doc: str | None) -> str:
-    """First line of a docstring, as `rtgen.core.registry` shows a class without a description."""
-    return ((doc or "").strip().splitlines() or [""])[0]
-
-
 def _classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
     return {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
 
@@ -164,8 +159,10 @@ def _registration(call: ast.Call, cls: str, module: str, classes: dict[str, ast.
     doc = ast.get_docstring(classes[cls]) if cls in classes else None
     if "description" in kw:
         description = _literal(kw.pop("description"))
-    elif cls in classes:
-        description = _summary(doc)
+    elif cls in classes:  # as the registry shows a class without a description
+        from rtgen.core.registry import summary
+
+        description = summary(doc)
     else:
         raise NotStatic(f"{cls} is not defined in {module}: its docstring is unknown")
     if kind == "register_task":
@@ -204,7 +201,7 @@ def _registrations(module: str, tree: ast.Module) -> list:
     return found
 
 
-def _build_index(package: str, stamp: tuple) -> SourceIndex:
+def _build_index(package: str) -> SourceIndex:
     index = SourceIndex()
     for module, path in package_files(package).items():
         tree, _ = parse_module(module, path)
@@ -226,7 +223,7 @@ def source_index(package: str) -> SourceIndex:
     files = package_files(package)
     stamp = (package, tuple((m, p.stat().st_mtime) for m, p in files.items()))
     if stamp not in _INDEXES:
-        _INDEXES[stamp] = _build_index(package, stamp)
+        _INDEXES[stamp] = _build_index(package)
     return _INDEXES[stamp]
 
 
@@ -332,17 +329,10 @@ def _bindings(tree: ast.Module) -> dict[str, list[ast.stmt]]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [(a.asname or a.name).split(".")[0] for a in node.names]
         elif isinstance(node, (ast.If, ast.Try, ast.For, ast.While, ast.With)):
-            names = sorted(_bound_in_statement(node))
+            names = sorted(_bound_in(node))
         for name in names:
             out.setdefault(name, []).append(node)
     return out
-
-
-def _bound_in_statement(node: ast.stmt) -> set[str]:
-    try:
-        return _bound_in(node)
-    except NotStatic:
-        return set()
 
 
 class _Builder:

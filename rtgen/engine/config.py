@@ -118,6 +118,18 @@ def from_dict(raw: Any, source: str = "config") -> RunConfig:
     return RunConfig(task, train, source)
 
 
+def _registered_task(raw: dict, model: dict, source: str) -> Any:
+    """The config's `task`, else its model's registered task read from the source (no PyTorch); None
+    where only importing the registries can tell."""
+    from rtgen.core.source_registry import model_schema
+
+    task = raw.get("task")
+    if task is None:
+        entry = model_schema(model["name"], source)
+        task = entry.task if entry is not None else None
+    return task
+
+
 def check_dict(raw: Any, source: str = "config") -> TrainConfig:
     """Check a run config as `from_dict` does, in the same order and with the same one-line errors,
     without importing PyTorch or any network: the model and task are looked up, and their sections'
@@ -125,13 +137,11 @@ def check_dict(raw: Any, source: str = "config") -> TrainConfig:
     types and ranges are checked, and the model's keys against its config dataclass and presets;
     what the task adds from its data (e.g. a network's input channels) and the checks that combine
     keys with it are left to `from_dict`. Returns the train section."""
+    from rtgen.core.registry import with_presets
     from rtgen.core.source_registry import NotStatic, model_schema, real_class, task_schema
 
     model = _model_section(raw, source)
-    task = raw.get("task")
-    if task is None:  # the model's registered task
-        entry = model_schema(model["name"], source)
-        task = entry.task if entry is not None else None
+    task = _registered_task(raw, model, source)
     if task is not None and not isinstance(task, str):
         raise ConfigError(source, f"task must be a task name, got {task!r}")
     sections = task_schema(task, source) if task is not None else None
@@ -151,10 +161,7 @@ def check_dict(raw: Any, source: str = "config") -> TrainConfig:
     if entry is None:  # a model only importing the networks can find: its keys are checked then
         return train
     values = {k: v for k, v in model.items() if k != "name"}
-    clash = sorted(k for k in entry.presets if k in values and values[k] != entry.presets[k])
-    if clash:
-        raise ConfigError(source, f"model.{clash[0]} is fixed to {entry.presets[clash[0]]!r} for {entry.name!r}")
-    check(check_keys, entry.config, {**entry.presets, **values}, "model")
+    check(check_keys, entry.config, with_presets(entry.name, entry.presets, values, source), "model")
     return train
 
 
@@ -198,13 +205,8 @@ def migrate_run_config(raw: dict, source: str = "config") -> dict:
     """A run's resolved_config.yaml written by an older rtgen, under today's keys (`rtgen.core.migration`),
     so `rtgen train --resume` continues it; no PyTorch is imported."""
     from rtgen.core.migration import migrate_sections
-    from rtgen.core.source_registry import model_schema
 
-    model = _model_section(raw, source)
-    task = raw.get("task")
-    if task is None:
-        entry = model_schema(model["name"], source)
-        task = entry.task if entry is not None else None
+    task = _registered_task(raw, _model_section(raw, source), source)
     return migrate_sections(raw, task) if isinstance(task, str) else raw
 
 
