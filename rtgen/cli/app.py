@@ -118,18 +118,31 @@ def preflight(outputs=(), output_files=(), inputs=()) -> None:
         check_writable(folder)
 
 
-DOSE_HELP = ("A DICOM patient's RTDOSE to read as its dose where its folder holds several (by default the one "
-             "plan dose, DoseSummationType PLAN, is read and the others named in a note); repeat for several patients.")
+def aliases_option(what: str):
+    """The `--aliases FILE` option of a command that reads DICOM `what` (patients, references)."""
+    return typer.Option(None, "--aliases", help=f"DICOM {what}: a JSON/YAML file {{rtgen structure: [ROI names]}} "
+                                                "extending the built-in table of ROI names (e.g. {PTV70: [Volume1]}).")
 
 
-def dose_option(files: list[Path] | None, roots) -> None:
-    """`--dose FILE ...`: checked now (an RTDOSE inside one of `roots`, the folders the command reads),
-    before any heavy import, then chosen for the rest of the command."""
-    if files:
+def rtdose_option():
+    """The `--dose FILE ...` option of a command that reads DICOM patients (`dicom_options` applies it)."""
+    return typer.Option(None, "--dose", help="A DICOM patient's RTDOSE to read as its dose where its folder holds "
+                        "several (by default the one plan dose, DoseSummationType PLAN, is read and the others named "
+                        "in a note); repeat for several patients.")
+
+
+def dicom_options(aliases: Path | None, dose: list[Path] | None = None, roots=()) -> dict[str, tuple[str, ...]]:
+    """`--aliases FILE` and `--dose FILE ...`, checked now, before any heavy import: each RTDOSE (inside
+    one of `roots`, the folders the command reads) chosen for the rest of the command, and the alias
+    table returned (a bad alias file fails in one line)."""
+    if dose:
         from rtgen.data.sources.dicom import check_dose_files, choose_doses
 
-        check_dose_files(files, roots)
-        choose_doses(files)
+        check_dose_files(dose, roots)
+        choose_doses(dose)
+    from rtgen.data.sources.dicom.names import load_aliases
+
+    return load_aliases(aliases)
 
 
 def user_errors(fn):

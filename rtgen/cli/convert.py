@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import DOSE_HELP, Batch, convert_app, dose_option, out, preflight, user_errors
+from rtgen.cli.app import Batch, aliases_option, convert_app, dicom_options, out, preflight, rtdose_option, user_errors
 
 
 class CacheFormat(str, Enum):
@@ -88,18 +88,15 @@ def convert_from_dicom(
     src: Path = typer.Argument(..., help="A DICOM patient folder (CT series, RTSTRUCT, optional RTDOSE; subfolders are searched), or a cohort: one subfolder per patient, or every patient's files in one folder (sorted by PatientID and study)."),
     dest: Path = typer.Argument(..., help="Output: a patient folder (nifti, openkbp) or a .npz file (npz); for a cohort, a folder with one such entry per patient."),
     fmt: FromDicomFormat = typer.Option(FromDicomFormat.nifti, "--format", help="nifti, npz, or openkbp (CSV; 128^3 grids only)."),
-    aliases: Path | None = typer.Option(None, "--aliases", help="JSON/YAML file {rtgen structure: [ROI names]} extending the built-in alias table."),
-    dose: list[Path] | None = typer.Option(None, "--dose", help=DOSE_HELP),
+    aliases: Path | None = aliases_option("patients"),
+    dose: list[Path] | None = rtdose_option(),
 ):
     """Read a DICOM patient (CT in HU, RTSTRUCT contours rasterised with holes, RTDOSE resampled onto the CT)
     and write it in an rtgen layout, printing the ROIs matched and not matched, the prescription and the
     dose read. Over a cohort, a patient that fails is reported and skipped; exit 1 if any failed."""
     npz_file = fmt is FromDicomFormat.npz and dest.suffix == ".npz"
     preflight(**({"output_files": [dest]} if npz_file else {"outputs": [dest]}), inputs=[src, aliases])
-    dose_option(dose, [src])
-    from rtgen.data.sources.dicom.names import load_aliases
-
-    names = load_aliases(aliases)  # a bad alias file fails before the export is read
+    names = dicom_options(aliases, dose, [src])  # a bad alias file fails before the export is read
     from rtgen.core.errors import DataError
     from rtgen.data.sources.dicom.cohort import dicom_cohort
 

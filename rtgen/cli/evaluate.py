@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from rtgen.cli.app import DOSE_HELP, Batch, app, dose_option, out, preflight, user_errors
+from rtgen.cli.app import Batch, aliases_option, app, dicom_options, out, preflight, rtdose_option, user_errors
 
 
 @app.command()
@@ -19,21 +19,18 @@ def evaluate(
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
     scorecard: bool = typer.Option(False, "--scorecard", help="Also score each prediction (and reference plan) on the clinical head-and-neck SIB scorecard, print a table per patient, and add the scorecard totals and the GDP-HMM MAE (body = possible dose mask, 5 Gy threshold) to --out."),
     scorecard_file: Path | None = typer.Option(None, "--scorecard-template", help="A scorecard JSON (Scorecard.to_dict form) to use instead of the built-in HN-SIB template; implies --scorecard."),
-    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM references: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
-    dose: list[Path] | None = typer.Option(None, "--dose", help=DOSE_HELP),
+    aliases: Path | None = aliases_option("references"),
+    dose: list[Path] | None = rtdose_option(),
 ):
     """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them.
     A patient whose prediction or reference is missing or bad is reported and skipped; exit 1 if any."""
     preflight(outputs=[out_dir], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
-    dose_option(dose, [ref])
+    names = dicom_options(aliases, dose, [ref])
     import contextlib
-
-    from rtgen.data.sources.dicom.names import load_aliases, using_aliases
-
-    names = load_aliases(aliases)
 
     from rtgen.core.atomic import output_dir
     from rtgen.data.sources import find_patients
+    from rtgen.data.sources.dicom.names import using_aliases
     from rtgen.evaluation import evaluate_folders
     from rtgen.evaluation.image_folders import has_mr_references
 

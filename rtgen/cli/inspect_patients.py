@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from rtgen.cli.app import DOSE_HELP, Batch, app, dose_option, out, preflight, user_errors
+from rtgen.cli.app import Batch, aliases_option, app, dicom_options, out, preflight, rtdose_option, user_errors
 
 
 @app.command()
@@ -20,16 +20,13 @@ def inspect(
     ),
     out_dir: Path = typer.Option(Path("rtgen-out/inspect"), "--out", help="Where DVH figures and summary.json go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON instead of tables."),
-    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM patients: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
-    dose: list[Path] | None = typer.Option(None, "--dose", help=DOSE_HELP),
+    aliases: Path | None = aliases_option("patients"),
+    dose: list[Path] | None = rtdose_option(),
 ):
     """Summarise patients: structures and volumes, spacing, dose statistics, plan DVH metrics; plot DVHs.
     A patient that fails to load is reported and skipped; exit 1 if any failed."""
     preflight(outputs=[out_dir], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
-    dose_option(dose, patients or [])
-    from rtgen.data.sources.dicom.names import load_aliases
-
-    names = load_aliases(aliases)
+    names = dicom_options(aliases, dose, patients or [])
     from rtgen.core.atomic import atomic_write_text, output_dir, staged_dir
     from rtgen.data.examples import example_patients_dir
     from rtgen.data.sources import load_patient, patients_in

@@ -16,14 +16,11 @@ def models(
     """List registered networks (parameters at their default config), tasks, and shipped checkpoints."""
     import json
 
-    from rtgen.core.source_registry import model_listing, task_listing
-    from rtgen.hub import default_model, shipped_models
+    from rtgen.inference.catalogue import catalogue
 
     # read from the source and the recorded parameter counts: no network is imported (as rtgen.list_models())
-    nets, tasks = model_listing(), task_listing()
-    shipped = [{"folder": s.folder, "model": s.model, "task": s.task, "default": default_model(s.task) == s.folder,
-                "data": s.data, "trained_on": s.trained_on, "description": s.description} for s in shipped_models()]
-    listing = {"models": nets, "tasks": tasks, "shipped": shipped}
+    listing = catalogue()
+    nets, tasks, shipped = listing["models"], listing["tasks"], listing["shipped"]
     if json_out:
         print(json.dumps(listing, indent=2))
         return

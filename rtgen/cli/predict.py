@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import Batch, app, out, preflight, user_errors
+from rtgen.cli.app import Batch, aliases_option, app, dicom_options, out, preflight, user_errors
 from rtgen.core.errors import RtgenError
 
 
@@ -36,7 +36,7 @@ def predict(
     report: bool = typer.Option(False, "--report/--no-report", help="Also write OUT/report.html: slices, DVHs and metrics of each prediction, compared with the patient's own dose when it has one."),
     dose_grid: float = typer.Option(2.5, "--dose-grid", min=0, help="--format dicom: the RTDOSE's in-plane spacing in mm (the CT's where coarser; frames on the CT's slices), over the body's bounding box plus --dose-margin; 0 writes the CT's whole grid."),
     dose_margin: float = typer.Option(10.0, "--dose-margin", min=0, help="--format dicom: mm around the body (and every ROI) that the RTDOSE covers."),
-    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM patients: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
+    aliases: Path | None = aliases_option("patients"),
     anonymize: bool = typer.Option(False, "--anonymize", help="--format dicom: write each patient as an anonymized DICOM RT set instead, OUT/ANON-<8 hex digits>/ (its CT series, an RTSTRUCT of the structures rtgen read and the predicted RTDOSE), with fresh identifiers shared by the three and the patient's dates and sex removed: a dose to share with its CT."),
     register: bool = typer.Option(True, "--register/--no-register", help="CT -> MR models: a patient whose MR is on another grid than its CT (not registered) has its CT registered onto the MR first, as `rtgen register` does, and its synthetic MR written on the MR's grid. --no-register synthesises on the CT's grid instead."),
 ):
@@ -45,9 +45,7 @@ def predict(
     if anonymize and (fmt is not PredFormat.dicom or report):
         raise RtgenError("--anonymize writes anonymized DICOM RT sets: it needs --format dicom, and no --report "
                          "(the report names the patients; run rtgen report on the anonymized sets)")
-    from rtgen.data.sources.dicom.names import load_aliases
-
-    names = load_aliases(aliases)  # a bad alias file fails now, in one line
+    names = dicom_options(aliases)  # a bad alias file fails now, in one line
     if model is not None and str(model).startswith("hub:"):  # an unknown name lists the shipped ones, at once
         from rtgen.hub import shipped_model_dir
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from rtgen.cli.app import DOSE_HELP, app, dose_option, out, preflight, user_errors
+from rtgen.cli.app import aliases_option, app, dicom_options, out, preflight, rtdose_option, user_errors
 
 
 @app.command()
@@ -16,17 +16,15 @@ def report(
     ref: Path = typer.Option(..., "--ref", help="Reference split folder or patient (with CT and dose)."),
     out_html: Path = typer.Option(Path("rtgen-out/report.html"), "--out", help="The HTML file to write."),
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
-    aliases: Path | None = typer.Option(None, "--aliases", help="DICOM references: a JSON/YAML file {rtgen structure: [ROI names]} extending the built-in table of ROI names (e.g. {PTV70: [Volume1]})."),
-    dose: list[Path] | None = typer.Option(None, "--dose", help=DOSE_HELP),
+    aliases: Path | None = aliases_option("references"),
+    dose: list[Path] | None = rtdose_option(),
 ):
     """Slices with dose colourwash and isodoses, DVHs and metric tables per patient, and a cohort summary."""
     preflight(output_files=[out_html], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
-    dose_option(dose, [ref])
+    names = dicom_options(aliases, dose, [ref])
     import time
 
-    from rtgen.data.sources.dicom.names import load_aliases, using_aliases
-
-    names = load_aliases(aliases)
+    from rtgen.data.sources.dicom.names import using_aliases
     from rtgen.evaluation.report import write_report
 
     t0 = time.perf_counter()
