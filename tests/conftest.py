@@ -56,3 +56,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class FlatDoseModel:
+    """A dose model stand-in (what `rtgen predict` asks of one): 60 Gy in the body, 0 elsewhere. For
+    tests of the command's reading, batch and writing, not of a network."""
+
+    output_kind = "dose"
+    task = type("Task", (), {"stochastic": False})()
+
+    def sampling_config(self, *args, **kwargs):
+        return None
+
+    def predict_with_uncertainty(self, patient, *args):
+        import numpy as np
+
+        return np.where(patient.possible_dose_mask, 60.0, 0.0).astype(np.float32), None
+
+
+@pytest.fixture
+def flat_model(monkeypatch):
+    """`rtgen predict` with `FlatDoseModel` whatever model it names (and no import of the models)."""
+    import rtgen.inference
+
+    monkeypatch.setattr(rtgen.inference, "load_predictor", lambda *args: FlatDoseModel())
+    monkeypatch.setattr(rtgen.inference, "resolve_model", lambda model: model)

@@ -152,26 +152,9 @@ def test_inspect_reads_the_export(export, tmp_path):
 # ---------------------------------------------------------------- a prediction on it
 
 
-class Flat:
-    """A dose model stand-in: 60 Gy in the body. The reading and writing of the export are under test,
-    not a network (the shipped model on this patient: `test_the_shipped_model_predicts_an_rtdose_on_it`)."""
-
-    output_kind = "dose"
-    task = type("Task", (), {"stochastic": False})()
-
-    def sampling_config(self, *args, **kwargs):
-        return None
-
-    def predict_with_uncertainty(self, patient, *args):
-        return np.where(patient.possible_dose_mask, 60.0, 0.0).astype(np.float32), None
-
-
-@pytest.fixture
-def flat_model(monkeypatch):
-    import rtgen.inference
-
-    monkeypatch.setattr(rtgen.inference, "load_predictor", lambda *args: Flat())
-    monkeypatch.setattr(rtgen.inference, "resolve_model", lambda model: model)
+# the dose model is `flat_model` (tests/conftest.py): 60 Gy in the body. The reading and writing of the
+# export are under test, not a network (the shipped model on this patient:
+# `test_the_shipped_model_predicts_an_rtdose_on_it`)
 
 
 def test_predict_without_a_target_is_refused_with_the_roi_names(export, tmp_path, flat_model):

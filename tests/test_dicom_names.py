@@ -245,26 +245,9 @@ def test_a_dose_prediction_without_a_target_is_refused_with_the_names(tmp_path):
     assert "PTV70" in rtgen.read_patient(folder, aliases={"PTV70": ["Volume1"]}).structures
 
 
-class Flat:
-    """A dose model stand-in (what `rtgen predict` asks of one): 60 Gy in the body. The command's batch
-    and reading are under test, not a network."""
-
-    output_kind = "dose"
-    task = type("Task", (), {"stochastic": False})()
-
-    def sampling_config(self, *args, **kwargs):
-        return None
-
-    def predict_with_uncertainty(self, patient, *args):
-        return np.where(patient.possible_dose_mask, 60.0, 0.0).astype(np.float32), None
-
-
-def test_predict_batch_goes_on_past_a_patient_without_a_target(tmp_path, monkeypatch):
-    """Two patients: Volume1 is nothing, Volume2 is mapped by --aliases: one predicted, one refused."""
-    import rtgen.inference
-
-    monkeypatch.setattr(rtgen.inference, "load_predictor", lambda *args: Flat())
-    monkeypatch.setattr(rtgen.inference, "resolve_model", lambda model: model)  # and no import of the models
+def test_predict_batch_goes_on_past_a_patient_without_a_target(tmp_path, flat_model):
+    """Two patients: Volume1 is nothing, Volume2 is mapped by --aliases: one predicted, one refused
+    (the model: `flat_model`, 60 Gy in the body; the command's batch and reading are under test)."""
     split = tmp_path / "split"
     no_target(split)
     no_target(split, "Volume2")

@@ -18,9 +18,10 @@ brought to this convention on reading; oblique or non-axial series are refused.
 Every malformed file raises ONE `DataError` naming that file and the problem (see `tags`).
 
 A package of short modules, one job each: `names` (ROI alias table and matching), `tags` (reading a
-file's tags safely), `geometry` (CtReference, in-plane orientation), `scan` (finding and sorting the
-files), `ct`, `rtstruct`, `rtdose`, `rtplan` (reading each kind), `raster` (contours <-> masks), `read` (a
-folder -> a Patient) and `write` (a Patient or a dose -> DICOM RT). The public names are re-exported
+file's tags safely), `geometry` (CtReference, in-plane orientation), `folder` (finding and sorting the
+files), `cohort` (the patients of an export), `ct`, `rtstruct`, `rtdose`, `rtplan` (reading each kind),
+`raster` (contours <-> masks), `identity` (patient identity values, anonymisation), `read` (a folder ->
+a Patient) and `write` (a Patient or a dose -> DICOM RT). The public names are re-exported
 here, so callers import them from `rtgen.data.sources.dicom`.
 """
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,21 +30,26 @@ from rtgen.data.sources.dicom.names import (
 )
 from rtgen.data.sources.dicom.raster import rasterise_contours
 from rtgen.data.sources.dicom.rtdose import dose_on_ct_grid, read_rtdose
-from rtgen.data.sources.dicom.rtplan import PlanPrescriptions, plan_prescriptions
+from rtgen.data.sources.dicom.rtplan import PlanPrescriptions, plan_prescriptions, plans_on
 from rtgen.data.sources.dicom.rtstruct import matching_rtstruct, rois_by_number
 from rtgen.data.sources.dicom.tags import RT_DOSE_STORAGE, reading, text, uid
 from rtgen.data.validate import check_values
 
 
+def _scan_reference(folder: Path) -> tuple[Scan, CtReference, tuple[Path, object] | None]:
+    """(the folder's scan, its CT's reference with the UID of the RTSTRUCT drawn on it, that RTSTRUCT
+    as (path, header) or None)."""
+    scan = scan_folder(folder)
+    ref = ct_series(folder, scan).ref
+    st = matching_rtstruct(scan, ref, required=False)
+    if st is not None:
+        ref = replace(ref, structure_set_uid=uid(st[1], "SOPInstanceUID", st[0]))
+    return scan, ref, st
+
+
 def read_ct_reference(folder: str | Path) -> CtReference:
     """The CT geometry and UIDs of a DICOM patient folder (headers only), for writing doses onto it."""
-    folder = Path(folder)
-    scan = scan_folder(folder)
-    series = ct_series(folder, scan)
-    st = matching_rtstruct(scan, series.ref, required=False)
-    if st is not None:
-        return replace(series.ref, structure_set_uid=uid(st[1], "SOPInstanceUID", st[0]))
-    return series.ref
+    return _scan_reference(Path(folder))[1]
 
 
 def read_dose_reference(folder: str | Path) -> tuple[CtReference, dict[int, tuple[str, np.ndarray]], str | None]:
@@ -54,22 +59,16 @@ def read_dose_reference(folder: str | Path) -> tuple[CtReference, dict[int, tupl
     the CT's frame of reference (None without one, or with several: which plan a prediction belongs
     to is then unknown)."""
     folder = Path(folder)
-    scan = scan_folder(folder)
-    series = ct_series(folder, scan)
-    ref = series.ref
+    scan, ref, st = _scan_reference(folder)
     masks: dict[int, tuple[str, np.ndarray]] = {}
-    st = matching_rtstruct(scan, ref, required=False)
     if st is not None:
-        ref = replace(ref, structure_set_uid=uid(st[1], "SOPInstanceUID", st[0]))
         for number, (name, contours) in rois_by_number(st[0], st[1]).items():
             # flat voxel indices rather than masks: a clinical structure set has dozens of ROIs
             masks[number] = (name, np.flatnonzero(rasterise_contours(contours, ref)[0]).astype(np.int32))
     plans = []
-    for path, ds in scan.rtplan:
+    for path, ds in plans_on(scan, ref):
         with reading(path):
-            fo = text(ds, "FrameOfReferenceUID", path)
-            if fo in ("", ref.frame_of_reference_uid):
-                plans.append((path, uid(ds, "SOPInstanceUID", path)))
+            plans.append((path, uid(ds, "SOPInstanceUID", path)))
     if len(plans) > 1:
         warnings.warn(f"{folder}: {len(plans)} RTPLAN files ({', '.join(p.name for p, _ in plans)}); the RTDOSE "
                       "references none of them", RtgenWarning, stacklevel=2)
@@ -224,9 +223,11 @@ class DicomCase:
 
 
 def prescription(case: DicomCase) -> dict[str, float]:
-    """The prescription of a DICOM patient, target -> Gy: today the dose level of each PTV that its ROI
-    names give (PTV70 from "PTV_7000" ...). The one place the cohort summary asks for it."""
-    return {t: PRESCRIPTION_GY[t] for t in TARGETS if t in case.patient.structures}
+    """The prescription of a DICOM patient as the reading used it, target -> Gy: the level of each
+    target it matched (`case.matched`: by an alias, else the RTPLAN's prescription, else the ROI's
+    name; a PTV prescribed 66 Gy is PTV63, 63 Gy, the dose a model predicts in it). For the cohort
+    summary of `convert from-dicom`."""
+    return {t: PRESCRIPTION_GY[t] for t in TARGETS if t in case.matched}
 
 
 def read_dicom_case(folder: str | Path, load_ct: bool = True, load_dose: bool = True,
@@ -315,6 +316,5 @@ def read_dicom_patient(folder: str | Path, load_ct: bool = True, load_dose: bool
     """
     if dose_file is not None:
         check_dose_files([dose_file], [folder])
-        with chosen_doses([dose_file]):
-            return read_dicom_case(folder, load_ct, load_dose, aliases, patient_id, require_target=require_target).patient
-    return read_dicom_case(folder, load_ct, load_dose, aliases, patient_id, require_target=require_target).patient
+    with chosen_doses([dose_file]) if dose_file is not None else nullcontext():
+        return read_dicom_case(folder, load_ct, load_dose, aliases, patient_id, require_target=require_target).patient

@@ -24,7 +24,8 @@ class PlanPrescriptions:
     by_roi: dict[str, float] = field(default_factory=dict)
 
 
-def _plans_on(scan: Scan, ref: CtReference) -> list[tuple[Path, object]]:
+def plans_on(scan: Scan, ref: CtReference) -> list[tuple[Path, object]]:
+    """(path, header) of the folder's RTPLANs on the CT's frame of reference."""
     plans = []
     for path, ds in scan.rtplan:
         with reading(path):
@@ -46,7 +47,7 @@ def plan_prescriptions(scan: Scan, ref: CtReference, structure_set_uid: str,
     more, which is which is unknown and the PTVs' names decide. Several plans on the CT (a plan per
     phase?) are not summed: a warning, and the names decide.
     """
-    plans = _plans_on(scan, ref)
+    plans = plans_on(scan, ref)
     if not plans:
         return PlanPrescriptions()
     if len(plans) > 1:

@@ -274,8 +274,9 @@ def _dose_grid(ref: CtReference, region: np.ndarray, spacing: float | None, marg
     ny, nx, nz = ref.shape
     if spacing is None or not region.any():
         return _DoseGrid((ox, oy), (dy, dx), (ny, nx), 0, nz - 1, True)
-    lo = np.argwhere(region).min(axis=0)
-    hi = np.argwhere(region).max(axis=0)
+    # the bounding box, from the mask's projection on each axis (np.argwhere would list every voxel of it)
+    extent = [np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    lo, hi = np.array([e[0] for e in extent]), np.array([e[-1] for e in extent])
     kz = int(np.ceil(margin / dz - 1e-9))
     k0, k1 = max(0, int(lo[2]) - kz), min(nz - 1, int(hi[2]) + kz)
     sy, sx = max(float(spacing), dy), max(float(spacing), dx)
