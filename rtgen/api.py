@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["Model", "Prediction", "evaluate", "list_models", "load", "read_patient"]
 
 PathLike = str | Path
-DOSE_FORMATS = ("csv", "nifti", "dicom")
 
 
 def _is_image_pair_folder(path: Path) -> bool:
@@ -179,21 +178,20 @@ class Prediction:
             The file written.
         """
         from rtgen.core.errors import RtgenError
+        from rtgen.inference.writers import DOSE_FORMATS, write_dose, write_image
 
         formats = DOSE_FORMATS if self.kind == "dose" and self.target == "dose" else ("nifti",)
         if format not in formats:
             raise RtgenError(f"format={format!r}: this prediction is written as one of {', '.join(formats)}")
         if self.kind == "image":
-            from rtgen.inference.writers import write_image
-
             return write_image(out_dir, self.patient_id, self.volume, self.affine)
         if self.target != "dose":
             from rtgen.data.sources.nifti import write_nifti
 
             return write_nifti(Path(out_dir) / f"{self.patient_id}_{self.target}.nii.gz", self.volume, self.spacing)
-        from rtgen.inference.writers import write_dose
-
-        return write_dose(out_dir, self.patient_id, self.volume, self.spacing, format, self.std, source=self.source)
+        # the RTDOSE's grid around the possible dose mask, as `rtgen predict --format dicom` writes it
+        return write_dose(out_dir, self.patient_id, self.volume, self.spacing, format, self.std, source=self.source,
+                          body=getattr(self.patient, "possible_dose_mask", None))
 
     def report(self, out_html: PathLike, title: str = "rtgen dose report") -> Path:
         """Write the one-file HTML report of this dose prediction (`rtgen predict --report`): slices,
