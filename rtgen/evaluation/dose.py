@@ -53,14 +53,14 @@ def read_prediction(path: Path, grid: tuple[int, ...] | None = None, reference: 
     when given: a dose grid holds dose just outside the skin, where rtgen's predictions are 0."""
     if path.name.endswith(".dcm"):
         from rtgen.data.sources.dicom import (
-            is_dicom_patient_dir,
+            is_dicom_dir,
             read_rtdose,
             read_rtdose_on_grid,
         )
 
         if grid is None:
             return read_rtdose(path).values
-        ct = reference if reference is not None and is_dicom_patient_dir(reference) else None
+        ct = reference if reference is not None and is_dicom_dir(reference) else None
         dose = read_rtdose_on_grid(path, grid, ct)
         return dose if mask is None else np.where(mask, dose, 0).astype(np.float32)
     if path.name.endswith((".nii", ".nii.gz")):
