@@ -21,14 +21,6 @@ def readme_text() -> str:
     return README.read_text(encoding="utf-8")
 
 
-def readme_code_block(marker: str) -> str:
-    """The fenced code block right after `<!-- MARKER -->` in the README (e.g. "api-example", the
-    Python API example, which a test executes as written)."""
-    m = re.search(rf"<!-- {re.escape(marker)} -->\s*```\w*\n(.*?)```", readme_text(), re.DOTALL)
-    assert m, f"the README lost its <!-- {marker} --> code block"
-    return m.group(1)
-
-
 def test_the_readme_model_table_is_what_the_generator_writes():
     text = readme_text()
     assert model_table.replace_table(text, model_table.render()) == text, (

@@ -8,8 +8,7 @@ a stray external reference would show as a browser error (the browser test check
 What a patient section shows: slices with isodoses of the reference, the prediction and their
 difference, and the DVHs (`rtgen.evaluation.report_figures`); the scores and metric tables, a value
 failing a simple review criterion marked red (`rtgen.evaluation.report_numbers`). The page is put
-together here and in `rtgen.evaluation.report_html`; this module keeps every public name of the
-three importable from `rtgen.evaluation.report`.
+together here and in `rtgen.evaluation.report_html`.
 
 A patient without a reference dose (``patient.dose is None``: a new patient, predicted straight
 from a DICOM export by ``rtgen predict --report``) gets a prediction-only section: one "Predicted"
@@ -34,32 +33,9 @@ from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient, patients_in
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.evaluation.dose import find_prediction, read_prediction
-from rtgen.evaluation.report_figures import (  # noqa: F401 (public names of the report, importable from here)
-    CT_WINDOW_HU,
-    DIFF_RANGE,
-    DVH_BIN_GY,
-    ISODOSE_LEVELS,
-    VIEW_NAMES,
-    WASH_THRESHOLD,
-    dvh_figure,
-    slice_centre,
-    slice_figure,
-)
-from rtgen.evaluation.report_html import CSP, CSS, NO_REFERENCE, _e, cohort_section, patient_section  # noqa: F401
-from rtgen.evaluation.report_numbers import (  # noqa: F401
-    CI_TOLERANCE,
-    CRITERIA,
-    GAMMA_MIN_PERCENT,
-    HI_TOLERANCE,
-    METRIC_LABELS,
-    OAR_TOLERANCE_GY,
-    PTV_TOLERANCE_FRACTION,
-    TABLE_METRICS,
-    Check,
-    PatientReport,
-    patient_numbers,
-    prescription_gy,
-)
+from rtgen.evaluation.report_figures import dvh_figure, slice_centre, slice_figure  # noqa: F401 (slice_centre: tests)
+from rtgen.evaluation.report_html import CSP, CSS, _e, cohort_section, patient_section
+from rtgen.evaluation.report_numbers import PatientReport, patient_numbers
 
 
 class ReportPage:
