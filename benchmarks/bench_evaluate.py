@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import common
-from scipy import ndimage
 
-from rtgen.data import PatientSplit, write_dose_csv
+from rtgen.data import PatientSplit
 from rtgen.evaluation import evaluate_folders
 
 
@@ -42,9 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     pred_dir = work / "pred"
     split = PatientSplit(args.ref, load_ct=False, progress=False)
     if not pred_dir.exists():
-        for p in split:
-            pred = ndimage.gaussian_filter(p.dose, 1.5) * p.possible_dose_mask
-            write_dose_csv(pred_dir / f"{p.id}.csv", pred)
+        common.blurred_doses(args.ref, pred_dir, sigma=1.5)
     rows = []
     for label, kw in [("scores only", dict(out_dir=None)), ("scores + outputs + DVH figures", dict(out_dir=work / "eval"))]:
         t = time.perf_counter()

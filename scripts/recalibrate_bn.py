@@ -17,10 +17,10 @@ import json
 import random
 
 import numpy as np
-from rtgen.data.datasets.slices import build_slices
 
 from rtgen.core.atomic import atomic_write_text, staged_dir
 from rtgen.core.checkpoint import save_weights
+from rtgen.data.datasets.dose_slices import build_slices
 from rtgen.data.sources import find_patients
 from rtgen.engine.batchnorm import has_batchnorm, recalibrate_batchnorm
 from rtgen.inference.predictor import load_predictor

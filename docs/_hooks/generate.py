@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import io
-import json
 import re
 import sys
 import tokenize
@@ -303,18 +302,6 @@ def _doc_line(cls) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-def _train_config():
-    for module, name in (("rtgen.engine.config", "TrainConfig"), ("rtgen.engine.schema", "TrainConfig"),
-                         ("rtgen.core.config", "TrainConfig")):
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ImportError:
-            continue
-        if hasattr(mod, name):
-            return getattr(mod, name)
-    raise ImportError("TrainConfig not found: update docs/_hooks/generate.py to where the train section lives")
-
-
 @dataclasses.dataclass
 class _Entry:
     name: str
@@ -347,7 +334,9 @@ def _registries() -> tuple[type, list[_Entry], list[_Entry]]:
                  for t in TASKS.entries()]
         models = [_Entry(m.name, m.task, m.config, dict(m.presets), m.description or _doc_line(m.cls))
                   for m in MODELS.entries()]
-        return _train_config(), tasks, models
+        from rtgen.engine.config import TrainConfig
+
+        return TrainConfig, tasks, models
 
 
 def configs_markdown() -> str:
@@ -424,16 +413,18 @@ def _anchor(section: str, cls) -> str:
 # --------------------------------------------------------------------------------- hub and cards
 
 def hub_table() -> str:
-    manifest = json.loads((ROOT / "rtgen/hub/manifest.json").read_text())
+    """The shipped checkpoints as `rtgen.hub` reads its manifest (README.md's table, with scores and
+    times, is `rtgen.hub.table`'s)."""
+    from rtgen.hub import manifest, shipped_models
+
     defaults: dict[str, list[str]] = {}
-    for task, name in manifest.get("default", {}).items():
+    for task, name in manifest().get("default", {}).items():
         defaults.setdefault(name, []).append(task)
     rows = ["| name | network | task | data | trained on | default for | what it is |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, e in manifest["models"].items():
-        rows.append(f"| `hub:{name}` | `{e['model']}` | `{e['task']}` | {_cell(e.get('data', ''))} | "
-                    f"{_cell(e.get('trained_on', ''))} | {', '.join(f'`{t}`' for t in defaults.get(name, []))} | "
-                    f"{_cell(e.get('description', ''))} |")
+    for m in shipped_models():
+        rows.append(f"| `hub:{m.folder}` | `{m.model}` | `{m.task}` | {_cell(m.data)} | {_cell(m.trained_on)} | "
+                    f"{', '.join(f'`{t}`' for t in defaults.get(m.folder, []))} | {_cell(m.description)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -27,20 +27,7 @@ Modules: `config` (the config sections), `latents` (autoencoder and latent cache
 model card) and `task` (the registered task that assembles them).
 """
 
-from rtgen.tasks.diffkt3d.config import (
-    AUTOENCODER_DIR,
-    STAGES,
-    Any2AnyConfig,
-    FlowConfig,
-    KT3DDataConfig,
-    KT3DSamplingConfig,
-    LatentConfig,
-    NFTConfig,
-    PriorConfig,
-)
-from rtgen.tasks.diffkt3d.latents import LatentCases
-from rtgen.tasks.diffkt3d.nft import LORA_TARGETS, NFT_TRAINABLE
-from rtgen.tasks.diffkt3d.task import DiffKT3DTask
+from rtgen.tasks.diffkt3d.config import AUTOENCODER_DIR, KT3DSamplingConfig
+from rtgen.tasks.diffkt3d.task import DiffKT3DTask  # importing the package registers the task
 
-__all__ = ["AUTOENCODER_DIR", "LORA_TARGETS", "NFT_TRAINABLE", "STAGES", "Any2AnyConfig", "DiffKT3DTask", "FlowConfig",
-           "KT3DDataConfig", "KT3DSamplingConfig", "LatentCases", "LatentConfig", "NFTConfig", "PriorConfig"]
+__all__ = ["AUTOENCODER_DIR", "DiffKT3DTask", "KT3DSamplingConfig"]

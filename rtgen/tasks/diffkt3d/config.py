@@ -9,7 +9,6 @@ from pydantic import Field
 
 from rtgen.diffusion.flow import FLOW_SAMPLERS, FlowSchedule
 
-STAGES = ("any2any", "dose", "nft")  # `any2any.stage`: one `rtgen train` run each, in this order
 AUTOENCODER_DIR = "autoencoder"  # the run folder keeps its frozen autoencoder here (weights + config.json)
 
 
@@ -42,7 +41,7 @@ class LatentConfig:
 
 @dataclass
 class Any2AnyConfig:
-    stage: Literal["any2any", "dose", "nft"] = "any2any"
+    stage: Literal["any2any", "dose", "nft"] = "any2any"  # one `rtgen train` run each, in this order
     targets: tuple[str, ...] = ("ct", "ptv", "oar", "body", "dose")  # slots the any2any stage may generate
     min_conditions: Annotated[int, Field(ge=1)] = 1
     curriculum_steps: Annotated[int, Field(ge=0)] = 1000  # steps until min_conditions is reachable

@@ -55,10 +55,7 @@ class DiffKT3DTask(LatentCache, FlowSampling, NFTTraining, Task):
         if bad:
             raise ConfigError(source, f"any2any.targets {bad} are not modalities of the model {list(self.modalities)}")
         self.latent_stats: dict[str, list[list[float]]] | None = None  # modality -> [means, stds] per channel
-        self._autoencoder = None
-        self._prior_model = None
         self._steps = 0
-        self._old_model = None
         self._generator = torch.Generator().manual_seed(0)
         self._rewards: list[list[float]] = []  # nft stage: this epoch's candidate rewards, one list per patient
         self._rollouts: dict[int, tuple[torch.Tensor, list[float]]] = {}  # nft.reuse_rollouts: patient -> (z, R)
