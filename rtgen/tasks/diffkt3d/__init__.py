@@ -22,12 +22,12 @@ the plain paper setting (the ablation).
 
 Prediction samples the target's latent by the flow ODE, best of n by scorecard (`sampling`).
 
-Modules: `config` (the config sections), `latents` (autoencoder and latent cache), `curriculum`,
-`nft` (the nft stage's loss and rollouts), `sampling` (prediction and validation), `card` (the
+Modules: `sections` (the config sections), `latents` (autoencoder and latent cache), `curriculum`,
+`nft_stage` (the nft stage's loss and rollouts), `sampling` (prediction and validation), `card` (the
 model card) and `task` (the registered task that assembles them).
 """
 
-from rtgen.tasks.diffkt3d.config import AUTOENCODER_DIR, KT3DSamplingConfig
+from rtgen.tasks.diffkt3d.sections import AUTOENCODER_DIR, KT3DSamplingConfig
 from rtgen.tasks.diffkt3d.task import DiffKT3DTask  # importing the package registers the task
 
 __all__ = ["AUTOENCODER_DIR", "DiffKT3DTask", "KT3DSamplingConfig"]

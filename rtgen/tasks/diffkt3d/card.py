@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rtgen.tasks.diffkt3d.config import AUTOENCODER_DIR
+from rtgen.tasks.diffkt3d.sections import AUTOENCODER_DIR
 
 
 def model_card(task, summary: dict) -> str:

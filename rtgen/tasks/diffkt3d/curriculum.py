@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rtgen.tasks.diffkt3d.config import Any2AnyConfig
+from rtgen.tasks.diffkt3d.sections import Any2AnyConfig
 
 
 def fewest_conditions(n_others: int, step: int, config: Any2AnyConfig) -> int:

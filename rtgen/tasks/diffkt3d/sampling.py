@@ -22,7 +22,7 @@ from rtgen.data.transforms.modalities import Crop, decode_modality, patient_moda
 from rtgen.diffusion.flow import as_velocity, sample_flow
 from rtgen.dosimetry import OpenKBPScores
 from rtgen.dosimetry.gdp_hmm import gdp_hmm_mae
-from rtgen.tasks.diffkt3d.config import KT3DSamplingConfig
+from rtgen.tasks.diffkt3d.sections import KT3DSamplingConfig
 
 
 class FlowSampling:

@@ -18,7 +18,11 @@ from rtgen.core.registry import register_task
 from rtgen.diffusion.flow import FLOW_SAMPLERS, flow_loss
 from rtgen.tasks.base import Task, copy_run
 from rtgen.tasks.diffkt3d.card import model_card
-from rtgen.tasks.diffkt3d.config import (
+from rtgen.tasks.diffkt3d.curriculum import draw_slots
+from rtgen.tasks.diffkt3d.latents import LatentCache, LatentCases
+from rtgen.tasks.diffkt3d.nft_stage import LORA_TARGETS, NFTTraining
+from rtgen.tasks.diffkt3d.sampling import FlowSampling
+from rtgen.tasks.diffkt3d.sections import (
     AUTOENCODER_DIR,
     Any2AnyConfig,
     FlowConfig,
@@ -28,10 +32,6 @@ from rtgen.tasks.diffkt3d.config import (
     NFTConfig,
     PriorConfig,
 )
-from rtgen.tasks.diffkt3d.curriculum import draw_slots
-from rtgen.tasks.diffkt3d.latents import LatentCache, LatentCases
-from rtgen.tasks.diffkt3d.nft import LORA_TARGETS, NFTTraining
-from rtgen.tasks.diffkt3d.sampling import FlowSampling
 
 
 @register_task("diffkt3d")
