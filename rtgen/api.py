@@ -24,7 +24,7 @@ Examples:
     ```python
     import rtgen
 
-    model = rtgen.load("hub:lightgbm_dose_openkbp")
+    model = rtgen.load("hub:lightgbm_dose_openkbp_all")
     pred = model.predict("data/openkbp/test-pats/pt_241")  # or a DICOM export, a NIfTI folder...
     print(rtgen.evaluate(pred))  # the OpenKBP dose and DVH scores (Gy)
     pred.save("predictions", format="nifti")  # predictions/pt_241.nii.gz
@@ -125,14 +125,17 @@ class Prediction:
         volume: The prediction, float32 (x, y, z): a dose in Gy, zero outside the possible dose mask,
             or a synthetic MR in [0, 1], blank outside the MR's field of view when one is known.
         spacing: Voxel size in mm.
-        std: Dose diffusion models with `samples > 1`: the voxel-wise standard deviation over the
-            samples, in Gy; else None.
+        std: The voxel-wise standard deviation in Gy over a dose diffusion model's samples
+            (`samples > 1`) or over the default dose model's boosters; else None.
         affine: Image models: the 4 x 4 voxel -> world map of the grid (the CT's, or the MR's when an
             unregistered pair was registered first); else None.
         patient: The record the prediction was made from (`Patient` or `ImagePair`); its reference
             dose, when it has one, is what `rtgen.evaluate(prediction)` scores against.
         source: The patient's path when it was given as one (a DICOM export: where an RTDOSE goes).
         target: DiffKT3D: the generated modality ("dose", "ct", "ptv", "oar" or "body").
+        dvh_estimate: Dose models with DVH bands (the default): one dict per structure and metric,
+            with the predicted value and `lower_<level>`/`upper_<level>` bounds of its calibrated
+            bands (the rows of `<id>_dvh.csv`); else None.
     """
 
     patient_id: str
@@ -144,6 +147,7 @@ class Prediction:
     patient: Any = None
     source: Path | None = None
     target: str = "dose"
+    dvh_estimate: list[dict] | None = None
 
     @property
     def dose(self) -> np.ndarray:
@@ -190,8 +194,14 @@ class Prediction:
 
             return write_nifti(Path(out_dir) / f"{self.patient_id}_{self.target}.nii.gz", self.volume, self.spacing)
         # the RTDOSE's grid around the possible dose mask, as `rtgen predict --format dicom` writes it
-        return write_dose(out_dir, self.patient_id, self.volume, self.spacing, format, self.std, source=self.source,
+        path = write_dose(out_dir, self.patient_id, self.volume, self.spacing, format, self.std, source=self.source,
                           body=getattr(self.patient, "possible_dose_mask", None))
+        if self.dvh_estimate is not None:
+            from rtgen.core.atomic import atomic_write_text
+            from rtgen.dosimetry.bands import to_csv
+
+            atomic_write_text(Path(out_dir) / f"{self.patient_id}_dvh.csv", to_csv(self.dvh_estimate))
+        return path
 
     def report(self, out_html: PathLike, title: str = "rtgen dose report") -> Path:
         """Write the one-file HTML report of this dose prediction (`rtgen predict --report`): slices,
@@ -285,7 +295,7 @@ class Model:
             >>> import tempfile
             >>> import rtgen
             >>> from rtgen.data.examples import example_patients_dir
-            >>> model = rtgen.load("hub:lightgbm_dose_openkbp")
+            >>> model = rtgen.load("hub:lightgbm_dose_openkbp_all")
             >>> pred = model.predict(example_patients_dir() / "pt_204")
             >>> pred.patient_id, pred.kind, pred.dose.shape, pred.dose.dtype
             ('pt_204', 'dose', (128, 128, 128), dtype('float32'))
@@ -336,8 +346,10 @@ class Model:
             return Prediction(record.id, "dose", np.asarray(volume, np.float32), tuple(record.spacing),
                               patient=record, source=source, target=target)
         dose, std = p.predict_with_uncertainty(record, batch_size, tta, sampling if p.task.stochastic else None)
+        estimate = p.task.dvh_estimate(record, dose) if hasattr(p.task, "dvh_estimate") else None
         return Prediction(record.id, "dose", np.asarray(dose, np.float32), tuple(record.spacing),
-                          std=None if std is None else np.asarray(std, np.float32), patient=record, source=source)
+                          std=None if std is None else np.asarray(std, np.float32), patient=record, source=source,
+                          dvh_estimate=estimate)
 
     def _read_dose_patient(self, path: Path, aliases: Any = None, require_target: bool = False) -> Patient:
         from rtgen.core.errors import DataError
@@ -358,8 +370,8 @@ def load(name_or_path: PathLike, device: str = "auto") -> Model:
     """Load a model: a shipped one by name, or a run folder that `rtgen train` wrote.
 
     Args:
-        name_or_path: "hub:NAME" or NAME, a model shipped inside rtgen (`lightgbm_dose_openkbp`, the
-            default dose model; `mamba_unet_v2_openkbp`, `md_dose_openkbp`, `diffkt3d_openkbp_nft`,
+        name_or_path: "hub:NAME" or NAME, a model shipped inside rtgen (`lightgbm_dose_openkbp_all`,
+            the default dose model; `mamba_unet_v2_openkbp`, `md_dose_openkbp`, `diffkt3d_openkbp_nft`,
             `unet_sts` (CT -> MR), `diffma_sts`, ...: `list_models()["shipped"]`; a task name such as
             "dose" or "image_regression" names that task's default model), or a run folder
             (or its weights file, with config.json beside it).
@@ -374,7 +386,7 @@ def load(name_or_path: PathLike, device: str = "auto") -> Model:
 
     Examples:
         >>> import rtgen
-        >>> model = rtgen.load("hub:lightgbm_dose_openkbp")
+        >>> model = rtgen.load("hub:lightgbm_dose_openkbp_all")
         >>> model.kind, model.model_name, model.task
         ('dose', 'lightgbm_dose', 'dose_boosted')
         >>> rtgen.load("unet_sts").kind  # the shipped CT -> MR model
@@ -471,7 +483,8 @@ def evaluate(pred: PathLike | Prediction | np.ndarray, ref: PathLike | Patient |
 
     patient = ref if not isinstance(ref, (str, Path)) else read_patient(ref, load_ct=False, aliases=aliases)
     result = EvaluationResult(OpenKBPScores())
-    score_patient(result, patient, volume, gamma, card, prediction.std if prediction is not None else None)
+    score_patient(result, patient, volume, gamma, card, prediction.std if prediction is not None else None,
+                  dvh_estimate=prediction.dvh_estimate if prediction is not None else None)
     return result
 
 
@@ -512,7 +525,7 @@ def list_models(parameters: bool = True) -> dict[str, list[dict]]:
         >>> import rtgen
         >>> listing = rtgen.list_models(parameters=False)
         >>> [s["folder"] for s in listing["shipped"] if s["default"] and s["task"] == "dose_boosted"]
-        ['lightgbm_dose_openkbp']
+        ['lightgbm_dose_openkbp_all']
     """
     from rtgen.inference.catalogue import catalogue
 

@@ -145,7 +145,8 @@ def test_options_and_inputs_a_model_cannot_take_are_refused_before_any_patient_i
 def test_list_models_is_what_rtgen_models_lists():
     listing = rtgen.list_models(parameters=False)
     shipped = {s["folder"]: s for s in listing["shipped"]}
-    assert {"lightgbm_dose_openkbp", "unet_sts", "diffma_sts"} <= set(shipped)
-    assert shipped["lightgbm_dose_openkbp"]["default"] and shipped["unet_sts"]["task"] == "image_regression"
+    assert {"lightgbm_dose_openkbp_all", "lightgbm_dose_openkbp", "unet_sts", "diffma_sts"} <= set(shipped)
+    assert shipped["lightgbm_dose_openkbp_all"]["default"] and not shipped["lightgbm_dose_openkbp"]["default"]
+    assert shipped["unet_sts"]["task"] == "image_regression"
     assert {"mamba_unet_v2", "md_dose", "lightgbm_dose"} <= {m["model"] for m in listing["models"]}
     assert "parameters" not in listing["models"][0] and {"dose_regression"} <= {t["task"] for t in listing["tasks"]}

@@ -210,7 +210,8 @@ def test_metrics_refuse_impossible_doses_at_their_input():
 def test_predict_reports_the_bad_patient_and_finishes_the_good(tmp_path, split_with_one_bad):
     r = invoke("predict", "--patients", split_with_one_bad, "--out", tmp_path / "pred")
     one_line_error(r, "pt_219/ct.csv.gz: truncated or corrupt compressed file", "1 of 2 patients predicted", "1 failed")
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["pt_204.csv"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["metrics.json", "pt_204.csv", "pt_204_dvh.csv",
+                                                                   "pt_204_std.nii.gz"]
 
 
 def test_inspect_reports_the_bad_patient_and_finishes_the_good(tmp_path, split_with_one_bad):

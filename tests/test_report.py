@@ -311,7 +311,8 @@ def test_predict_report_on_a_dicom_export_without_dose(tmp_path, examples_dir):
     out = tmp_path / "OUT"
     r = invoke("predict", "--patients", export, "--out", out, "--format", "dicom", "--report")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["pt_204_RTDOSE.dcm", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "pt_204_RTDOSE.dcm", "pt_204_dvh.csv",
+                                                     "pt_204_std.nii.gz", "report.html"]  # + DVH bands, spread
     assert "report.html" in r.output
     assert pydicom.dcmread(out / "pt_204_RTDOSE.dcm", stop_before_pixels=True).Modality == "RTDOSE"
     text = (out / "report.html").read_text()

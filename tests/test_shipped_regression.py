@@ -38,13 +38,35 @@ def test_shipped_model_predicts_as_before_the_restructure(model):
 
 
 def test_shipped_default_dose_model_predicts_as_when_it_was_shipped():
-    """The default model (4 LightGBM boosters on geometry features, DVH-calibrated) on pt_204, as
-    measured when it was shipped (2026-11-26); trees sum their leaves exactly, so only the features'
-    floating point can move it (1e-3 Gy). Since 2026-12-07 no dose is left outside the possible dose
-    mask (the DVH calibration's organ maps had put up to 0.9 Gy there on pt_204, 309.6 Gy summed):
-    the sum is the shipped one less that."""
+    """The default model (6 LightGBM boosters refit on 202 patients, DVH-calibrated, with bands) on
+    pt_204, as measured when it was shipped (2026-12-07): the dose, the boosters' spread and the first
+    row of its DVH estimate. Trees sum their leaves exactly, so only the features' floating point can
+    move them (1e-3 Gy)."""
     patient = read_patient(example_patients_dir() / "pt_204")
-    dose = load_predictor(shipped_model_dir("dose"), "cpu").predict(patient).astype(np.float64)
+    predictor = load_predictor(shipped_model_dir("dose"), "cpu")
+    assert predictor.source.parent.name == "lightgbm_dose_openkbp_all"
+    dose, std = predictor.predict_with_uncertainty(patient)
+    assert not dose[~patient.possible_dose_mask].any() and not std[~patient.possible_dose_mask].any()
+    flat = dose.astype(np.float64).ravel()
+    assert flat.sum() == pytest.approx(1561483.1883, rel=1e-5) and flat.max() == pytest.approx(75.4973, abs=1e-3)
+    for index, gy in {646955: 3.58403, 828335: 10.32665, 940605: 50.32925, 1023662: 34.77803, 1091633: 6.05098,
+                      1172045: 24.87114, 1253558: 14.40583, 1467180: 1.99641}.items():
+        assert flat[index] == pytest.approx(gy, abs=1e-3), index
+    assert float(std.astype(np.float64).sum()) == pytest.approx(34642.57, rel=1e-4)
+    row = predictor.task.dvh_estimate(patient, dose)[0]
+    assert (row["structure"], row["metric"], row["unit"]) == ("PTV56", "D_99", "Gy")
+    for key, gy in {"predicted": 51.671, "lower_80": 48.653, "upper_80": 54.689, "lower_95": 46.367,
+                    "upper_95": 56.975}.items():
+        assert row[key] == pytest.approx(gy, abs=2e-3), key
+
+
+def test_shipped_training_split_dose_model_predicts_as_when_it_was_shipped():
+    """`hub:lightgbm_dose_openkbp` (4 LightGBM boosters on geometry features, DVH-calibrated, fitted on
+    the training patients; DiffKT3D's prior) on pt_204, as measured when it was shipped (2026-11-26).
+    Since 2026-12-07 no dose is left outside the possible dose mask (the DVH calibration's organ maps
+    had put up to 0.9 Gy there on pt_204, 309.6 Gy summed): the sum is the shipped one less that."""
+    patient = read_patient(example_patients_dir() / "pt_204")
+    dose = load_predictor(shipped_model_dir("lightgbm_dose_openkbp"), "cpu").predict(patient).astype(np.float64)
     assert not dose[~patient.possible_dose_mask].any()
     dose = dose.ravel()
     assert dose.sum() == pytest.approx(1564512.8016720861, rel=1e-5) and dose.max() == pytest.approx(75.4829, abs=1e-3)

@@ -23,7 +23,10 @@ def evaluate(
     dose: list[Path] | None = rtdose_option(),
 ):
     """OpenKBP dose and DVH scores, per-metric errors and HI, exactly as the challenge computes them.
-    A patient whose prediction or reference is missing or bad is reported and skipped; exit 1 if any."""
+    Beside a prediction, a voxel spread (pt_N_std.nii.gz) is related to the error (Pearson, Spearman,
+    mean |error| by decile of spread) and a DVH estimate (pt_N_dvh.csv) gets the coverage and mean
+    width of its bands. A patient whose prediction or reference is missing or bad is reported and
+    skipped; exit 1 if any."""
     preflight(outputs=[out_dir], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
     names = dicom_options(aliases, dose, [ref])
     import contextlib
@@ -76,11 +79,43 @@ def print_evaluation(result) -> None:
         table.add_row(f"  |error| HI {t} (unitless)", f"{v:.4f}")
     if "uncertainty_error_correlation_mean" in s:
         table.add_row("uncertainty vs |error| correlation", f"{s['uncertainty_error_correlation_mean']:.3f}")
+    if "uncertainty_error_rank_correlation_mean" in s:
+        table.add_row("uncertainty vs |error| rank correlation (Spearman)",
+                      f"{s['uncertainty_error_rank_correlation_mean']:.3f}")
     if "gamma_pass_rate_mean" in s:
         table.add_row("gamma pass rate 3%/3mm (%)", f"{s['gamma_pass_rate_mean']:.2f}")
     if "gdp_hmm_mae" in s:
         table.add_row("GDP-HMM MAE (possible dose mask, either dose > 5 Gy)", f"{s['gdp_hmm_mae']:.4f}")
     out.print(table)
+    for line in spread_and_band_lines(s):
+        out.print(line, highlight=False)
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f} %"
+
+
+def _width(x: float, unit: str) -> str:
+    return "-" if x != x else f"{x:.2f} {unit}"
+
+
+def spread_and_band_lines(s: dict) -> list[str]:
+    """The short lines under the table: |error| by decile of predicted std, and each band level's coverage."""
+    lines = []
+    deciles = s.get("error_by_uncertainty_decile")
+    if deciles and deciles["mean_abs_error_gy"]:
+        edges = deciles["std_edges_gy"]
+        lines.append("mean |error| by decile of predicted std (Gy, lowest std first): "
+                     + " ".join(f"{v:.2f}" for v in deciles["mean_abs_error_gy"])
+                     + f"  (std {edges[0]:.2f} to {edges[-1]:.2f} Gy, {deciles['voxels']} voxels)")
+    bands = s.get("dvh_bands")
+    if bands:
+        for level, c in bands["levels"].items():
+            lines.append(f"DVH estimate {level} % band ({bands['patients']} patients): {_pct(c['coverage'])} of "
+                         f"{c['cases']} reference values inside (DVH metrics {_pct(c['coverage_gy'])}, curve points "
+                         f"{_pct(c['coverage_pct'])}); mean width {_width(c['mean_width_gy'], 'Gy')}, "
+                         f"{_width(c['mean_width_pct'], '%')}")
+    return lines
 
 
 def _num(x: float | None, unit: str) -> str:

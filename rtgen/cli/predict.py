@@ -104,17 +104,52 @@ def predict(
             if anonymize:
                 _write_anonymized(out_dir, patient, dose, dose_grid, dose_margin)
                 return
-            write_dose(out_dir, patient.id, dose, patient.spacing, fmt.value, std,  # std: spread of K samples
+            write_dose(out_dir, patient.id, dose, patient.spacing, fmt.value, std,  # std: spread of samples/boosters
                        source=path, body=patient.possible_dose_mask, dose_grid=dose_grid or None,
                        dose_margin=dose_margin)
+            estimate = _write_dvh_estimate(out_dir, predictor.task, patient, dose, estimates)
             if page is not None:
-                page.add(patient, dose)
+                page.add(patient, dose, **({"dvh_estimate": estimate} if estimate else {}))
 
+        estimates: dict[str, list[dict]] = {}
         for path in tqdm(paths, desc="predicting", unit="patient"):
             batch.run(path.name, lambda p=path: predict_one(p))
+        if estimates:
+            _write_estimate_summary(out_dir / "metrics.json", predictor, estimates)
         if page is not None and len(page):  # at least one patient predicted
             out.print(f"report written to [bold]{page.write(out_dir / 'report.html')}[/]")
         batch.finish(f"predicted -> {out_dir}")  # inside: a folder left empty by failures is removed
+
+
+def _write_dvh_estimate(out_dir: Path, task, patient, dose, estimates: dict) -> list[dict] | None:
+    """OUT/<id>_dvh.csv: the DVH estimate with its bands, for a model that has them (rtgen.dosimetry.bands)."""
+    estimate = task.dvh_estimate(patient, dose) if hasattr(task, "dvh_estimate") else None
+    if estimate is None:
+        return None
+    from rtgen.core.atomic import atomic_write_text
+    from rtgen.dosimetry.bands import to_csv
+
+    atomic_write_text(out_dir / f"{patient.id}_dvh.csv", to_csv(estimate))
+    estimates[patient.id] = estimate
+    wide = sorted({r["structure"] for r in estimate if r["wide"]})
+    if wide:
+        out.print(f"{patient.id}: wide DVH bands (uncertain) for {', '.join(wide)}")
+    return estimate
+
+
+def _write_estimate_summary(path: Path, predictor, estimates: dict[str, list[dict]]) -> None:
+    """OUT/metrics.json: every patient's DVH estimate, and the structures whose bands are wide."""
+    import json
+
+    from rtgen.core.atomic import atomic_write_text
+    from rtgen.dosimetry.bands import wide_definition
+
+    levels = predictor.task.dvh_bands.levels
+    summary = {"model": predictor.task.model_name, "band_levels": list(levels),
+               "wide_means": wide_definition(f"{levels[0] * 100:g}"),
+               "patients": {pid: {"wide": sorted({r["structure"] for r in rows if r["wide"]}), "dvh_estimate": rows}
+                            for pid, rows in estimates.items()}}
+    atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
 
 
 def _write_anonymized(out_dir: Path, patient, dose, dose_grid: float, dose_margin: float) -> None:

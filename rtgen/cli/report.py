@@ -19,7 +19,9 @@ def report(
     aliases: Path | None = aliases_option("references"),
     dose: list[Path] | None = rtdose_option(),
 ):
-    """Slices with dose colourwash and isodoses, DVHs and metric tables per patient, and a cohort summary."""
+    """Slices with dose colourwash and isodoses, DVHs and metric tables per patient, and a cohort summary.
+    A prediction with a DVH estimate beside it (pt_N_dvh.csv) also gets each structure's predicted DVH
+    with its bands shaded, and its structures whose band is wide flagged."""
     preflight(output_files=[out_html], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
     names = dicom_options(aliases, dose, [ref])
     import time

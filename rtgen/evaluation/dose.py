@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from rtgen.core.atomic import atomic_write_text, staged_dir
 from rtgen.core.errors import DataError, OutputError, RtgenError
-from rtgen.core.structures import TARGETS
+from rtgen.core.structures import STRUCTURES, TARGETS
 from rtgen.data.sources import PatientSplit
 from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import find_csv, read_dose_csv
@@ -80,6 +80,11 @@ class EvaluationResult:
     hi: dict[str, dict[str, float]] = field(default_factory=dict)  # patient -> {"PTV70_ref": .., "PTV70_pred": ..}
     gamma: dict[str, float] = field(default_factory=dict)
     uncertainty_corr: dict[str, float] = field(default_factory=dict)  # Pearson r(std, |error|) in the mask
+    uncertainty_rank_corr: dict[str, float] = field(default_factory=dict)  # Spearman rho(std, |error|) in the mask
+    # the masked voxels' (std, |error|) of every patient with a spread, pooled for the deciles (float32: 8 bytes a voxel)
+    uncertainty_voxels: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    # patient -> (row of its `<id>_dvh.csv`, the reference's value of that row) for every banded row
+    bands: dict[str, list[tuple[dict, float | None]]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # patient -> why it could not be evaluated
     # with a scorecard (`rtgen evaluate --scorecard`): patient -> ScorecardResult of the prediction and of the
     # reference plan, and the GDP-HMM MAE (body mask = the OpenKBP possible dose mask, 5 Gy threshold)
@@ -119,6 +124,13 @@ class EvaluationResult:
         if self.uncertainty_corr:
             s["uncertainty_error_correlation_mean"] = float(np.nanmean(list(self.uncertainty_corr.values())))
             s["uncertainty_error_correlation"] = self.uncertainty_corr
+        if self.uncertainty_rank_corr:
+            s["uncertainty_error_rank_correlation_mean"] = float(np.nanmean(list(self.uncertainty_rank_corr.values())))
+            s["uncertainty_error_rank_correlation"] = self.uncertainty_rank_corr
+        if self.uncertainty_voxels:
+            s["error_by_uncertainty_decile"] = self.error_by_uncertainty_decile()
+        if self.bands:
+            s["dvh_bands"] = self.band_summary()
         if self.gdp_hmm_mae:
             s["gdp_hmm_mae"] = float(np.mean(list(self.gdp_hmm_mae.values())))
             s["gdp_hmm_mae_definition"] = (f"mean |ref - pred| over the possible dose mask (as body mask) where ref or "
@@ -128,6 +140,35 @@ class EvaluationResult:
         if self.failures:
             s["failed_patients"] = self.failures
         return s
+
+    def error_by_uncertainty_decile(self) -> dict:
+        """Mean |error| (Gy) by decile of predicted std, over the masked voxels of every patient with a spread."""
+        std = np.concatenate([s for s, _ in self.uncertainty_voxels])
+        err = np.concatenate([e for _, e in self.uncertainty_voxels])
+        return error_by_decile(std, err)
+
+    def band_levels(self) -> tuple[float, ...]:
+        """The band levels (0.8, 0.95, ...) that the DVH estimates give, from their columns."""
+        return band_levels(row for pairs in self.bands.values() for row, _ in pairs)
+
+    def band_summary(self) -> dict:
+        """Coverage and mean width of the DVH estimate bands: pooled over every row of every patient, per
+        structure, and per patient; per level (\"80\", \"95\"), each pooled, in Gy rows (DVH metrics)
+        and in % rows (curve points) apart, as `rtgen.dosimetry.bands.coverage` counts them."""
+        from rtgen.dosimetry.bands import coverage
+
+        levels = self.band_levels()
+        pairs = [pair for ps in self.bands.values() for pair in ps]
+        structures = sorted({row["structure"] for row, _ in pairs}, key=_structure_order)
+        return {
+            "patients": len(self.bands),
+            "definition": ("coverage: share of reference values inside their band; mean width: upper - lower; "
+                           "_gy: DVH metrics (Gy), _pct: DVH curve points (% of the structure's volume)"),
+            "levels": coverage(pairs, levels),
+            "per_structure": {s: coverage([p for p in pairs if p[0]["structure"] == s], levels) for s in structures},
+            "per_patient": {pid: {k: v["coverage"] for k, v in coverage(ps, levels).items()}
+                            for pid, ps in self.bands.items()},
+        }
 
     def scorecard_summary(self) -> dict:
         per = {}
@@ -218,16 +259,90 @@ def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Pa
     pred = read_prediction(path, ref.grid, refs.paths[i], ref.possible_dose_mask)
     std_path = pred_dir / f"{ref.id}_std.nii.gz"
     std = read_prediction(std_path, ref.grid) if std_path.is_file() else None
-    score_patient(result, ref, pred, gamma, scorecard, std, figure_dir)
+    estimate = read_dvh_estimate(pred_dir, ref.id)
+    score_patient(result, ref, pred, gamma, scorecard, std, figure_dir, estimate)
+
+
+def dvh_estimate_path(pred_dir: Path, patient_id: str) -> Path:
+    """Where `rtgen predict` writes a patient's DVH estimate: `<id>_dvh.csv` beside the prediction."""
+    return Path(pred_dir) / f"{patient_id}_dvh.csv"
+
+
+def read_dvh_estimate(pred_dir: Path, patient_id: str) -> list[dict] | None:
+    """The rows of `<id>_dvh.csv` beside a prediction (None when there is none); a malformed file
+    raises one `RtgenError` that names it."""
+    from rtgen.dosimetry.bands import COLUMNS, from_csv, metric_unit, metric_value
+
+    path = dvh_estimate_path(pred_dir, patient_id)
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot be read as a DVH estimate ({e})") from None
+    if [line for line in text.splitlines() if line.strip()] == [",".join(COLUMNS)]:
+        return []  # what `to_csv` writes when no metric of the patient has a band
+    rows = from_csv(text, str(path))
+    header = text.splitlines()[0].split(",")
+    for k in header[4:]:
+        level = k.removeprefix("lower_").removeprefix("upper_")
+        ok = k == "wide" or (k != level and level.replace(".", "", 1).isdigit() and 0 < float(level) < 100
+                             and {f"lower_{level}", f"upper_{level}"} <= set(header))
+        if not ok:
+            raise DataError(path, f"column {k!r}: a DVH estimate gives lower_<level>, upper_<level> (level in %, "
+                                  "both) and wide", line=1)
+    for n, row in enumerate(rows, start=2):
+        if row["structure"] not in STRUCTURES:
+            raise DataError(path, f"names the structure {row['structure']!r}, which rtgen does not know "
+                                  f"({', '.join(STRUCTURES)})", line=n)
+        try:  # a metric rtgen computes (100 voxels of 10 mm3: 0.1 cc is 10 of them)
+            metric_value(np.zeros(100), row["metric"], 10.0)
+        except RtgenError as e:
+            raise DataError(path, str(e), line=n) from None
+        except ValueError:  # D_<x> with x outside 0-100
+            raise DataError(path, f"{row['metric']!r} is not a DVH metric", line=n) from None
+        if row["unit"] != metric_unit(row["metric"]):
+            raise DataError(path, f"gives {row['metric']} in {row['unit']!r}, not {metric_unit(row['metric'])!r}", line=n)
+    return rows
+
+
+def band_levels(rows) -> tuple[float, ...]:
+    """The levels (as fractions, ascending) of the bands that DVH estimate rows give (`lower_<percent>` keys)."""
+    found = {k.removeprefix("lower_") for row in rows for k in row if k.startswith("lower_")}
+    return tuple(sorted(float(p) / 100.0 for p in found))
+
+
+def band_pairs(rows: list[dict], reference: Patient, source: str = "DVH estimate") -> list[tuple[dict, float | None]]:
+    """(row, the reference dose's value of that row) for every row of a DVH estimate; None where the
+    reference patient lacks the structure (such a row is not counted)."""
+    from rtgen.dosimetry.bands import metric_value
+
+    pairs = []
+    for row in rows:
+        mask = reference.structures.get(row["structure"])
+        if mask is None or not mask.any():
+            pairs.append((row, None))
+            continue
+        try:
+            value = metric_value(reference.dose[mask], row["metric"], reference.voxel_volume_mm3)
+        except RtgenError as e:
+            raise DataError(source, str(e)) from None
+        pairs.append((row, value))
+    return pairs
+
+
+def _structure_order(name: str) -> int:
+    return STRUCTURES.index(name) if name in STRUCTURES else len(STRUCTURES)
 
 
 def score_patient(result: EvaluationResult, ref: Patient, pred: np.ndarray, gamma: bool = False,
                   scorecard: Scorecard | None = None, std: np.ndarray | None = None,
-                  figure_dir: Path | None = None) -> None:
+                  figure_dir: Path | None = None, dvh_estimate: list[dict] | None = None) -> None:
     """Score one prediction (dose in Gy on the reference's grid) against the reference patient's dose
     and add it to `result`: OpenKBP scores, HI, and on request the gamma pass rate, the scorecard of
-    the prediction and of the reference plan with the GDP-HMM MAE, the correlation of a predicted
-    spread `std` with the error, and the DVH figure in `figure_dir`."""
+    the prediction and of the reference plan with the GDP-HMM MAE, the correlation (Pearson and
+    Spearman) of a predicted spread `std` with the error and its voxels for the deciles, the coverage
+    of a DVH estimate's bands (`dvh_estimate`: rows of `<id>_dvh.csv`), and the DVH figure in `figure_dir`."""
     if ref.dose is None:
         raise DataError(ref.id, "reference patient has no dose (dose.csv or dose.nii.gz)")
     pred = np.asarray(pred)
@@ -237,6 +352,9 @@ def score_patient(result: EvaluationResult, ref: Patient, pred: np.ndarray, gamm
         extra = (gdp_hmm_mae(ref.dose, pred, ref.possible_dose_mask),  # OpenKBP's possible dose mask as the body
                  scorecard.evaluate(pred, ref.structures, ref.voxel_volume_mm3),
                  scorecard.evaluate(ref.dose, ref.structures, ref.voxel_volume_mm3))
+    pairs = band_pairs(dvh_estimate, ref, ref.id) if dvh_estimate is not None else None
+    if std is not None and np.shape(std) != tuple(ref.grid):
+        raise DataError(ref.id, f"predicted std shape {np.shape(std)} differs from the reference grid {tuple(ref.grid)}")
     result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
     result.hi[ref.id] = homogeneity_by_target(ref, pred)
     if gamma:
@@ -244,7 +362,14 @@ def score_patient(result: EvaluationResult, ref: Patient, pred: np.ndarray, gamm
     if scorecard is not None:
         result.gdp_hmm_mae[ref.id], result.scorecard[ref.id], result.scorecard_ref[ref.id] = extra
     if std is not None:
-        result.uncertainty_corr[ref.id] = uncertainty_error_correlation(std, ref.dose, pred, ref.possible_dose_mask)
+        mask = ref.possible_dose_mask
+        result.uncertainty_corr[ref.id] = uncertainty_error_correlation(std, ref.dose, pred, mask)
+        s = np.asarray(std, np.float32)[mask]
+        e = np.abs(np.asarray(ref.dose, np.float64) - np.asarray(pred, np.float64))[mask].astype(np.float32)
+        result.uncertainty_rank_corr[ref.id] = rank_correlation(s, e)
+        result.uncertainty_voxels.append((s, e))
+    if pairs is not None:
+        result.bands[ref.id] = pairs
     if figure_dir is not None:
         plot_dvh(figure_dir / f"dvh_{ref.id}.png", ref.structures, ref.dose, pred, title=f"{ref.id}: reference vs prediction")
 
@@ -259,6 +384,35 @@ def uncertainty_error_correlation(std: np.ndarray, reference: np.ndarray, predic
     return float(np.corrcoef(s, e)[0, 1])
 
 
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their mean rank); nan when either is constant."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.size < 2:
+        return float("nan")
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def error_by_decile(std: np.ndarray, error: np.ndarray, groups: int = 10) -> dict:
+    """Voxels ordered by predicted std (ties in voxel order) and cut into `groups` groups of equal count
+    (sizes differ by at most one): each group's mean |error| (Gy), and the edges, the std at each cut
+    and the largest std (groups + 1 numbers, Gy)."""
+    std, error = np.asarray(std).ravel(), np.asarray(error, np.float64).ravel()
+    if std.size < groups:
+        return {"mean_abs_error_gy": [], "std_edges_gy": [], "voxels": int(std.size)}
+    order = np.argsort(std, kind="stable")
+    parts = np.array_split(order, groups)
+    sorted_std = std[order].astype(np.float64)
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return {"mean_abs_error_gy": [float(error[p].mean()) for p in parts],
+            "std_edges_gy": [float(sorted_std[i]) for i in starts] + [float(sorted_std[-1])],
+            "voxels": int(std.size)}
+
+
 def per_patient_csv(result: EvaluationResult) -> str:
     columns = ["patient", "dose_score", "dvh_score"]
     rows = []
@@ -266,6 +420,10 @@ def per_patient_csv(result: EvaluationResult) -> str:
     hi_keys = [f"HI_{t}_{w}" for t in TARGETS for w in ("ref", "pred")]
     columns += [f"abs_err_{m}_{s}" for m, s in keys] + hi_keys + (["gamma_pass_rate"] if result.gamma else [])
     columns += ["uncertainty_error_correlation"] if result.uncertainty_corr else []
+    columns += ["uncertainty_error_rank_correlation"] if result.uncertainty_rank_corr else []
+    levels = result.band_levels() if result.bands else ()
+    band_cov = result.band_summary()["per_patient"] if result.bands else {}
+    columns += [f"band_coverage_{p * 100:g}" for p in levels]
     columns += ["gdp_hmm_mae"] if result.gdp_hmm_mae else []
     columns += (["scorecard_total", "scorecard_max", "scorecard_fraction", "scorecard_total_ref", "scorecard_fraction_ref"]
                 if result.scorecard else [])
@@ -279,6 +437,10 @@ def per_patient_csv(result: EvaluationResult) -> str:
             row.append(result.gamma[p.patient_id])
         if result.uncertainty_corr:
             row.append(result.uncertainty_corr.get(p.patient_id, ""))
+        if result.uncertainty_rank_corr:
+            row.append(result.uncertainty_rank_corr.get(p.patient_id, ""))
+        cov = band_cov.get(p.patient_id, {})
+        row += [cov.get(f"{q * 100:g}", "") for q in levels]
         if result.gdp_hmm_mae:
             row.append(result.gdp_hmm_mae.get(p.patient_id, ""))
         if result.scorecard:

@@ -8,7 +8,9 @@ a stray external reference would show as a browser error (the browser test check
 What a patient section shows: slices with isodoses of the reference, the prediction and their
 difference, and the DVHs (`rtgen.evaluation.report_figures`); the scores and metric tables, a value
 failing a simple review criterion marked red (`rtgen.evaluation.report_numbers`). The page is put
-together here and in `rtgen.evaluation.report_html`.
+together here and in `rtgen.evaluation.report_html`. A prediction that comes with a DVH estimate
+(`<id>_dvh.csv`, the bands of a model that gives them) also gets each structure's predicted DVH with
+its bands shaded, the table of its DVH metrics' bands, and its structures whose band is wide flagged.
 
 A patient without a reference dose (``patient.dose is None``: a new patient, predicted straight
 from a DICOM export by ``rtgen predict --report``) gets a prediction-only section: one "Predicted"
@@ -29,12 +31,18 @@ import numpy as np
 from rtgen import __version__
 from rtgen.core.atomic import atomic_write_text
 from rtgen.core.errors import DataError, OutputError
+from rtgen.core.structures import STRUCTURES
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient, patients_in
 from rtgen.dosimetry import OpenKBPScores
-from rtgen.evaluation.dose import find_prediction, read_prediction
-from rtgen.evaluation.report_figures import dvh_figure, slice_centre, slice_figure  # noqa: F401 (slice_centre: tests)
-from rtgen.evaluation.report_html import CSP, CSS, _e, cohort_section, patient_section
+from rtgen.evaluation.dose import band_pairs, find_prediction, read_dvh_estimate, read_prediction
+from rtgen.evaluation.report_figures import (  # noqa: F401 (slice_centre: tests)
+    dvh_estimate_figure,
+    dvh_figure,
+    slice_centre,
+    slice_figure,
+)
+from rtgen.evaluation.report_html import CSP, CSS, _e, cohort_section, estimate_section, patient_section
 from rtgen.evaluation.report_numbers import PatientReport, patient_numbers
 
 
@@ -52,13 +60,25 @@ class ReportPage:
     def __len__(self) -> int:
         return len(self.reports)
 
-    def add(self, patient: Patient, prediction: np.ndarray) -> PatientReport:
-        """Add one patient (its `dose` the reference, or None: a prediction-only section) and its prediction."""
+    def add(self, patient: Patient, prediction: np.ndarray, dvh_estimate: list[dict] | None = None) -> PatientReport:
+        """Add one patient (its `dose` the reference, or None: a prediction-only section) and its prediction;
+        with `dvh_estimate` (rows of `<id>_dvh.csv`, as `rtgen.dosimetry.bands.DVHBands.table` gives them),
+        also each structure's predicted DVH with its bands shaded and the structures whose band is wide."""
         if np.shape(prediction) != tuple(patient.grid):
             raise DataError(patient.id, f"predicted dose shape {np.shape(prediction)} differs from the "
                                         f"reference grid {tuple(patient.grid)}")
+        pairs = None
+        if dvh_estimate is not None:  # before any number is kept: a bad row leaves no half-added patient
+            pairs = (band_pairs(dvh_estimate, patient, patient.id) if patient.dose is not None
+                     else [(row, None) for row in dvh_estimate])
         rep = patient_numbers(patient, prediction, self.scores, gamma=self.gamma)
-        section = patient_section(rep, slice_figure(patient, prediction), dvh_figure(patient, prediction))
+        estimate = ""
+        if pairs is not None:
+            rep.dvh_estimate = True
+            rep.wide = [n for n in STRUCTURES if any(row["structure"] == n and row.get("wide") for row, _ in pairs)]
+            estimate = (estimate_section(rep, pairs, dvh_estimate_figure(patient, prediction, dvh_estimate)) if pairs
+                        else "<h3>DVH estimate</h3><p class='note'>No DVH metric of this patient has a band.</p>")
+        section = patient_section(rep, slice_figure(patient, prediction), dvh_figure(patient, prediction), estimate)
         self.reports.append(rep)
         self.sections.append(section)
         return rep
@@ -88,14 +108,15 @@ class ReportPage:
 
 
 def render_report(cases: Iterable[tuple[Patient, np.ndarray]], gamma: bool = False, title: str = "rtgen dose report",
-                  sources: dict[str, str] | None = None) -> str:
+                  sources: dict[str, str] | None = None, estimates: dict[str, list[dict]] | None = None) -> str:
     """The HTML of a report on (patient, predicted dose) pairs; the patient's dose is the reference,
-    and a patient without one (`dose` None) gets a prediction-only section.
+    and a patient without one (`dose` None) gets a prediction-only section. `estimates`: patient id ->
+    the rows of its DVH estimate (`<id>_dvh.csv`), drawn as bands where given.
 
     Patients are consumed one at a time (an iterator keeps one patient's volumes in memory)."""
     page = ReportPage(gamma=gamma, title=title, sources=sources)
     for patient, prediction in cases:
-        page.add(patient, prediction)
+        page.add(patient, prediction, (estimates or {}).get(patient.id))
     return page.html()
 
 
@@ -136,28 +157,32 @@ def write_report(pred_dir: str | Path, ref_dir: str | Path, out_html: str | Path
     """Report on every reference patient of `ref_dir` (a split folder or one patient) against its
     prediction in `pred_dir`.
 
-    Predictions are found as `rtgen evaluate` finds them (pt_N.csv, pt_N.nii.gz, pt_N/dose.csv).
+    Predictions are found as `rtgen evaluate` finds them (pt_N.csv, pt_N.nii.gz, pt_N/dose.csv); a
+    DVH estimate beside one (`pt_N_dvh.csv`, as `rtgen predict` writes it for a model with bands) is
+    drawn as each structure's predicted DVH with its bands shaded.
     All inputs are checked before any figure is drawn; the file appears only when complete."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     out = check_report_path(out_html)
     if not pred_dir.is_dir():
         raise DataError(pred_dir, "prediction folder not found" if not pred_dir.exists() else "is not a folder")
     refs = patients_in(ref_dir)  # a split folder or one patient
-    found = {}
+    found, estimates = {}, {}
     for path in refs:
         pid = path.name.removesuffix(".npz")
         found[pid] = find_prediction(pred_dir, pid)
         if found[pid] is None:
             raise DataError(pred_dir, f"no prediction for patient {pid} (expected {pid}.csv or {pid}.nii.gz)")
-
-    def cases():
-        for path in refs:
-            patient = load_patient(path)
-            if patient.dose is None:
-                raise DataError(path, "reference patient has no dose")
-            yield patient, read_prediction(found[path.name.removesuffix(".npz")], patient.grid, path,
-                                          patient.possible_dose_mask)
+        if (rows := read_dvh_estimate(pred_dir, pid)) is not None:  # a malformed one fails here, named
+            estimates[pid] = rows
 
     sources = {"predictions": str(pred_dir.resolve()), "reference": str(ref_dir.resolve())}
-    return _write(out, render_report(cases(), gamma=gamma, title=title, sources=sources))
+    page = ReportPage(gamma=gamma, title=title, sources=sources)
+    for path in refs:  # one patient's volumes in memory at a time
+        pid = path.name.removesuffix(".npz")
+        patient = load_patient(path)
+        if patient.dose is None:
+            raise DataError(path, "reference patient has no dose")
+        prediction = read_prediction(found[pid], patient.grid, path, patient.possible_dose_mask)
+        page.add(patient, prediction, estimates.get(pid))
+    return _write(out, page.html())
 

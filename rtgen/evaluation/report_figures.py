@@ -228,3 +228,85 @@ def dvh_figure(patient: Patient, prediction: np.ndarray) -> str:
     fig.tight_layout()
     return _svg_data_uri(fig)
 
+
+
+# ---------------------------------------------------------------- the DVH estimate
+
+BAND_ALPHAS = (0.45, 0.2, 0.1)  # the narrowest band (80 %) darkest, each wider one lighter
+ESTIMATE_COLUMNS = 4
+
+
+def band_levels_of(rows: list[dict]) -> list[str]:
+    """The band levels of DVH estimate rows as their column suffixes ("80", "95"), narrowest first."""
+    from rtgen.evaluation.dose import band_levels
+
+    return [f"{p * 100:g}" for p in band_levels(rows)]
+
+
+def dvh_estimate_figure(patient: Patient, prediction: np.ndarray, rows: list[dict]) -> str:
+    """One panel per structure of a DVH estimate (rows of `<id>_dvh.csv`): the predicted DVH (solid,
+    the structure's colour) with its bands shaded from the curve points (V_<x>Gy rows; the 80 % band
+    darker, the 95 % band lighter), the target D_<x> metrics as horizontal error bars at x % of the
+    volume, and the reference DVH (black) over it when the patient has a reference dose. A structure
+    with a wide band is titled in red with a "wide" marker. An SVG data URI."""
+    from matplotlib.patches import Patch
+
+    pred = np.asarray(prediction, np.float64)
+    ref = None if patient.dose is None else np.asarray(patient.dose, np.float64)
+    levels = band_levels_of(rows)
+    names = [n for n in STRUCTURES if any(r["structure"] == n for r in rows)
+             and patient.structures.get(n) is not None and patient.structures[n].any()]
+    top = float(max(pred.max(), ref.max() if ref is not None else 0.0)) + 1.0
+    ncols = min(ESTIMATE_COLUMNS, max(1, len(names)))
+    nrows = max(1, -(-len(names) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols + 0.4, 2.3 * nrows + 0.7), squeeze=False,
+                             sharex=True, sharey=True)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        mask = patient.structures[name]
+        colour = COLOURS[name]
+        mine = [r for r in rows if r["structure"] == name]
+        curve = sorted((r for r in mine if r["metric"].startswith("V_")), key=lambda r: float(r["metric"][2:-2]))
+        if curve:
+            x = [float(r["metric"][2:-2]) for r in curve]
+            for i in reversed(range(len(levels))):  # the widest band first, the narrowest over it
+                lv = levels[i]
+                ax.fill_between(x, [r[f"lower_{lv}"] for r in curve], [r[f"upper_{lv}"] for r in curve],
+                                color=colour, alpha=BAND_ALPHAS[min(i, len(BAND_ALPHAS) - 1)], lw=0)
+        dx, dy = cumulative_dvh(pred[mask], bin_width=DVH_BIN_GY, max_dose=top)
+        ax.plot(dx, dy, color=colour, lw=1.5)
+        if ref is not None:
+            rx, ry = cumulative_dvh(ref[mask], bin_width=DVH_BIN_GY, max_dose=top)
+            ax.plot(rx, ry, color="black", lw=1.0)
+        for r in mine:  # D_<x>: dose at x % of the volume, a point of the cumulative DVH at height x
+            m = r["metric"]
+            if not (m.startswith("D_") and m != "D_0.1_cc"):
+                continue
+            y = float(m[2:])
+            for i in reversed(range(len(levels))):
+                lv = levels[i]
+                lo, hi = r[f"lower_{lv}"], r[f"upper_{lv}"]
+                ax.plot([lo, hi], [y, y], color=colour, alpha=min(1.0, 2 * BAND_ALPHAS[min(i, len(BAND_ALPHAS) - 1)]),
+                        lw=3.5 if i == 0 else 1.2, solid_capstyle="butt",
+                        marker=None if i == 0 else "|", ms=6)
+            ax.plot([r["predicted"]], [y], "o", color=colour, ms=3)
+        wide = any(r.get("wide") for r in mine)
+        ax.set_title(f"{name}  \u25b2 wide" if wide else name, fontsize=10, color="#b00020" if wide else "black",
+                     fontweight="bold" if wide else "normal")
+        ax.set(xlim=(0, top), ylim=(0, 101))
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("Dose (Gy)", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Volume (%)", fontsize=9)
+    handles = [Line2D([], [], color="grey", lw=1.5)] + [
+        Patch(color="grey", alpha=BAND_ALPHAS[min(i, len(BAND_ALPHAS) - 1)], lw=0) for i in range(len(levels))]
+    labels = ["predicted DVH"] + [f"{lv} % band" for lv in levels]
+    if ref is not None:
+        handles.append(Line2D([], [], color="black", lw=1.0))
+        labels.append("reference DVH")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle(f"{patient.id}: DVH estimate, predicted DVH with its bands", fontsize=11)
+    fig.tight_layout(rect=(0, 0.35 / (2.3 * nrows + 0.7), 1, 1))
+    return _svg_data_uri(fig)

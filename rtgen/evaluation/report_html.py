@@ -42,6 +42,8 @@ ul.criteria { font-size: 13px; margin: 4px 0 0 0; }
 nav a { margin-right: 10px; }
 a { color: #1f5fa8; }
 .note { font-size: 12px; color: #555; }
+.wide-flag { background: #fde2c4; color: #8a3b00; font-weight: 700; padding: 0 4px; border-radius: 3px; }
+td.outside { color: #9b1c1c; font-weight: 600; }
 """
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -68,7 +70,11 @@ def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: b
     head = ["<tr><th class='name'>Patient</th><th>Dose score (Gy)</th><th>DVH score (Gy)</th>"]
     if gamma:
         head.append("<th>Gamma 3%/3 mm (%)</th>")
-    head.append("<th class='name'>Failing criteria</th></tr>")
+    head.append("<th class='name'>Failing criteria</th>")
+    estimates = any(r.dvh_estimate for r in reports)
+    if estimates:
+        head.append("<th class='name'>Wide DVH bands</th>")
+    head.append("</tr>")
     rows = []
     n_fail = 0
     compared = [r for r in reports if r.has_reference]
@@ -77,6 +83,8 @@ def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: b
             cells = [f"<td class='name'><a href='#{_e(r.patient_id)}'>{_e(r.patient_id)}</a></td>",
                      f"<td class='no-reference'>{NO_REFERENCE}</td>" * (3 if gamma else 2),
                      "<td class='name no-reference'>no reference dose</td>"]
+            if estimates:
+                cells.append(_wide_cell(r))
             rows.append("<tr class='patient-row'>" + "".join(cells) + "</tr>")
             continue
         fails = r.failures()
@@ -88,6 +96,8 @@ def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: b
             cells.append(f"<td class='{cls}'>{_num(r.gamma, '.1f')}</td>")
         text = ", ".join(fails) if fails else "none"
         cells.append(f"<td class='name {'fail' if fails else 'ok'}'>{_e(text)}</td>")
+        if estimates:
+            cells.append(_wide_cell(r))
         rows.append("<tr class='patient-row'>" + "".join(cells) + "</tr>")
     missing = len(reports) - len(compared)
     mean: list[str] = []
@@ -100,7 +110,11 @@ def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: b
         if gamma:
             g = [r.gamma for r in reports if r.gamma is not None]
             mean.append(f"<td>{_num(float(np.mean(g)) if g else None, '.1f')}</td>")
-        mean.append(f"<td class='name'>{n_fail} of {len(compared)} patients with a failing criterion</td></tr>")
+        mean.append(f"<td class='name'>{n_fail} of {len(compared)} patients with a failing criterion</td>")
+        if estimates:
+            n_wide = sum(bool(r.wide) for r in reports if r.dvh_estimate)
+            mean.append(f"<td class='name'>{n_wide} of {sum(r.dvh_estimate for r in reports)} patients with a wide band</td>")
+        mean.append("</tr>")
         criteria = "".join(f"<li>{_e(c)}</li>" for c in CRITERIA)
         highlighting = ("<h3>Highlighting</h3><p class='note'>A value is marked "
                         "<span class='legend-fail'>like this</span> when it fails one of these simple review "
@@ -119,6 +133,73 @@ def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: b
         f"as the OpenKBP challenge computes them.</p>{no_ref}"
         f"<table id='cohort-table' class='metrics'>{''.join(head)}{''.join(mean)}{''.join(rows)}</table>"
         f"{highlighting}</section>"
+    )
+
+
+def _wide_cell(r: PatientReport) -> str:
+    if not r.dvh_estimate:
+        return "<td class='name'></td>"
+    if not r.wide:
+        return "<td class='name'>none</td>"
+    return f"<td class='name'><span class='wide-flag'>wide</span> {_e(', '.join(r.wide))}</td>"
+
+
+def _band_text(row: dict, level: str) -> str:
+    return f"{_num(row[f'lower_{level}'])} to {_num(row[f'upper_{level}'])}"
+
+
+def wide_sentence(level: str) -> str:
+    """What "wide" means, as the page says it."""
+    from rtgen.dosimetry.bands import wide_definition
+
+    return (f"A structure is flagged <span class='wide-flag'>wide</span> when, {wide_definition(level)}: the model "
+            "is less sure of it in this patient than usual, so check it before relying on it.")
+
+
+def estimate_section(r: PatientReport, pairs: list[tuple[dict, float | None]], figure_uri: str) -> str:
+    """The DVH estimate of one patient: the figure (each structure's predicted DVH with its bands
+    shaded), the wide flag, and the table of the scalar metrics with their bands (and the reference's
+    value, marked when it lies outside the narrowest band)."""
+    from rtgen.evaluation.report_figures import band_levels_of
+
+    pid = _e(r.patient_id)
+    levels = band_levels_of([row for row, _ in pairs])
+    first = levels[0] if levels else "80"
+    shades = " and ".join(f"{lv} %" for lv in levels)
+    if r.wide:
+        flag = (f"<p class='note wide-note'><span class='wide-flag'>wide</span> {_e(', '.join(r.wide))}. "
+                f"{wide_sentence(first)}</p>")
+    else:
+        flag = f"<p class='note wide-note'>No structure's band is wide. {wide_sentence(first)}</p>"
+    head = ["<tr><th class='name'>Structure</th><th class='name'>Metric</th><th>predicted (Gy)</th>"]
+    head += [f"<th>{lv} % band (Gy)</th>" for lv in levels]
+    head += ["<th>reference (Gy)</th>"] if r.has_reference else []
+    head.append("</tr>")
+    body = []
+    for row, ref in pairs:
+        if row["unit"] != "Gy":
+            continue
+        name, metric = row["structure"], row["metric"]
+        label = METRIC_LABELS.get(metric, metric.replace("_", ""))
+        mark = " <span class='wide-flag' title='a wide band'>wide</span>" if row.get("wide") else ""
+        cells = [f"<td class='name'><b>{_e(name)}</b>{mark}</td><td class='name'>{_e(label)}</td>",
+                 f"<td>{_num(row['predicted'])}</td>"]
+        cells += [f"<td data-band='{_e(name)} {_e(label)} {lv}'>{_band_text(row, lv)}</td>" for lv in levels]
+        if r.has_reference:
+            outside = ref is not None and levels and not row[f"lower_{first}"] <= ref <= row[f"upper_{first}"]
+            cells.append(f"<td class='{'outside' if outside else 'delta'}'>{_num(ref)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    outside_note = (f" A reference value outside the {first} % band is <span class='outside'>marked red</span>."
+                    if r.has_reference else "")
+    return (
+        f"<h3>DVH estimate</h3><p class='note'>Each structure's predicted DVH (solid) with its bands shaded: "
+        f"the {shades} bands hold the true value with {shades} probability for patients like those the model "
+        "was calibrated on (the narrowest darkest); target D99/D95/D50/D1 as horizontal bars"
+        f"{', the reference DVH in black' if r.has_reference else ''}.</p>{flag}"
+        f"<img id='dvh-estimate-{pid}' class='dvh-plot dvh-estimate' alt='{pid}: DVH estimate with bands' "
+        f"src='{figure_uri}'>"
+        f"<table id='estimate-{pid}' class='metrics estimate'>{''.join(head)}{''.join(body)}</table>"
+        f"<p class='note'>The bands of the DVH metrics (Gy).{outside_note}</p>"
     )
 
 
@@ -180,7 +261,7 @@ def _metric_table(r: PatientReport) -> tuple[str, str]:
     return dvh, indices
 
 
-def patient_section(r: PatientReport, slices_uri: str, dvh_uri: str) -> str:
+def patient_section(r: PatientReport, slices_uri: str, dvh_uri: str, estimate: str = "") -> str:
     pid = _e(r.patient_id)
     dvh_table, indices = _metric_table(r)
     fails = r.failures()
@@ -200,6 +281,7 @@ def patient_section(r: PatientReport, slices_uri: str, dvh_uri: str) -> str:
         f"<img id='slices-{pid}' class='slice-img' alt='{pid}: {shown}, "
         f"axial, coronal and sagittal' src='{slices_uri}'>"
         f"<h3>Dose-volume histograms</h3><img id='dvh-{pid}' class='dvh-plot' alt='{pid}: DVH' src='{dvh_uri}'>"
+        f"{estimate}"
         f"<h3>Indices</h3>{indices}<h3>DVH metrics per structure</h3>{dvh_table}"
         f"{footer}</section>"
     )

@@ -74,6 +74,8 @@ class PatientReport:
     metrics: dict[str, dict[str, Check]] = field(default_factory=dict)  # structure -> metric -> check
     indices: dict[str, Check] = field(default_factory=dict)  # "HI PTV70", "CI PTV70"
     gamma: float | None = None
+    dvh_estimate: bool = False  # the prediction came with a DVH estimate (bands)
+    wide: list[str] = field(default_factory=list)  # structures with a wide band in it
 
     @property
     def has_reference(self) -> bool:

@@ -65,7 +65,9 @@ def default_model(task: str = "dose") -> str:
 def shipped_model_dir(name: str = "dose_regression") -> Path:
     """A shipped model's folder, by folder name, by model name (`mamba_unet_v2`, `md_dose`) or by task
     ("dose" names the default dose model)."""
-    by_name = {s.model: s.folder for s in shipped_models()}
+    by_name: dict[str, str] = {}
+    for s in shipped_models():  # a model shipped in several folders: the manifest's first, its default
+        by_name.setdefault(s.model, s.folder)
     folder = manifest()["default"].get(name) or by_name.get(name, name)
     known = {s.folder for s in shipped_models()}
     if folder not in known:

@@ -70,7 +70,7 @@ def card_mismatches(models: list[ShippedModel], hub: Path) -> list[str]:
         text = card.read_text(encoding="utf-8")
         for s in m.validation["scores"]:
             value = _number(s["value"])
-            if not re.search(rf"(?<![\d.]){re.escape(value)}(?!\d)", text):
+            if not re.search(rf"(?<![\d.]){re.escape(value)}{'0*' if '.' in value else ''}(?!\d)", text):  # 1.9: 1.900
                 problems.append(f"{m.folder}: {s['metric']} {value} {s['unit']} is not in its model card")
     return problems
 

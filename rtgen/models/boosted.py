@@ -96,13 +96,19 @@ class BoostedDose:
         return {"trees": int(best), "val_l1": [float(v) for v in history.get("val", {}).get("l1", [])]}
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """The mean of this booster's and its members' predictions."""
+        return self.predict_members(X).mean(axis=0).astype(np.float32)
+
+    def predict_members(self, X: np.ndarray) -> np.ndarray:
+        """(1 + members, voxels) in float64: this booster's prediction, then each member's."""
         if self.booster is None:
             raise RtgenError("the boosted model has not been fitted or loaded")
         best = self.booster.best_iteration or None
-        mean = self.booster.predict(X, num_iteration=best, num_threads=self.config.threads)
-        for member in self.members:
-            mean += member.predict(X)
-        return (mean / (1 + len(self.members))).astype(np.float32)
+        out = np.empty((1 + len(self.members), len(X)), np.float64)
+        out[0] = self.booster.predict(X, num_iteration=best, num_threads=self.config.threads)
+        for i, member in enumerate(self.members):
+            out[1 + i] = member.predict(X)
+        return out
 
     def to_text(self) -> str:
         if self.booster is None:

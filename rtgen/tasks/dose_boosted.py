@@ -40,6 +40,7 @@ from rtgen.data.transforms.voxel_features import (
     feature_names,
 )
 from rtgen.dosimetry import OpenKBPScores, dvh_metrics
+from rtgen.dosimetry.bands import DVHBands, case_coverage, cross_validated_coverage, structure_cases
 from rtgen.dosimetry.calibration import DVHCalibration, structure_statistics
 from rtgen.tasks.base import Task
 
@@ -53,6 +54,7 @@ class BoostedDataConfig:
     val_samples_per_patient: Annotated[int, Field(ge=100, le=2_000_000)] = 5000  # for early stopping
     cache: str = ""  # folder for per-patient training samples; "" keeps nothing between runs
     feature_workers: Annotated[int, Field(ge=1, le=256)] = 2  # processes computing features
+    refit: bool = False  # also fit on the val patients (a recipe already fixed): no early stopping, k-fold scores
 
 
 @dataclass
@@ -61,6 +63,8 @@ class CalibrationConfig:
     ridge: Annotated[float, Field(ge=0, le=1e6)] = 10.0
     min_cases: Annotated[int, Field(ge=1, le=100_000)] = 8  # structures seen in fewer training patients stay as predicted
     ensemble: bool = True  # the fold boosters also predict: the dose is the mean of the k + 1 boosters
+    bands: bool = True  # DVH estimate bands calibrated on the out-of-fold predictions (split-conformal)
+    band_levels: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = (0.8, 0.95)  # central coverage of each band
 
 
 def _sample(args):
@@ -91,6 +95,7 @@ class BoostedDoseTask(Task):
     data: BoostedDataConfig
     calibration: CalibrationConfig
     dvh_calibration: DVHCalibration | None = None  # fitted by `fit`, or read from config.json
+    dvh_bands: DVHBands | None = None  # likewise
     ensemble_members: int = 0  # fold boosters saved beside model.txt as model.fold<i>.txt
 
     def implied_architecture(self) -> dict:
@@ -106,21 +111,29 @@ class BoostedDoseTask(Task):
 
     # ---- fitting (rtgen.engine.direct)
     def fit(self, seed: int, progress: bool = True):
-        """Draw voxels, fit, validate on whole volumes. Returns (model, validation metrics, data summary).
+        """Draw voxels, fit, and score. Returns (model, metrics, data summary).
 
-        Validation patients' features are computed once, on their whole possible dose mask: a random
-        subset of those voxels drives early stopping, and all of them give the scores."""
+        Without `data.refit`: the training patients are fitted, early stopping reads a random subset of
+        the validation patients' voxels, and the validation patients' whole volumes give the scores.
+        With it, the validation patients are fitted too, with the configured number of trees, and the
+        scores are the k-fold cross-validated ones over every patient (`cv_*`)."""
         train = self.split_paths(self.data.train, self.data.max_train_patients, "train")
-        val = self.split_paths(self.data.val, self.data.max_val_patients, "val")
+        val = self.split_paths(self.data.val, self.data.max_val_patients, "val") if self.data.val or not self.data.refit \
+            else []
+        refit = self.data.refit
+        paths = train + val if refit else train
         t0 = time.perf_counter()
-        parts = self._gather(train, self.voxels, seed, "train voxels", progress)
+        parts = self._gather(paths, self.voxels, seed, "train voxels", progress)
         X, y = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
-        cases = self._whole_volumes(val, progress)
-        rng = np.random.default_rng(seed + 10_000)
-        picks = [rng.choice(len(Xc), min(len(Xc), self.data.val_samples_per_patient), replace=False)
-                 for _, Xc in cases]
-        Xv = np.concatenate([Xc[i] for (_, Xc), i in zip(cases, picks)])
-        yv = np.concatenate([p.dose[p.possible_dose_mask][i] for (p, _), i in zip(cases, picks)])
+        Xv = yv = None
+        cases = []
+        if not refit:
+            cases = self._whole_volumes(val, progress)
+            rng = np.random.default_rng(seed + 10_000)
+            picks = [rng.choice(len(Xc), min(len(Xc), self.data.val_samples_per_patient), replace=False)
+                     for _, Xc in cases]
+            Xv = np.concatenate([Xc[i] for (_, Xc), i in zip(cases, picks)])
+            yv = np.concatenate([p.dose[p.possible_dose_mask][i] for (p, _), i in zip(cases, picks)])
         features_s = time.perf_counter() - t0
         model = self.build_model()
         info = model.fit(X, y, Xv, yv, feature_names(self.voxels), progress=progress)
@@ -128,49 +141,79 @@ class BoostedDoseTask(Task):
         n_voxels = len(y)
         del X, y
         t1 = time.perf_counter()
-        self.dvh_calibration, self.ensemble_members = None, 0
-        if self.calibration.folds >= 2 and len(train) >= self.calibration.folds:
-            self.dvh_calibration, boosters = self._fit_calibration(train, parts, info["trees"], progress)
+        self.dvh_calibration, self.dvh_bands, self.ensemble_members = None, None, 0
+        cv: dict = {}
+        if self.calibration.folds >= 2 and len(paths) >= self.calibration.folds:
+            boosters, cv = self._cross_validate(paths, parts, info["trees"], progress)
             if self.calibration.ensemble:
                 model.members = boosters
                 self.ensemble_members = len(boosters)
         calibration_s = time.perf_counter() - t1
         del parts
         t1 = time.perf_counter()
-        metrics = self._score(model, cases)
-        metrics["predict_seconds_per_patient"] = round((time.perf_counter() - t1) / max(1, len(cases)), 2)
-        data = {"train_patients": len(train), "train_voxels": int(n_voxels), "val_patients": len(val),
-                "val_voxels": int(len(yv)), "trees": info["trees"], "feature_seconds": round(features_s, 1),
+        if refit:
+            metrics = {"dose_score": cv["cv_dose_score"], "dvh_score": cv["cv_dvh_score"], **cv}
+        else:
+            metrics = {**self._score(model, cases), **cv}
+            metrics["predict_seconds_per_patient"] = round((time.perf_counter() - t1) / max(1, len(cases)), 2)
+        data = {"train_patients": len(paths), "train_voxels": int(n_voxels), "val_patients": 0 if refit else len(val),
+                "val_voxels": 0 if refit else int(len(yv)), "trees": info["trees"], "refit": refit,
+                "folds": self.calibration.folds, "feature_seconds": round(features_s, 1),
                 "fit_seconds": round(fit_s, 1), "calibration_seconds": round(calibration_s, 1)}
         return model, metrics, data
 
-    def _fit_calibration(self, train: list[Path], parts: list, trees: int, progress: bool):
-        """k-fold out-of-fold predictions of the training patients -> (the DVH calibration, the k fold
-        boosters). Each fold's booster has the main model's settings and tree count; patient i belongs
-        to fold i mod k."""
+    def _cross_validate(self, paths: list[Path], parts: list, trees: int, progress: bool) -> tuple[list, dict]:
+        """k boosters, each fitted on the other folds (patient i belongs to fold i mod k), predict the
+        patients they did not see. From those out-of-fold predictions: the DVH calibration (fitted on
+        all of them), the DVH bands, and cross-validated scores, where each patient's prediction is
+        calibrated by a calibration fitted on the other folds only. Returns (the k boosters, cv metrics)."""
         k = self.calibration.folds
-        fold = np.arange(len(train)) % k
+        fold = np.arange(len(paths)) % k
         settings = replace(self.architecture, n_estimators=max(1, trees), early_stopping_rounds=0)
-        rows, boosters = [], []
-        bar = tqdm(total=len(train), desc=f"DVH calibration ({k} folds)", unit="patient", disable=not progress)
+        rows: list = [None] * len(paths)
+        oof: list = [None] * len(paths)
+        boosters = []
+        bar = tqdm(total=len(paths), desc=f"out-of-fold predictions ({k} folds)", unit="patient",
+                   disable=not progress)
         for f in range(k):
-            seen = [parts[i] for i in range(len(train)) if fold[i] != f]
+            seen = [parts[i] for i in range(len(paths)) if fold[i] != f]
             booster = self.model_entry.build(settings)
             booster.fit(np.concatenate([x for x, _ in seen]), np.concatenate([y for _, y in seen]),
                         feature_names=feature_names(self.voxels))
             del seen
             boosters.append(booster)
-            held = [(str(train[i]), self.voxels) for i in range(len(train)) if fold[i] == f]
+            held = [i for i in range(len(paths)) if fold[i] == f]
             with ProcessPoolExecutor(self.data.feature_workers) as pool:
-                for patient, X in pool.map(_pdm_features, held):
+                for i, (patient, X) in zip(held, pool.map(_pdm_features, [(str(paths[i]), self.voxels) for i in held])):
                     if patient.dose is None:
                         raise RtgenError(f"{patient.id}: training patient has no dose")
-                    dose = self._assemble(patient, booster.predict(X))
-                    rows.append((structure_statistics(dose, patient.structures, patient.voxel_volume_mm3),
-                                 dvh_metrics(patient.dose, patient.structures, patient.voxel_volume_mm3)))
+                    oof[i] = np.clip(booster.predict(X), 0.0, None).astype(np.float32)
+                    dose = self._assemble(patient, oof[i])
+                    rows[i] = (structure_statistics(dose, patient.structures, patient.voxel_volume_mm3),
+                               dvh_metrics(patient.dose, patient.structures, patient.voxel_volume_mm3))
                     bar.update()
         bar.close()
-        return DVHCalibration.fit(rows, self.calibration.ridge, self.calibration.min_cases), boosters
+        ridge, min_cases = self.calibration.ridge, self.calibration.min_cases
+        self.dvh_calibration = DVHCalibration.fit(rows, ridge, min_cases)
+        crossed = {f: DVHCalibration.fit([r for r, g in zip(rows, fold) if g != f], ridge, min_cases) for f in range(k)}
+        scores, band_cases = OpenKBPScores(), []
+        for i, path in enumerate(tqdm(paths, desc="cross-validated scores", unit="patient", disable=not progress)):
+            patient = load_patient(path)
+            dose = self._calibrate(patient, self._assemble(patient, oof[i]), crossed[fold[i]])
+            scores.add(patient.id, patient.dose, dose, patient.possible_dose_mask, patient.structures,
+                       patient.voxel_volume_mm3)
+            if self.calibration.bands:
+                for case in structure_cases(dose, patient.structures, patient.voxel_volume_mm3,
+                                            reference=patient.dose):
+                    case.fold, case.patient = int(fold[i]), patient.id
+                    band_cases.append(case)
+        metrics = {"cv_folds": k, "cv_patients": len(paths), "cv_dose_score": scores.dose_score,
+                   "cv_dvh_score": scores.dvh_score}
+        if self.calibration.bands:
+            levels = tuple(self.calibration.band_levels)
+            self.dvh_bands = DVHBands.fit(band_cases, levels, min_cases=min_cases)
+            metrics["cv_band_coverage"] = cross_validated_coverage(band_cases, levels, k, min_cases)
+        return boosters, metrics
 
     def _whole_volumes(self, paths: list[Path], progress: bool) -> list[tuple[Patient, np.ndarray]]:
         jobs = [(str(p), self.voxels) for p in paths]
@@ -184,23 +227,30 @@ class BoostedDoseTask(Task):
 
     def _score(self, model, cases) -> dict:
         """The scores of the predictions `rtgen predict` writes; with a DVH calibration, also those of
-        the boosters without it (`uncalibrated_*`)."""
-        scores, raw = OpenKBPScores(), OpenKBPScores()
+        the boosters without it (`uncalibrated_*`); with DVH bands, their coverage (`band_coverage`)."""
+        scores, raw, band_cases = OpenKBPScores(), OpenKBPScores(), []
         for patient, X in cases:
             dose = self._assemble(patient, model.predict(X))
             args = (patient.possible_dose_mask, patient.structures, patient.voxel_volume_mm3)
-            scores.add(patient.id, patient.dose, self._calibrate(patient, dose), *args)
+            calibrated = self._calibrate(patient, dose)
+            scores.add(patient.id, patient.dose, calibrated, *args)
             if self.dvh_calibration is not None:
                 raw.add(patient.id, patient.dose, dose, *args)
+            if self.dvh_bands is not None:
+                band_cases += structure_cases(calibrated, patient.structures, patient.voxel_volume_mm3,
+                                              self.dvh_bands.curve_gy, reference=patient.dose)
         metrics = {"dose_score": scores.dose_score, "dvh_score": scores.dvh_score}
         if raw.patients:
             metrics.update(uncalibrated_dose_score=raw.dose_score, uncalibrated_dvh_score=raw.dvh_score)
+        if band_cases:
+            metrics["band_coverage"] = case_coverage(self.dvh_bands, band_cases)
         return metrics
 
-    def _calibrate(self, patient: Patient, dose: np.ndarray) -> np.ndarray:
-        if self.dvh_calibration is None:
+    def _calibrate(self, patient: Patient, dose: np.ndarray, calibration: DVHCalibration | None = None) -> np.ndarray:
+        calibration = calibration or self.dvh_calibration
+        if calibration is None:
             return dose
-        out = self.dvh_calibration.apply(dose, patient.structures, patient.voxel_volume_mm3)
+        out = calibration.apply(dose, patient.structures, patient.voxel_volume_mm3)
         # an organ's map applies to all of its voxels, and OpenKBP's structures can reach past the
         # possible dose mask (outside the body): no dose there, as in the reference plans
         out[~patient.possible_dose_mask] = 0.0
@@ -218,10 +268,25 @@ class BoostedDoseTask(Task):
         return dose
 
     def predict_patient(self, model, patient: Patient, batch_size: int = 32, tta: bool = False, sampling=None,
-                        device=None, autocast=None) -> tuple[np.ndarray, None]:
-        """The dose in Gy on the patient's grid (deterministic: no spread)."""
+                        device=None, autocast=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the dose in Gy on the patient's grid, the ensemble's spread): with fold boosters, the
+        standard deviation of the boosters' doses in each voxel (before the DVH calibration), else None."""
         X = feature_matrix(patient, self.voxels, patient.possible_dose_mask)
-        return self._calibrate(patient, self._assemble(patient, model.predict(X))), None
+        members = model.predict_members(X)
+        dose = self._calibrate(patient, self._assemble(patient, members.mean(axis=0).astype(np.float32)))
+        std = None
+        if len(members) > 1:
+            std = np.zeros(patient.grid, np.float32)
+            std[patient.possible_dose_mask] = np.clip(members, 0.0, None).std(axis=0)
+        return dose, std
+
+    def dvh_estimate(self, patient: Patient, dose: np.ndarray) -> list[dict] | None:
+        """The DVH estimate of a predicted `dose` (from `predict_patient`): per structure and metric the
+        predicted value and its bands (rows of `<id>_dvh.csv`), or None for a model without bands."""
+        if self.dvh_bands is None:
+            return None
+        return self.dvh_bands.table(structure_cases(dose, patient.structures, patient.voxel_volume_mm3,
+                                                    self.dvh_bands.curve_gy))
 
     # ---- checkpoints
     def checkpoint_config(self) -> dict:
@@ -231,6 +296,8 @@ class BoostedDoseTask(Task):
             config["dvh_calibration"] = self.dvh_calibration.to_dict()
         if self.ensemble_members:
             config["ensemble_members"] = self.ensemble_members
+        if self.dvh_bands is not None:
+            config["dvh_bands"] = self.dvh_bands.to_dict()
         return config
 
     @classmethod
@@ -243,6 +310,8 @@ class BoostedDoseTask(Task):
                                       "retrain it with `rtgen train`")
         if config.get("dvh_calibration") is not None:
             task.dvh_calibration = DVHCalibration.from_dict(config["dvh_calibration"], source)
+        if config.get("dvh_bands") is not None:
+            task.dvh_bands = DVHBands.from_dict(config["dvh_bands"], source)
         members = config.get("ensemble_members", 0)
         if not isinstance(members, int) or isinstance(members, bool) or not 0 <= members <= 100:
             raise ConfigError(source, f"ensemble_members must be a whole number from 0 to 100, not {members!r}")
@@ -275,6 +344,7 @@ class BoostedDoseTask(Task):
     def model_card(self, summary: dict) -> str:
         t, v = summary["training"], summary.get("validation", {})
         names = feature_names(self.voxels)
+        refit = t.get("refit", False)
         return "\n".join([
             f"# {summary['model']['name']} dose predictor (gradient-boosted trees)", "",
             "Predicts a 3D radiotherapy dose (Gy) voxel by voxel inside the possible dose mask from hand features:",
@@ -282,6 +352,9 @@ class BoostedDoseTask(Task):
             "## Data",
             f"- Training: {t['train_patients']} patients, {t['train_voxels']:,} voxels drawn inside the possible dose mask"
             f" (near PTV surfaces x{self.voxels.edge_weight:g}, in OARs x{self.voxels.oar_weight:g}).",
+            "- Validation: refit on the training and validation patients together (`data.refit`), with the recipe"
+            f" fixed beforehand on validation; the scores below are {v.get('cv_folds', 0)}-fold cross-validated over"
+            f" all {t['train_patients']}." if refit else
             f"- Validation: {t['val_patients']} patients (early stopping on {t['val_voxels']:,} voxels; scores on whole volumes).",
             "- OpenKBP: Babier et al., Medical Physics 48:5549-5561, 2021.", "",
             "## Model",
@@ -293,19 +366,50 @@ class BoostedDoseTask(Task):
             "## Training",
             f"- Hardware: {t['hardware']}.",
             f"- Time: {t['seconds'] / 60:.1f} min ({t['feature_seconds']:.0f} s features, {t['fit_seconds']:.0f} s fitting"
-            f", {t.get('calibration_seconds', 0):.0f} s DVH calibration).",
+            f", {t.get('calibration_seconds', 0):.0f} s out-of-fold predictions, DVH calibration and bands).",
             *([f"- DVH calibration: {self.calibration.folds}-fold out-of-fold predictions of the training patients fit a"
                f" ridge regression (ridge {self.calibration.ridge:g}) per structure and DVH metric; predictions are"
                " reshaped inside the PTVs and OARs it covers ("
                + ", ".join(sorted(self.dvh_calibration.coefficients)) + ")."]
               if self.dvh_calibration is not None else []),
             *([f"- Ensemble: the {self.ensemble_members} fold boosters (`model.fold<i>.txt`) predict with the main one;"
-               " the dose is their mean."] if self.ensemble_members else []),
-            "", "## Validation scores (OpenKBP definitions)",
-            f"- Dose score: {v.get('dose_score', float('nan')):.3f} Gy; DVH score: {v.get('dvh_score', float('nan')):.3f} Gy;"
-            f" prediction {v.get('predict_seconds_per_patient', float('nan')):.1f} s per patient once features are computed.",
+               " the dose is their mean, and their spread is the voxel uncertainty map (`<id>_std.nii.gz`)."]
+              if self.ensemble_members else []),
+            *self._band_lines(), "",
+            "## Cross-validated scores (OpenKBP definitions)" if refit else "## Validation scores (OpenKBP definitions)",
+            *([f"- {v['cv_folds']}-fold cross-validation over {v['cv_patients']} patients (each patient predicted by the"
+               " booster that did not see it, calibrated by a DVH calibration fitted on the other folds): dose score"
+               f" {v['cv_dose_score']:.3f} Gy, DVH score {v['cv_dvh_score']:.3f} Gy."] if "cv_dose_score" in v else []),
+            *([f"- Validation patients: dose score {v.get('dose_score', float('nan')):.3f} Gy; DVH score"
+               f" {v.get('dvh_score', float('nan')):.3f} Gy; prediction"
+               f" {v.get('predict_seconds_per_patient', float('nan')):.1f} s per patient once features are computed."]
+              if not refit else []),
             *([f"- Without the DVH calibration: dose score {v['uncalibrated_dose_score']:.3f} Gy, DVH score"
                f" {v['uncalibrated_dvh_score']:.3f} Gy."] if "uncalibrated_dvh_score" in v else []),
+            *[_coverage_line(name, v[key]) for key, name in
+              (("band_coverage", "validation patients"), ("cv_band_coverage", "cross-validated, each fold's bands"
+                                                                               " calibrated on the other folds"))
+              if key in v],
+            "- Reproduce: `rtgen train CONFIG data.refit=true` with this folder's training config (the cross-validated"
+            " scores and coverage are computed by the training itself and recorded in config.json)." if refit else
             "- Reproduce: `rtgen predict --model THIS_FOLDER --patients VALIDATION_SPLIT --out pred &&"
             " rtgen evaluate --pred pred --ref VALIDATION_SPLIT`.", "",
         ])
+
+    def _band_lines(self) -> list[str]:
+        if self.dvh_bands is None:
+            return []
+        levels = " and ".join(f"{p * 100:g} %" for p in self.dvh_bands.levels)
+        return [f"- DVH estimate bands ({levels}): normalised split-conformal intervals around each predicted DVH"
+                " metric (OAR mean and D0.1cc, PTV D99/D95/D50/D1, and the DVH curve at"
+                f" {self.dvh_bands.curve_gy[0]:g}-{self.dvh_bands.curve_gy[-1]:g} Gy), calibrated on the out-of-fold"
+                " predictions, their width scaled per patient and structure by a difficulty model"
+                " (`rtgen.dosimetry.bands`); `rtgen predict` writes them to `<id>_dvh.csv`."]
+
+
+
+def _coverage_line(name: str, coverage: dict) -> str:
+    parts = [f"{level} % bands cover {c['coverage'] * 100:.1f} % of {c['cases']:,} reference values"
+             f" (mean width {c['mean_width_gy']:.2f} Gy for dose metrics, {c['mean_width_pct']:.1f} % for curve points)"
+             for level, c in coverage.items()]
+    return f"- Band coverage ({name}): " + "; ".join(parts) + "."
