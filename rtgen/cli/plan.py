@@ -78,6 +78,7 @@ def plan(
     from tqdm.auto import tqdm
 
     from rtgen.core.atomic import output_dir
+    from rtgen.core.structures import GRID_SHAPE
     from rtgen.data.sources import load_patient, patients_in
     from rtgen.evaluation.dose import find_prediction, read_prediction
     from rtgen.planning.engine import blas_threads_note, patient_origin, require_pyradplan
@@ -102,6 +103,9 @@ def plan(
     with output_dir(out_dir, len(paths) * 30_000_000):
         def plan_one(path: Path) -> None:
             patient = load_patient(path, aliases=names, require_target=True)
+            if fmt is PlanFormat.csv and tuple(patient.grid) != GRID_SHAPE:  # before minutes of planning
+                raise RtgenError(f"{path}: grid {tuple(patient.grid)}; CSV doses are on the OpenKBP grid "
+                                 f"{GRID_SHAPE}: use --format nifti")
             found = find_prediction(dose, patient.id)
             if found is None:
                 raise RtgenError(f"{dose}: no dose for patient {patient.id} (expected {patient.id}.csv, "
@@ -113,21 +117,34 @@ def plan(
 
                 ref = read_ct_reference(path)
             origin = patient_origin(patient, ref)
-            with tqdm(total=len(settings.beams.gantry_angles), desc=f"{patient.id}: influence matrix", unit="beam",
-                      leave=False) as bar_b, \
-                    tqdm(total=settings.objective.iterations, desc=f"{patient.id}: optimisation", unit="it",
-                         leave=False) as bar_o:
-                def on_beam(current, total):
-                    bar_b.n = current
-                    bar_b.refresh()
+            bars = {}
 
-                def on_iteration(i, value):
-                    bar_o.n = i
-                    bar_o.set_postfix(objective=f"{value:.3g}")
+            def bar(name: str, total: int, unit: str):  # each stage's bar starts with the stage
+                if name not in bars:
+                    bars[name] = tqdm(total=total, desc=f"{patient.id}: {name}", unit=unit, leave=False)
+                return bars[name]
 
-                result = make_plan(patient, input_dose, settings, origin, cache_dir,
-                                   report=lambda stage, message: out.print(f"{patient.id}: {stage}: {message}"),
+            def on_beam(current, total):
+                b = bar("influence matrix", total, "beam")
+                b.n = current
+                b.refresh()
+
+            def on_iteration(i, value):
+                b = bar("optimisation", settings.objective.iterations, "it")
+                b.n = i
+                b.set_postfix(objective=f"{value:.3g}")
+
+            def on_stage(stage, message):
+                for b in bars.values():
+                    b.close()
+                out.print(f"{patient.id}: {stage}: {message}")
+
+            try:
+                result = make_plan(patient, input_dose, settings, origin, cache_dir, report=on_stage,
                                    beam_progress=on_beam, iteration_progress=on_iteration)
+            finally:
+                for b in bars.values():
+                    b.close()
             row, j = write_plan(out_dir, patient, input_dose, result, fmt.value, path)
             rows.append(row)
             judged.append(j)

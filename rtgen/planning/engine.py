@@ -236,17 +236,9 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
     pln.prop_stf = stf_props
     pln.prop_dose_calc = {"dose_grid": {"resolution": {"x": dx, "y": dy, "z": dz}}}  # the CT grid itself
     t = time.perf_counter()
-    quiet = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # pyRadPlan's own progress bars; rtgen reports per beam through `progress`
-    try:
-        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-            warnings.simplefilter("ignore")
-            dij, stf = _run_engine(prp, get_engine, ct, cst, pln, patient.id, progress)
-    finally:
-        if quiet is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = quiet
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")
+        dij, stf = _run_engine(get_engine, ct, cst, pln, patient.id, progress)
     seconds = time.perf_counter() - t
     d = dij.physical_dose.flat[0]
     if tuple(dij.dose_grid.dimensions) != (nx, ny, nz):
@@ -272,8 +264,14 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
                      float(beams.bixel_mm), {"influence_s": seconds})
 
 
-def _run_engine(prp, get_engine, ct, cst, pln, pid: str, progress):
-    stf = prp.generate_stf(ct, cst, pln)
+def _run_engine(get_engine, ct, cst, pln, pid: str, progress):
+    """pyRadPlan's beamlet geometry and influence matrix, its own progress bars off (rtgen reports per beam
+    through `progress`)."""
+    from pyRadPlan.stf import get_generator, validate_stf
+
+    generator = get_generator(pln)
+    generator.console_progress = False
+    stf = validate_stf(generator.generate(ct, cst))
     if sum(b.total_number_of_bixels for b in stf.beams) == 0:
         raise PlanningError(f"{pid}: no beamlet reaches the targets")
     engine = get_engine(pln)

@@ -76,4 +76,4 @@ def sequence_plan(inf, weights: np.ndarray, levels: int = 10, leaf_width: float 
         total += float(delivered.sum())
         lost += float(delivered.sum() - delivered[bf.rows, bf.cols].sum())
         beams.append((bf, s))
-    return SequencedPlan(beams, seq_weights, lost / total if total > 0 else 0.0)
+    return SequencedPlan(beams, seq_weights, max(0.0, lost / total) if total > 0 else 0.0)
