@@ -164,6 +164,11 @@ def test_cli_writes_a_conformant_rtplan_and_rtdose(tmp_path, case, own_dose):
     assert dose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan.SOPInstanceUID
     assert dose.DoseSummationType == "PLAN" and dose.FrameOfReferenceUID == plan.FrameOfReferenceUID
     assert len(plan.BeamSequence) == 9 and plan.FractionGroupSequence[0].NumberOfFractionsPlanned == 35
+    assert {(r.DoseReferenceDescription, float(r.TargetPrescriptionDose)) for r in plan.DoseReferenceSequence} == {
+        ("PTV70", 70.0), ("PTV56", 56.0)}  # the phantom's targets only
+    assert [float(b.ControlPointSequence[0].GantryAngle) for b in plan.BeamSequence] == list(BEAMS.gantry_angles)
+    iso = [float(v) for v in plan.BeamSequence[0].ControlPointSequence[0].IsocenterPosition]
+    assert iso == pytest.approx(list(inf.isocentre), abs=1e-3)
     fluence = np.load(out / "fluence" / f"{p.id}.npz")
     for b, rb in zip(plan.BeamSequence, plan.FractionGroupSequence[0].ReferencedBeamSequence):
         mlc = b.BeamLimitingDeviceSequence[2]

@@ -57,7 +57,7 @@ def require_pyradplan():
             import pyRadPlan
     except ImportError as e:
         raise PlanningError(f"rtgen plan needs pyRadPlan ({e}); install it as the planning docs describe: "
-                            "pip install --no-deps pyradplan==0.5.0, then its dependencies") from None
+                            "pip install --no-deps pyradplan==0.5.0 && pip install -r requirements-planning.txt") from None
     pyRadPlan.settings.xp.prefer_gpu = False  # the sparse influence matrix is a CPU (scipy) object here
     return pyRadPlan
 

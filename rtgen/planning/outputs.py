@@ -7,7 +7,8 @@
 * ``fluence/<id>.npz``: per beam the optimised and the sequenced fluence maps, their grid, and the
   segments (leaf positions, MU); ``fluence/<id>_beam<k>.png``: both maps side by side;
 * ``plans.csv``: one row per patient (sizes, time per stage, distance to the input dose before and
-  after sequencing, segments, MU, clinical criteria met by the plan, the input and the reference);
+  after sequencing, segments, MU, the input's and the plan's distance to the reference dose where the
+  patient has one, clinical criteria met by the plan, the input and the reference);
   ``summary.json``: the cohort's means and the pooled share of criteria met.
 """
 
@@ -76,8 +77,8 @@ def write_fluence(out_dir: Path, result) -> list[Path]:
     return [npz, *paths]
 
 
-def write_rtplan_for(out_dir: Path, result, source: Path, ref=None) -> str:
-    """<id>_RTPLAN.dcm on the CT of the DICOM patient folder `source`; its SOPInstanceUID."""
+def write_rtplan_for(out_dir: Path, result, source: Path, targets=tuple(PRESCRIPTION_GY), ref=None) -> str:
+    """<id>_RTPLAN.dcm on the CT of the DICOM patient folder `source`, prescribing `targets`; its SOPInstanceUID."""
     from rtgen.data.sources.dicom import read_ct_reference
     from rtgen.data.sources.dicom.rtplan_write import PlanBeam, write_rtplan
 
@@ -91,7 +92,7 @@ def write_rtplan_for(out_dir: Path, result, source: Path, ref=None) -> str:
                               [s.right for s in seq.segments], mus[k]))
     return write_rtplan(Path(out_dir) / f"{result.patient_id}_RTPLAN.dcm", ref, beams, result.influence.isocentre,
                         result.settings.fractions, energy_mv=result.settings.beams.energy_mv,
-                        prescriptions={t: gy for t, gy in PRESCRIPTION_GY.items()})
+                        prescriptions={t: PRESCRIPTION_GY[t] for t in targets})
 
 
 def write_plan(out_dir: Path, patient, input_dose: np.ndarray, result, fmt: str, source: Path | None = None
@@ -101,13 +102,17 @@ def write_plan(out_dir: Path, patient, input_dose: np.ndarray, result, fmt: str,
     if fmt == "dicom":
         from rtgen.data.sources.dicom import write_rtdose
 
-        uid = write_rtplan_for(out_dir, result, source)
+        uid = write_rtplan_for(out_dir, result, source, [t for t in PRESCRIPTION_GY if t in patient.structures])
         write_rtdose(out_dir / f"{patient.id}_RTDOSE.dcm", result.delivered_dose, source, plan_uid=uid,
                      description="rtgen plan dose (sequenced)", body=patient.possible_dose_mask)
     else:
         write_dose(out_dir, patient.id, result.delivered_dose, patient.spacing, fmt)
     write_fluence(out_dir, result)
     row = result.summary(input_dose, patient.possible_dose_mask)
+    if patient.dose is not None:  # is the plan closer to the reference than the dose it mimicked?
+        body = patient.possible_dose_mask
+        row["mae_input_to_reference_gy"] = float(np.abs(input_dose - patient.dose)[body].mean())
+        row["mae_plan_to_reference_gy"] = float(np.abs(result.delivered_dose - patient.dose)[body].mean())
     criteria, judged = criteria_row(patient, input_dose, result)
     return {**row, **criteria}, judged
 
