@@ -26,7 +26,8 @@ isocentre). The MLC is ideal: no transmission, tongue-and-groove or minimum gap;
 merged across rows to fewer segments (Xia and Verhey's basic form, not the optimal-segment-count
 variants of later work).
 
-Pure NumPy; a 40 x 40 map with 10 levels is sequenced in about a millisecond.
+Pure NumPy; a 40 x 40 map of random values (many runs per row) with 10 levels is sequenced in about
+10 ms on one core.
 """
 
 from __future__ import annotations
