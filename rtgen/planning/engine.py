@@ -6,7 +6,7 @@ pyRadPlan turns into densities with its HU lookup table) and structure set (the 
 the OARs, and the possible dose mask as the external contour: the dose is computed inside it), a
 coplanar beam set (`BeamSet`: 9 equispaced gantry angles by default, as the OpenKBP plans, 6 MV,
 isocentre at the targets' centroid) is split into beamlets of `bixel_mm`, and the influence matrix
-D (dose in Gy per unit beamlet weight, per fraction in pyRadPlan's calibration) is computed.
+D (dose in Gy per unit beamlet weight) is computed.
 
 Geometry. rtgen's array[i, j, k] is the voxel at patient (x0 + j dx, y0 + i dy, z0 - k dz) (LPS,
 see `rtgen.data.sources.dicom`); pyRadPlan takes an image with increasing z, so the arrays are
@@ -98,7 +98,7 @@ class BeamSet:
 class Influence:
     """D (csc, float32): rows = the body voxels (rtgen flat order, `body_index`), columns = beamlets;
     per beamlet its beam and its IEC BLD position (x along the leaf travel, y across the leaves, mm in
-    the isocentre plane). Gy per unit weight per fraction."""
+    the isocentre plane). Gy per unit weight."""
 
     matrix: object  # scipy.sparse.csc_array
     body_index: np.ndarray  # int64 flat indices of the rows in the patient grid
