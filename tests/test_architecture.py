@@ -31,7 +31,7 @@ FLOORS = {
     "ssm": 1, "layers": 1, "dosimetry": 1, "imaging": 1,
     "models": 2, "diffusion": 2, "data": 2,
     "tasks": 3,
-    "engine": 4, "inference": 4, "evaluation": 4, "hub": 4, "bench": 4,
+    "engine": 4, "inference": 4, "evaluation": 4, "planning": 4, "hub": 4, "bench": 4,
     "cli": 5,
 }
 

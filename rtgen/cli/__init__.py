@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rtgen.core.runtime import configure_cpu_runtime
 
 configure_cpu_runtime()  # before anything loads PyTorch (its OpenMP reads the environment once)
+if sys.argv[1:2] == ["plan"]:  # before NumPy loads: the dose engine's many small products run far faster on one thread
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 # the command modules register themselves on `app` when imported
 from rtgen.cli import (  # noqa: E402, F401
@@ -14,6 +20,7 @@ from rtgen.cli import (  # noqa: E402, F401
     evaluate,
     inspect_patients,
     models,
+    plan,
     predict,
     register,
     report,

@@ -19,6 +19,8 @@ def evaluate(
     gamma: bool = typer.Option(False, "--gamma", help="Also compute the 3%/3 mm global gamma pass rate (slower)."),
     scorecard: bool = typer.Option(False, "--scorecard", help="Also score each prediction (and reference plan) on the clinical head-and-neck SIB scorecard, print a table per patient, and add the scorecard totals and the GDP-HMM MAE (body = possible dose mask, 5 Gy threshold) to --out."),
     scorecard_file: Path | None = typer.Option(None, "--scorecard-template", help="A scorecard JSON (Scorecard.to_dict form) to use instead of the built-in HN-SIB template; implies --scorecard."),
+    criteria: bool = typer.Option(False, "--criteria", help="Also judge each prediction (and reference plan) on clinical criteria (default: OpenKBP-Opt's: OAR D0.1cc and mean-dose limits, each PTV's D99 >= 90 % of its prescription), print the share met, and write it to --out (metrics.json, per_patient.csv, criteria.csv)."),
+    criteria_file: Path | None = typer.Option(None, "--criteria-file", help="A criteria file (JSON, or YAML by its .yaml/.yml suffix; see the evaluation docs) to use instead of the default set; implies --criteria."),
     aliases: Path | None = aliases_option("references"),
     dose: list[Path] | None = rtdose_option(),
 ):
@@ -27,7 +29,7 @@ def evaluate(
     mean |error| by decile of spread) and a DVH estimate (pt_N_dvh.csv) gets the coverage and mean
     width of its bands. A patient whose prediction or reference is missing or bad is reported and
     skipped; exit 1 if any."""
-    preflight(outputs=[out_dir], inputs=[aliases])  # an unwritable --out fails in a second, before any heavy import
+    preflight(outputs=[out_dir], inputs=[aliases, criteria_file])  # an unwritable --out fails in a second, before any heavy import
     names = dicom_options(aliases, dose, [ref])
     import contextlib
 
@@ -42,21 +44,30 @@ def evaluate(
         from rtgen.dosimetry.scorecard import Scorecard
 
         card = Scorecard.from_json(scorecard_file) if scorecard_file is not None else Scorecard.default_hn_sib()
+    judge = None
+    if criteria or criteria_file is not None:  # read before any scoring: a bad file fails at once
+        from rtgen.dosimetry.criteria import CriteriaSet, default_criteria
+
+        judge = CriteriaSet.from_file(criteria_file) if criteria_file is not None else default_criteria()
     if has_mr_references(ref):  # CT/MR pairs: synthetic MR against the real one
-        if card is not None:
+        if card is not None or judge is not None:
             from rtgen.core.errors import DataError
 
-            raise DataError(ref, "--scorecard scores doses; this folder holds CT/MR image pairs")
+            raise DataError(ref, f"{'--scorecard' if card is not None else '--criteria'} scores doses; this folder "
+                                 "holds CT/MR image pairs")
         return _evaluate_images(pred, ref, out_dir)
     n = len(find_patients(ref))
     batch = Batch("patients", n)
     room = output_dir(out_dir, n * FIGURE_BYTES) if out_dir is not None else contextlib.nullcontext()
     with room:  # an unwritable --out fails here, before any scoring
         with using_aliases(names):  # the references' ROI names
-            result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record, scorecard=card)
+            result = evaluate_folders(pred, ref, out_dir, gamma=gamma, on_failure=batch.record, scorecard=card,
+                                      criteria=judge)
         print_evaluation(result)
         if card is not None:
             print_scorecards(result)
+        if judge is not None:
+            print_criteria(result)
         if out_dir is not None:
             out.print(f"metrics.json, per_patient.csv and DVH figures written to [bold]{out_dir}[/]")
     batch.finish("evaluated")
@@ -146,6 +157,32 @@ def print_scorecards(result) -> None:
             out.print(f"  {pid}: not scored (structure absent): {', '.join(sc.absent)}; the maximum excludes them")
         if any(r.hard and r.violation > 0 for r in sc.rows):
             out.print(f"  {pid}: [red]![/] = a hard limit of the scorecard is violated")
+
+
+def print_criteria(result) -> None:
+    """One table: each criterion's verdict per patient for the dose scored (and the reference plan), and the
+    share met."""
+    s = result.criteria_summary()
+    pids = list(result.criteria)
+    table = Table(title=f"Clinical criteria ({s['set']}): prediction / reference plan", title_justify="left")
+    table.add_column("criterion")
+    for pid in pids:
+        table.add_column(pid, justify="center")
+    table.add_column("share met", justify="right")
+    mark = lambda m: "[dim]-[/]" if m is None else ("[green]met[/]" if m else "[red]not met[/]")
+    for i, (label, c) in enumerate(s["per_criterion"].items()):
+        cells = []
+        for pid in pids:
+            ref = result.criteria_ref.get(pid)
+            cells.append(mark(result.criteria[pid].rows[i].met) + (f" / {mark(ref.rows[i].met)}" if ref else ""))
+        share = "-" if c["share_met"] is None else f"{c['share_met']:.0%}"
+        if c["reference_share_met"] is not None:
+            share += f" / {c['reference_share_met']:.0%}"
+        table.add_row(label, *cells, share)
+    totals = [f"{result.criteria[p].n_met}/{result.criteria[p].n_applicable}" for p in pids]
+    ref_total = f" / {s['reference_share_met']:.1%}" if s["reference_share_met"] is not None else ""
+    table.add_row("[bold]met / applicable[/]", *totals, f"[bold]{s['share_met']:.1%}{ref_total}[/]")
+    out.print(table)
 
 
 def _evaluate_images(pred: Path, ref: Path, out_dir: Path | None) -> None:

@@ -26,6 +26,7 @@ from rtgen.evaluation.plots import plot_dvh
 
 if TYPE_CHECKING:
     from rtgen.data.records import Patient
+    from rtgen.dosimetry.criteria import CriteriaSet
     from rtgen.dosimetry.scorecard import Scorecard
 
 
@@ -91,6 +92,10 @@ class EvaluationResult:
     scorecard: dict = field(default_factory=dict)
     scorecard_ref: dict = field(default_factory=dict)
     gdp_hmm_mae: dict[str, float] = field(default_factory=dict)
+    # with clinical criteria (`rtgen evaluate --criteria`): patient -> CriteriaResult of the prediction and of
+    # the reference plan
+    criteria: dict = field(default_factory=dict)
+    criteria_ref: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         if not self.scores.patients:
@@ -137,6 +142,8 @@ class EvaluationResult:
                                            f"pred > {GDP_HMM_THRESHOLD_GY:g} Gy")
         if self.scorecard:
             s["scorecard"] = self.scorecard_summary()
+        if self.criteria:
+            s["criteria"] = self.criteria_summary()
         if self.failures:
             s["failed_patients"] = self.failures
         return s
@@ -184,6 +191,29 @@ class EvaluationResult:
                    if self.scorecard_ref else {}),
                 "per_patient": per}
 
+    def criteria_summary(self) -> dict:
+        """The share of clinical criteria met, pooled over patients (met / applicable patient-criterion
+        pairs), by the dose scored and by the reference plan, per criterion and per patient."""
+        from rtgen.dosimetry.criteria import pooled_share
+
+        first = next(iter(self.criteria.values()))
+        per_criterion = {}
+        for i, row in enumerate(first.rows):
+            out = {}
+            for key, results in (("share_met", self.criteria), ("reference_share_met", self.criteria_ref)):
+                met = [r.rows[i].met for r in results.values() if r.rows[i].met is not None]
+                out[key] = float(np.mean(met)) if met else None
+            out["applicable"] = sum(r.rows[i].met is not None for r in self.criteria.values())
+            per_criterion[row.label] = out
+        return {"set": first.name,
+                "share_met": pooled_share(self.criteria.values()),
+                "reference_share_met": pooled_share(self.criteria_ref.values()) if self.criteria_ref else None,
+                "definition": "criteria met / criteria applicable (structure present), pooled over patients",
+                "per_criterion": per_criterion,
+                "per_patient": {pid: {**r.to_dict(), **({"reference": self.criteria_ref[pid].to_dict()}
+                                                        if pid in self.criteria_ref else {})}
+                                for pid, r in self.criteria.items()}}
+
 
 def homogeneity_by_target(ref, pred: np.ndarray) -> dict[str, float]:
     """ICRU 83 HI of the reference and predicted dose for every PTV the patient has: {"PTV70_ref": ..}."""
@@ -204,6 +234,7 @@ def evaluate_folders(
     progress: bool = True,
     on_failure: Callable[[str, RtgenError], None] | None = None,
     scorecard: Scorecard | None = None,
+    criteria: CriteriaSet | None = None,
 ) -> EvaluationResult:
     """Score every reference patient's prediction; write outputs to `out_dir` atomically.
 
@@ -213,7 +244,11 @@ def evaluate_folders(
 
     With `scorecard` (an `rtgen.dosimetry.scorecard.Scorecard`) each prediction and reference plan is
     also scored on it, and the GDP-HMM MAE is computed with the OpenKBP possible dose mask as the
-    body mask; both go to metrics.json and per_patient.csv."""
+    body mask; both go to metrics.json and per_patient.csv.
+
+    With `criteria` (an `rtgen.dosimetry.criteria.CriteriaSet`) each prediction and reference plan is
+    judged on the clinical criteria: the share met goes to metrics.json and per_patient.csv, and every
+    patient's value and verdict per criterion to criteria.csv."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     if not pred_dir.is_dir():
         raise DataError(pred_dir, "prediction folder not found" if not pred_dir.exists() else "is not a folder")
@@ -240,7 +275,8 @@ def evaluate_folders(
     with staged_dir(out_dir) if out_dir is not None else contextlib.nullcontext() as stage:
         for i, pid, path in tqdm(todo, desc="evaluating", unit="patient", disable=not progress):
             try:
-                _evaluate_one(refs, i, pid, path, pred_dir, result, gamma, stage if figures else None, scorecard)
+                _evaluate_one(refs, i, pid, path, pred_dir, result, gamma, stage if figures else None, scorecard,
+                              criteria)
             except RtgenError as e:
                 failed(pid, e)
         if not result.scores.patients:
@@ -248,11 +284,14 @@ def evaluate_folders(
         if stage is not None:
             atomic_write_text(stage / "metrics.json", json.dumps(result.summary(), indent=2) + "\n")
             atomic_write_text(stage / "per_patient.csv", per_patient_csv(result))
+            if result.criteria:
+                atomic_write_text(stage / "criteria.csv", criteria_csv(result))
     return result
 
 
 def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Path, result: EvaluationResult,
-                  gamma: bool, figure_dir: Path | None, scorecard: Scorecard | None = None) -> None:
+                  gamma: bool, figure_dir: Path | None, scorecard: Scorecard | None = None,
+                  criteria: CriteriaSet | None = None) -> None:
     ref = refs[i]
     if ref.dose is None:
         raise DataError(refs.paths[i], "reference patient has no dose (dose.csv or dose.nii.gz)")
@@ -260,7 +299,7 @@ def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Pa
     std_path = pred_dir / f"{ref.id}_std.nii.gz"
     std = read_prediction(std_path, ref.grid) if std_path.is_file() else None
     estimate = read_dvh_estimate(pred_dir, ref.id)
-    score_patient(result, ref, pred, gamma, scorecard, std, figure_dir, estimate)
+    score_patient(result, ref, pred, gamma, scorecard, std, figure_dir, dvh_estimate=estimate, criteria=criteria)
 
 
 def dvh_estimate_path(pred_dir: Path, patient_id: str) -> Path:
@@ -337,12 +376,14 @@ def _structure_order(name: str) -> int:
 
 def score_patient(result: EvaluationResult, ref: Patient, pred: np.ndarray, gamma: bool = False,
                   scorecard: Scorecard | None = None, std: np.ndarray | None = None,
-                  figure_dir: Path | None = None, dvh_estimate: list[dict] | None = None) -> None:
+                  figure_dir: Path | None = None, dvh_estimate: list[dict] | None = None,
+                  criteria: CriteriaSet | None = None) -> None:
     """Score one prediction (dose in Gy on the reference's grid) against the reference patient's dose
     and add it to `result`: OpenKBP scores, HI, and on request the gamma pass rate, the scorecard of
     the prediction and of the reference plan with the GDP-HMM MAE, the correlation (Pearson and
     Spearman) of a predicted spread `std` with the error and its voxels for the deciles, the coverage
-    of a DVH estimate's bands (`dvh_estimate`: rows of `<id>_dvh.csv`), and the DVH figure in `figure_dir`."""
+    of a DVH estimate's bands (`dvh_estimate`: rows of `<id>_dvh.csv`), the clinical `criteria` of the
+    prediction and of the reference plan, and the DVH figure in `figure_dir`."""
     if ref.dose is None:
         raise DataError(ref.id, "reference patient has no dose (dose.csv or dose.nii.gz)")
     pred = np.asarray(pred)
@@ -355,12 +396,17 @@ def score_patient(result: EvaluationResult, ref: Patient, pred: np.ndarray, gamm
     pairs = band_pairs(dvh_estimate, ref, ref.id) if dvh_estimate is not None else None
     if std is not None and np.shape(std) != tuple(ref.grid):
         raise DataError(ref.id, f"predicted std shape {np.shape(std)} differs from the reference grid {tuple(ref.grid)}")
+    if criteria is not None:
+        judged = (criteria.evaluate(pred, ref.structures, ref.voxel_volume_mm3),
+                  criteria.evaluate(ref.dose, ref.structures, ref.voxel_volume_mm3))
     result.scores.add(ref.id, ref.dose, pred, ref.possible_dose_mask, ref.structures, ref.voxel_volume_mm3)
     result.hi[ref.id] = homogeneity_by_target(ref, pred)
     if gamma:
         result.gamma[ref.id] = gamma_pass_rate(ref.dose, pred, ref.spacing)
     if scorecard is not None:
         result.gdp_hmm_mae[ref.id], result.scorecard[ref.id], result.scorecard_ref[ref.id] = extra
+    if criteria is not None:
+        result.criteria[ref.id], result.criteria_ref[ref.id] = judged
     if std is not None:
         mask = ref.possible_dose_mask
         result.uncertainty_corr[ref.id] = uncertainty_error_correlation(std, ref.dose, pred, mask)
@@ -427,6 +473,8 @@ def per_patient_csv(result: EvaluationResult) -> str:
     columns += ["gdp_hmm_mae"] if result.gdp_hmm_mae else []
     columns += (["scorecard_total", "scorecard_max", "scorecard_fraction", "scorecard_total_ref", "scorecard_fraction_ref"]
                 if result.scorecard else [])
+    columns += (["criteria_met", "criteria_applicable", "criteria_share_met", "criteria_met_ref", "criteria_share_met_ref"]
+                if result.criteria else [])
     for p in result.scores.patients:
         errs = p.dvh_errors
         row = [p.patient_id, p.dose_error, float(np.mean(list(errs.values()))) if errs else ""]
@@ -447,9 +495,30 @@ def per_patient_csv(result: EvaluationResult) -> str:
             sc, ref = result.scorecard.get(p.patient_id), result.scorecard_ref.get(p.patient_id)
             row += [sc.total, sc.max_total, sc.fraction] if sc else ["", "", ""]
             row += [ref.total, ref.fraction] if ref else ["", ""]
+        if result.criteria:
+            cr, ref = result.criteria.get(p.patient_id), result.criteria_ref.get(p.patient_id)
+            row += [cr.n_met, cr.n_applicable, cr.share_met] if cr else ["", "", ""]
+            row += [ref.n_met, ref.share_met] if ref else ["", ""]
         rows.append(row)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows(rows)
+    return buf.getvalue()
+
+
+def criteria_csv(result: EvaluationResult) -> str:
+    """One row per patient and criterion: the value and verdict of the dose scored and of the reference
+    plan (value empty and met "n/a" where the structure is absent)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient", "criterion", "limit_gy", "value_gy", "met", "value_gy_ref", "met_ref"])
+    verdict = lambda m: "n/a" if m is None else ("yes" if m else "no")
+    for pid, r in result.criteria.items():
+        ref = result.criteria_ref.get(pid)
+        for i, row in enumerate(r.rows):
+            rr = ref.rows[i] if ref is not None else None
+            writer.writerow([pid, row.label, f"{row.limit_gy:g}", "" if row.value is None else f"{row.value:.4f}",
+                             verdict(row.met), "" if rr is None or rr.value is None else f"{rr.value:.4f}",
+                             "" if rr is None else verdict(rr.met)])
     return buf.getvalue()

@@ -1,0 +1,194 @@
+"""Planning on pyRadPlan's photon engine, on a tiny phantom (tests/planning_phantom.py) that the engine
+computes in a few seconds: a beamlet's dose is physical, mimicking a plan's own dose recovers it, the
+sequenced plan's dose is recomputed from the sequenced fluence, and `rtgen plan` writes an RTPLAN and
+an RTDOSE that pass dciodvfy. Bad input gets one line. Without pyRadPlan (see the planning docs for its
+install) the engine tests are skipped; the input checks still run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from planning_phantom import phantom
+from typer.testing import CliRunner
+
+from rtgen.cli import app
+from rtgen.core.errors import ConfigError, DataError
+from rtgen.data.records import Patient
+from rtgen.planning.engine import BeamSet, Influence, check_plannable, influence_matrix, patient_origin
+from rtgen.planning.optimise import Objective
+from rtgen.planning.plan import PlanSettings, make_plan
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BEAMS = BeamSet(bixel_mm=8.0)
+needs_engine = pytest.mark.skipif(__import__("importlib.util").util.find_spec("pyRadPlan") is None,
+                                  reason="pyRadPlan not installed (see docs/planning.md)")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    pytest.importorskip("pyRadPlan")
+    p = phantom()
+    cache = tmp_path_factory.mktemp("influence")
+    inf, cached = influence_matrix(p, BEAMS, patient_origin(p), cache)
+    assert not cached
+    return p, inf, cache
+
+
+@pytest.fixture(scope="module")
+def own_dose(case):
+    """A dose the engine can deliver: smooth random beamlet weights, scaled to a 70 Gy mean in PTV70."""
+    p, inf, _ = case
+    w = np.random.default_rng(0).uniform(0.5, 1.5, inf.n_beamlets)
+    d = inf.dose(w)
+    scale = 70.0 / d[p.structures["PTV70"]].mean()
+    return w * scale, d * scale
+
+
+@needs_engine
+def test_beamlet_dose_is_physical(case):
+    p, inf, _ = case
+    assert inf.matrix.min() >= 0 and inf.matrix.nnz > 0
+    assert inf.gantry_angles == BEAMS.gantry_angles and inf.n_beamlets > 100
+    # the central beamlet of gantry 0 (source anterior: along increasing array row i, posterior)
+    cols = np.flatnonzero((inf.beam == 0) & (np.abs(inf.x_mm) < 1e-6))
+    c = cols[np.argmin(np.abs(inf.y_mm[cols]))]
+    w = np.zeros(inf.n_beamlets)
+    w[c] = 1
+    d = inf.dose(w)
+    i, j, k = np.unravel_index(np.argmax(d), d.shape)
+    line = d[:, j, k]
+    inside = np.flatnonzero(p.possible_dose_mask[:, j, k])
+    entry, depth_max = inside[0], (i - inside[0] + 0.5) * p.spacing[0]
+    assert 4.0 <= depth_max <= 25.0, depth_max  # the build-up: the maximum lies 0.5-2.5 cm deep (6 MV: ~1.5 cm)
+    assert line[entry] < line[i]
+    beyond = line[i:inside[-1] + 1]
+    assert np.all(np.diff(beyond) <= 1e-6) and beyond[-1] < 0.7 * beyond[0]  # falls off past it
+    assert not d[~p.possible_dose_mask].any()  # no dose outside the body
+
+
+@needs_engine
+def test_mimicking_a_plans_own_dose_recovers_it(case, own_dose):
+    p, inf, cache = case
+    _, d0 = own_dose
+    settings = PlanSettings(BEAMS, Objective(target_weight=0.0, hot_weight=0.0, iterations=200))
+    stages = []
+    r = make_plan(p, d0, settings, cache_dir=cache, report=lambda stage, message: stages.append(stage))
+    assert r.from_cache and stages == ["influence", "optimisation", "sequencing"]
+    body = p.possible_dose_mask
+    assert np.abs(r.fluence_dose - d0)[body].mean() < 0.05  # Gy, of a 70 Gy plan
+    # the DVH-point form meets the DVH points it was given (one-sided: targets no colder, OARs no hotter)
+    dvh = make_plan(p, d0, PlanSettings(BEAMS, Objective(form="dvh", target_weight=0.0, hot_weight=0.0,
+                                                         iterations=200)), cache_dir=cache)
+    for name in ("PTV70", "PTV56"):
+        for q in (1, 5):  # D99, D95
+            assert np.percentile(dvh.fluence_dose[p.structures[name]], q) >= np.percentile(d0[p.structures[name]], q) - 0.5
+    cord = p.structures["SpinalCord"]
+    assert dvh.fluence_dose[cord].mean() <= d0[cord].mean() + 0.5
+
+
+@needs_engine
+def test_the_sequenced_plans_dose_is_recomputed_from_the_sequenced_fluence(case, own_dose):
+    p, inf, cache = case
+    _, d0 = own_dose
+    quick = Objective(iterations=40)  # the fluence's quality does not matter here
+    coarse = make_plan(p, d0, PlanSettings(BEAMS, quick, levels=3), cache_dir=cache)
+    fine = make_plan(p, d0, PlanSettings(BEAMS, quick, levels=50), cache_dir=cache)
+    for r in (coarse, fine):
+        np.testing.assert_allclose(r.delivered_dose, inf.dose(r.sequenced.weights), rtol=1e-5, atol=1e-4)
+        # the sequenced weights are the segments' fluence read at each beamlet
+        for bf, seq in r.sequenced.beams:
+            back = seq.delivered_on(bf.y0 + bf.bixel_mm * np.arange(bf.map.shape[0] + 1))
+            np.testing.assert_allclose(r.sequenced.weights[bf.columns], back[bf.rows, bf.cols])
+            assert np.abs(back - bf.map).max() <= seq.step / 2 + 1e-9
+        assert r.sequenced.lost_fraction < 1e-9 and sum(r.mu()) > 0
+    change = lambda r: np.abs(r.delivered_dose - r.fluence_dose)[p.possible_dose_mask].mean()
+    assert change(fine) < change(coarse)  # more levels: closer to the optimised fluence
+    assert fine.sequenced.n_segments > coarse.sequenced.n_segments
+
+
+@needs_engine
+def test_cache_is_a_plain_npz(case):
+    p, inf, cache = case
+    [path] = cache.glob("*.npz")
+    with np.load(path, allow_pickle=False) as z:  # no object arrays: readable without pickle
+        assert {"data", "indices", "indptr", "meta", "beam", "x_mm", "y_mm"} <= set(z.files)
+    again = Influence.load(path)
+    assert (again.matrix != inf.matrix).nnz == 0 and again.isocentre == inf.isocentre
+
+
+def test_bad_input_is_one_line(tmp_path):
+    p = phantom()
+    no_target = Patient(p.id, p.ct, None, p.possible_dose_mask, {"SpinalCord": p.structures["SpinalCord"]}, p.spacing)
+    with pytest.raises(DataError, match="no target"):
+        check_plannable(no_target)
+    with pytest.raises(ConfigError, match="beam set is empty"):
+        BeamSet(())
+    with pytest.raises(DataError, match="input dose is on a grid of"):
+        make_plan(p, np.zeros((8, 8, 8), np.float32), PlanSettings(BEAMS))
+    # the command: an empty beam set and a dose on another grid, each one line and exit 1
+    from rtgen.data import write_patient
+    from rtgen.data.sources.nifti import write_nifti
+
+    write_patient(p, tmp_path / "pats" / p.id)
+    (tmp_path / "dose").mkdir()
+    write_nifti(tmp_path / "dose" / f"{p.id}.nii.gz", np.zeros((10, 10, 10), np.float32), p.spacing)
+    base = ["plan", "--patients", str(tmp_path / "pats"), "--dose", str(tmp_path / "dose"), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, [*base, "--angles", ","])
+    assert r.exit_code == 1 and "beam set is empty" in r.output and "Traceback" not in r.output
+    if __import__("importlib.util").util.find_spec("pyRadPlan") is not None:
+        r = CliRunner().invoke(app, base)
+        assert r.exit_code == 1 and "expected the reference grid" in r.output and "Traceback" not in r.output
+
+
+@needs_engine
+def test_cli_writes_a_conformant_rtplan_and_rtdose(tmp_path, case, own_dose):
+    from rtgen.data.sources.dicom import write_dicom_patient
+    from rtgen.data.sources.nifti import write_nifti
+
+    p, inf, cache = case
+    _, d0 = own_dose
+    write_dicom_patient(p, tmp_path / "pats" / p.id)
+    (tmp_path / "dose").mkdir()
+    write_nifti(tmp_path / "dose" / f"{p.id}.nii.gz", d0, p.spacing)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["plan", "--patients", str(tmp_path / "pats"), "--dose", str(tmp_path / "dose"),
+                                 "--out", str(out), "--format", "dicom", "--bixel", "8", "--cache", str(cache)])
+    assert r.exit_code == 0, r.output
+    assert "influence: " in r.output and "read from the cache" in r.output and "1 of 1 patients planned" in r.output
+    plan = pydicom.dcmread(out / f"{p.id}_RTPLAN.dcm")
+    dose = pydicom.dcmread(out / f"{p.id}_RTDOSE.dcm")
+    assert dose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan.SOPInstanceUID
+    assert dose.DoseSummationType == "PLAN" and dose.FrameOfReferenceUID == plan.FrameOfReferenceUID
+    assert len(plan.BeamSequence) == 9 and plan.FractionGroupSequence[0].NumberOfFractionsPlanned == 35
+    assert {(r.DoseReferenceDescription, float(r.TargetPrescriptionDose)) for r in plan.DoseReferenceSequence} == {
+        ("PTV70", 70.0), ("PTV56", 56.0)}  # the phantom's targets only
+    assert [float(b.ControlPointSequence[0].GantryAngle) for b in plan.BeamSequence] == list(BEAMS.gantry_angles)
+    iso = [float(v) for v in plan.BeamSequence[0].ControlPointSequence[0].IsocenterPosition]
+    assert iso == pytest.approx(list(inf.isocentre), abs=1e-3)
+    fluence = np.load(out / "fluence" / f"{p.id}.npz")
+    for b, rb in zip(plan.BeamSequence, plan.FractionGroupSequence[0].ReferencedBeamSequence):
+        mlc = b.BeamLimitingDeviceSequence[2]
+        n = int(mlc.NumberOfLeafJawPairs)
+        assert len(mlc.LeafPositionBoundaries) == n + 1
+        cps = b.ControlPointSequence
+        k = int(b.BeamNumber) - 1
+        assert len(cps) == 2 * len(fluence[f"beam{k}_segment_mu"])
+        assert float(rb.BeamMeterset) == pytest.approx(fluence[f"beam{k}_segment_mu"].sum(), abs=1e-3)
+        for cp in cps:
+            leaves = np.array([float(v) for v in cp.BeamLimitingDevicePositionSequence[-1].LeafJawPositions])
+            assert (leaves[:n] <= leaves[n:]).all()  # leaves never cross
+        assert float(cps[-1].CumulativeMetersetWeight) == pytest.approx(1.0)
+    assert (out / "fluence" / f"{p.id}_beam1.png").is_file() and (out / "plans.csv").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_patients"] == 1 and summary["mean_mae_to_input_gy"] < 1.5
+    assert 0 <= summary["criteria_share_met_plan"] <= 1
+    if shutil.which("dciodvfy"):
+        for name in ("RTPLAN", "RTDOSE"):
+            o = subprocess.run(["dciodvfy", str(out / f"{p.id}_{name}.dcm")], capture_output=True, text=True, timeout=60)
+            errors = [s for s in (o.stdout + o.stderr).splitlines() if s.startswith("Error")]
+            assert not errors, (name, errors)
