@@ -192,3 +192,92 @@ def test_cli_writes_a_conformant_rtplan_and_rtdose(tmp_path, case, own_dose):
             o = subprocess.run(["dciodvfy", str(out / f"{p.id}_{name}.dcm")], capture_output=True, text=True, timeout=60)
             errors = [s for s in (o.stdout + o.stderr).splitlines() if s.startswith("Error")]
             assert not errors, (name, errors)
+
+
+def _estimate_csv(rows: list[tuple[str, str, float, float]]) -> str:
+    """A `<id>_dvh.csv` of (structure, metric, predicted, lower edge of the 80 % band) rows."""
+    from rtgen.dosimetry.bands import metric_unit, to_csv
+
+    return to_csv([{"structure": s, "metric": m, "unit": metric_unit(m), "predicted": p, "lower_80": lo,
+                    "upper_80": 2 * p - lo, "lower_95": lo - 1, "upper_95": 2 * p - lo + 1, "wide": False}
+                   for s, m, p, lo in rows])
+
+
+@needs_engine
+def test_bands_form_lowers_an_oar_below_what_the_voxel_form_gives(case, own_dose):
+    from rtgen.dosimetry.bands import from_csv
+    from rtgen.planning.optimise import band_goals, optimise
+
+    p, inf, _ = case
+    _, d0 = own_dose
+    cord = p.structures["SpinalCord"]
+    mean, top = float(d0[cord].mean()), float(np.percentile(d0[cord], 99))
+    rows = from_csv(_estimate_csv([("PTV70", "D_95", 68.0, 60.0), ("SpinalCord", "V_20Gy", 50.0, 40.0),
+                                   ("SpinalCord", "mean", mean, mean - 8.0), ("SpinalCord", "D_0.1_cc", top, top)]),
+                    "pt_phantom_dvh.csv")
+    goals = band_goals(rows)
+    assert goals == {"SpinalCord": {"mean": pytest.approx(mean - 8.0, abs=1e-3), "D_0.1_cc": pytest.approx(top, abs=1e-3)}}
+    position = np.full(p.possible_dose_mask.size, -1)
+    position[inf.body_index] = np.arange(inf.body_index.size)
+    rows_of = {n: (r := position[np.flatnonzero(m.ravel())])[r >= 0] for n, m in p.structures.items()}
+    pred = d0.ravel()[inf.body_index]
+
+    def plan(form):
+        r = optimise(inf.matrix, pred, rows_of, Objective(form=form, iterations=40), p.voxel_volume_mm3,
+                     goals=goals if form == "bands" else None)
+        return inf.dose(r.weights)
+
+    voxel, bands = plan("voxel"), plan("bands")
+    assert bands[cord].mean() < voxel[cord].mean() - 2.0  # pulled towards the band's lower edge
+    assert bands[p.structures["PTV70"]].mean() > 0.9 * voxel[p.structures["PTV70"]].mean()  # the targets kept
+    with pytest.raises(ConfigError, match="bands form needs"):
+        optimise(inf.matrix, pred, rows_of, Objective(form="bands"), p.voxel_volume_mm3)
+
+
+def test_a_missing_or_malformed_estimate_is_one_line(tmp_path):
+    from rtgen.data.sources.nifti import write_nifti
+    from rtgen.data.sources.npz import write_npz
+
+    p = phantom()
+    write_npz(p, tmp_path / "pats" / f"{p.id}.npz")
+    (tmp_path / "dose").mkdir()
+    write_nifti(tmp_path / "dose" / f"{p.id}.nii.gz", np.zeros(p.grid, np.float32), p.spacing)
+    out = tmp_path / "o"
+    base = ["plan", "--patients", str(tmp_path / "pats"), "--dose", str(tmp_path / "dose"), "--out", str(out),
+            "--objective", "bands", "--format", "nifti"]
+    r = CliRunner().invoke(app, base)  # no estimate at all: refused before any patient
+    assert r.exit_code == 1 and "no DVH estimate" in r.output and "Traceback" not in r.output
+    assert not (out / "influence").exists()
+    if __import__("importlib.util").util.find_spec("pyRadPlan") is None:
+        return
+    estimate = tmp_path / "dose" / f"{p.id}_dvh.csv"
+    for text, says in ((_estimate_csv([("SpinalCord", "mean", 20.0, 18.0)]).replace("18.0", "x"), "not a number"),
+                       (_estimate_csv([("PTV70", "D_95", 68.0, 60.0)]), "no OAR mean")):
+        estimate.write_text(text)
+        r = CliRunner().invoke(app, base)
+        assert r.exit_code == 1 and says in r.output and estimate.name in r.output, r.output
+        assert "Traceback" not in r.output and not (out / "influence").exists()  # before the influence matrix
+
+
+@needs_engine
+def test_cli_bands_plan_counts_the_goals_it_meets(tmp_path, case, own_dose):
+    from rtgen.data.sources.nifti import write_nifti
+    from rtgen.data.sources.npz import write_npz
+
+    p, _, cache = case
+    _, d0 = own_dose
+    write_npz(p, tmp_path / "pats" / f"{p.id}.npz")
+    (tmp_path / "dose").mkdir()
+    write_nifti(tmp_path / "dose" / f"{p.id}.nii.gz", d0, p.spacing)
+    mean = float(d0[p.structures["SpinalCord"]].mean())
+    (tmp_path / "dose" / f"{p.id}_dvh.csv").write_text(_estimate_csv([("SpinalCord", "mean", mean, mean + 50.0)]))
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["plan", "--patients", str(tmp_path / "pats"), "--dose", str(tmp_path / "dose"),
+                                 "--out", str(out), "--objective", "bands", "--format", "nifti", "--bixel", "8",
+                                 "--iterations", "10", "--levels", "3", "--cache", str(cache)])
+    assert r.exit_code == 0, r.output
+    assert "read from the cache" in r.output and "OAR band goals met: 1 of 1 (the input 1)" in r.output
+    import csv
+
+    [row] = list(csv.DictReader((out / "plans.csv").open()))
+    assert row["objective_form"] == "bands" and row["band_goals"] == "1" and row["band_goals_met_plan"] == "1"

@@ -20,6 +20,7 @@ class PlanFormat(str, Enum):
 class ObjectiveForm(str, Enum):
     voxel = "voxel"
     dvh = "dvh"
+    bands = "bands"
 
 
 def _floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]:
@@ -30,6 +31,24 @@ def _floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]
     if count is not None and len(values) != count:
         raise ConfigError(what, f"{text!r}: expected {count} numbers")
     return values
+
+
+def band_goals_for(dose_dir: Path, patient_id: str) -> dict:
+    """The OAR goals of `--objective bands` from `<id>_dvh.csv` beside the patient's dose; a missing,
+    malformed or OAR-less estimate is one line naming the file."""
+    from rtgen.evaluation.dose import dvh_estimate_path, read_dvh_estimate
+    from rtgen.planning.optimise import band_goals
+
+    path = dvh_estimate_path(dose_dir, patient_id)
+    rows = read_dvh_estimate(dose_dir, patient_id)
+    if rows is None:
+        raise RtgenError(f"{path}: no DVH estimate for patient {patient_id}: --objective bands reads <id>_dvh.csv "
+                         "beside the dose, as rtgen predict writes it for a model with bands")
+    goals = band_goals(rows, source=str(path))
+    if not goals:
+        raise RtgenError(f"{path}: the DVH estimate bands no OAR mean or D_0.1_cc: --objective bands has no OAR "
+                         "goal to place (use --objective voxel)")
+    return goals
 
 
 @app.command()
@@ -43,7 +62,7 @@ def plan(
     angles: str | None = typer.Option(None, "--angles", help="Gantry angles in degrees, comma-separated (IEC 61217), instead of --beams."),
     bixel: float = typer.Option(7.0, "--bixel", help="Beamlet size in mm at the isocentre (5, 7 or 10 mm: finer is closer and slower)."),
     isocentre: str | None = typer.Option(None, "--isocentre", help="x,y,z in patient mm (DICOM LPS); default: the targets' centroid."),
-    objective: ObjectiveForm = typer.Option(ObjectiveForm.voxel, "--objective", help="Mimic the dose voxel by voxel, or its DVH points (dvh: each OAR's D0.1cc and mean, each PTV's D99, D95 and D1)."),
+    objective: ObjectiveForm = typer.Option(ObjectiveForm.voxel, "--objective", help="Mimic the dose voxel by voxel, or its DVH points (dvh: each OAR's D0.1cc and mean, each PTV's D99, D95 and D1), or put each OAR's mean and D0.1cc at the lower edge of its 80 % band (bands: the DVH estimate <id>_dvh.csv beside the dose, as rtgen predict writes it) beside the voxel term."),
     mimic_weight: float = typer.Option(1.0, "--mimic-weight", min=0, help="Weight of the voxel mimicking term."),
     target_weight: float = typer.Option(1.0, "--target-weight", min=0, help="Weight of the PTV coverage objective (dose below the prescription)."),
     hot_weight: float = typer.Option(0.5, "--hot-weight", min=0, help="Weight of the PTV hot-spot objective (dose above 107 % of the prescription)."),
@@ -93,6 +112,9 @@ def plan(
         if others:
             raise RtgenError(f"{others[0]}: --format dicom writes an RTPLAN and an RTDOSE onto the patient's own CT "
                              "series, and this patient is not a DICOM export; use --format nifti or csv")
+    if objective is ObjectiveForm.bands and dose.is_dir() and not any(dose.glob("*_dvh.csv")):
+        raise RtgenError(f"{dose}: no DVH estimate (<id>_dvh.csv): --objective bands reads each patient's beside "
+                         "its dose, as rtgen predict writes them for a model with bands (the default dose model)")
     require_pyradplan()  # a missing or broken install fails now, before any patient
     note = blas_threads_note()
     if note:
@@ -110,6 +132,9 @@ def plan(
             if found is None:
                 raise RtgenError(f"{dose}: no dose for patient {patient.id} (expected {patient.id}.csv, "
                                  f"{patient.id}.nii.gz or {patient.id}_RTDOSE.dcm)")
+            goals = None
+            if objective is ObjectiveForm.bands:  # before minutes of influence matrix
+                goals = band_goals_for(dose, patient.id)
             input_dose = read_prediction(found, patient.grid, path, patient.possible_dose_mask)
             ref = None
             if fmt is PlanFormat.dicom:
@@ -141,16 +166,18 @@ def plan(
 
             try:
                 result = make_plan(patient, input_dose, settings, origin, cache_dir, report=on_stage,
-                                   beam_progress=on_beam, iteration_progress=on_iteration)
+                                   beam_progress=on_beam, iteration_progress=on_iteration, goals=goals)
             finally:
                 for b in bars.values():
                     b.close()
-            row, j = write_plan(out_dir, patient, input_dose, result, fmt.value, path)
+            row, j = write_plan(out_dir, patient, input_dose, result, fmt.value, path, goals)
             rows.append(row)
             judged.append(j)
             out.print(f"{patient.id}: MAE to the input {row['mae_to_input_gy']:.2f} Gy, after sequencing "
                       f"{row['mae_to_input_sequenced_gy']:.2f} Gy; {row['segments']} segments, "
-                      f"{row['mu_per_fraction']:.0f} MU per fraction")
+                      f"{row['mu_per_fraction']:.0f} MU per fraction"
+                      + (f"; OAR band goals met: {row['band_goals_met_plan']} of {row['band_goals']} (the input "
+                         f"{row['band_goals_met_input']})" if goals is not None else ""))
 
         for path in paths:
             batch.run(path.name, lambda p=path: plan_one(p))

@@ -3,13 +3,19 @@
 The objective, all terms in Gy^2 and each a mean over its voxels so that the weights compare across
 patients, is the sum of:
 
-* **mimicking**, in one of two forms (as OpenKBP-Opt's models, Babier et al. 2022):
+* **mimicking**, in one of three forms (the first two as OpenKBP-Opt's models, Babier et al. 2022):
   - ``voxel``: ``mimic_weight * mean_body (D w - p)^2``, the input dose p voxel by voxel;
   - ``dvh``: the input's DVH points as one-sided DVH objectives (Wu and Mohan's form: the voxels
     between the goal and the plan's current value of the point are pulled to the goal): for each
     OAR its D0.1cc and mean no higher than the input's, for each target its D99 and D95 no lower
     and its D1 no higher, each with weight 1; plus the voxel term at ``mimic_weight`` (the dose
     outside the structures has no DVH point);
+  - ``bands``: a DVH estimate's bands as objectives, as knowledge-based planning uses its estimates
+    (RapidPlan places the optimisation objectives at the lower edge of each OAR's estimate): for
+    each OAR its mean and D0.1cc no higher than the lower edge of that metric's band (`band_goals`
+    reads them from the rows of ``<id>_dvh.csv``, `rtgen.dosimetry.bands`), one-sided DVH-point
+    objectives as in ``dvh`` with weight 1; the targets' objectives are the prescription terms
+    below; plus the voxel term at ``mimic_weight``. The goals are given (``goals``), not read here;
 * **prescription** on each target t (prescription R_t, OpenKBP's 56/63/70 Gy):
   ``target_weight * mean_t max(0, R_t - D w)^2`` (coverage) and
   ``hot_weight * mean_t max(0, D w - hot_factor * R_t)^2`` (hot spots), where a lower-dose
@@ -31,7 +37,8 @@ from rtgen.core.errors import ConfigError, DataError
 from rtgen.core.structures import OARS, PRESCRIPTION_GY, TARGETS
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 
-FORMS = ("voxel", "dvh")
+FORMS = ("voxel", "dvh", "bands")
+BAND_METRICS = ("mean", "D_0.1_cc")  # an OAR's banded DVH points that become objectives
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,39 @@ def _dvh_terms(structures: dict, pred_body: np.ndarray, voxel_volume_mm3: float)
     return terms
 
 
+def band_goals(rows: list[dict], level: str = "80", source: str = "DVH estimate") -> dict[str, dict[str, float]]:
+    """OAR name -> {"mean": Gy, "D_0.1_cc": Gy}: the lower edge (``lower_<level>``) of each OAR metric's
+    band in the rows of a DVH estimate (`rtgen.dosimetry.bands.from_csv`); targets and curve points are
+    left out (the targets' objectives are their prescriptions)."""
+    column = f"lower_{level}"
+    goals: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["structure"] in OARS and row["metric"] in BAND_METRICS:
+            if column not in row:
+                raise DataError(source, f"has no {level} % band (no {column} column)")
+            value = float(row[column])
+            if not (np.isfinite(value) and value >= 0):
+                raise DataError(source, f"{row['structure']} {row['metric']}: {column} is {value!r}, "
+                                                "expected a dose >= 0 Gy")
+            goals.setdefault(row["structure"], {})[row["metric"]] = value
+    return goals
+
+
+def _band_terms(structures: dict, goals: dict[str, dict[str, float]], voxel_volume_mm3: float) -> list[tuple]:
+    """`_dvh_terms`' tuples for the OAR goals of `band_goals`."""
+    terms = []
+    for name in OARS:
+        rows, goal = structures.get(name), goals.get(name, {})
+        if rows is None or rows.size == 0:
+            continue
+        if "D_0.1_cc" in goal:
+            n = max(1.0, float(np.round(100.0 / voxel_volume_mm3)))  # 0.1 cc, OpenKBP's count
+            terms.append((rows, goal["D_0.1_cc"], "max", min(1.0, n / rows.size)))
+        if "mean" in goal:
+            terms.append((rows, goal["mean"], "mean_max", None))
+    return terms
+
+
 def _dvh_point(d: np.ndarray, goal: float, kind: str, volume: float | None) -> tuple[float, np.ndarray]:
     """Value and gradient (w.r.t. d) of one DVH objective on the structure's doses `d`."""
     g = np.zeros_like(d)
@@ -112,10 +152,11 @@ def _dvh_point(d: np.ndarray, goal: float, kind: str, volume: float | None) -> t
 
 
 def optimise(matrix, pred_body: np.ndarray, structures: dict, objective: Objective, voxel_volume_mm3: float,
-             progress: Callable[[int, float], None] | None = None, start: np.ndarray | None = None
-             ) -> OptimisationResult:
+             progress: Callable[[int, float], None] | None = None, start: np.ndarray | None = None,
+             goals: dict[str, dict[str, float]] | None = None) -> OptimisationResult:
     """Weights for the influence `matrix` (rows = body voxels) mimicking `pred_body` (the input dose on the
-    same rows); `structures`: name -> row indices within the body."""
+    same rows); `structures`: name -> row indices within the body; `goals`: the ``bands`` form's OAR goals
+    (`band_goals`)."""
     from scipy.optimize import minimize
 
     pred = np.asarray(pred_body, np.float64)
@@ -126,7 +167,14 @@ def optimise(matrix, pred_body: np.ndarray, structures: dict, objective: Objecti
     targets = [(structures[t], PRESCRIPTION_GY[t]) for t in TARGETS if t in structures and structures[t].size]
     if not targets:
         raise DataError("structures", "no target inside the body: nothing to plan for")
-    dvh = _dvh_terms(structures, pred, voxel_volume_mm3) if objective.form == "dvh" else []
+    if objective.form == "bands" and goals is None:
+        raise ConfigError("objective", "the bands form needs the DVH estimate's goals (band_goals)")
+    if objective.form == "dvh":
+        dvh = _dvh_terms(structures, pred, voxel_volume_mm3)
+    elif objective.form == "bands":
+        dvh = _band_terms(structures, goals, voxel_volume_mm3)
+    else:
+        dvh = []
     n = pred.size
     mt = matrix.T.tocsr() if hasattr(matrix, "tocsr") else matrix.T
     history: list[float] = []

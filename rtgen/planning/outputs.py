@@ -8,7 +8,8 @@
   segments (leaf positions, MU); ``fluence/<id>_beam<k>.png``: both maps side by side;
 * ``plans.csv``: one row per patient (sizes, time per stage, distance to the input dose before and
   after sequencing, segments, MU, the input's and the plan's distance to the reference dose where the
-  patient has one, clinical criteria met by the plan, the input and the reference);
+  patient has one, clinical criteria met by the plan, the input and the reference; with
+  ``--objective bands``, how many of the OAR goals (band lower edges) the plan and its input meet);
   ``summary.json``: the cohort's means and the pooled share of criteria met.
 """
 
@@ -95,9 +96,19 @@ def write_rtplan_for(out_dir: Path, result, source: Path, targets=tuple(PRESCRIP
                         prescriptions={t: PRESCRIPTION_GY[t] for t in targets})
 
 
-def write_plan(out_dir: Path, patient, input_dose: np.ndarray, result, fmt: str, source: Path | None = None
-               ) -> tuple[dict, dict]:
-    """Every per-patient output; returns the patient's row for plans.csv and its criteria results."""
+def band_goals_met(dose: np.ndarray, patient, goals: dict[str, dict[str, float]]) -> int:
+    """How many of the OAR goals of `--objective bands` (name -> metric -> Gy) `dose` meets (0.01 Gy slack)."""
+    from rtgen.dosimetry.bands import metric_value
+
+    return sum(metric_value(dose[patient.structures[name]], metric, patient.voxel_volume_mm3) <= goal + 0.01
+               for name, metrics in goals.items() if name in patient.structures and patient.structures[name].any()
+               for metric, goal in metrics.items())
+
+
+def write_plan(out_dir: Path, patient, input_dose: np.ndarray, result, fmt: str, source: Path | None = None,
+               goals: dict[str, dict[str, float]] | None = None) -> tuple[dict, dict]:
+    """Every per-patient output; returns the patient's row for plans.csv and its criteria results.
+    `goals`: the OAR goals of `--objective bands`, whose count met by the plan and its input is added."""
     out_dir = Path(out_dir)
     if fmt == "dicom":
         from rtgen.data.sources.dicom import write_rtdose
@@ -113,6 +124,11 @@ def write_plan(out_dir: Path, patient, input_dose: np.ndarray, result, fmt: str,
         body = patient.possible_dose_mask
         row["mae_input_to_reference_gy"] = float(np.abs(input_dose - patient.dose)[body].mean())
         row["mae_plan_to_reference_gy"] = float(np.abs(result.delivered_dose - patient.dose)[body].mean())
+    if goals is not None:
+        row["band_goals"] = sum(len(m) for n, m in goals.items()
+                                if n in patient.structures and patient.structures[n].any())
+        row["band_goals_met_plan"] = band_goals_met(result.delivered_dose, patient, goals)
+        row["band_goals_met_input"] = band_goals_met(input_dose, patient, goals)
     criteria, judged = criteria_row(patient, input_dose, result)
     return {**row, **criteria}, judged
 

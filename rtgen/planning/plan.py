@@ -69,6 +69,7 @@ class PlanResult:
         return {
             "patient": self.patient_id, "beams": len(self.influence.gantry_angles), "beamlets": self.influence.n_beamlets,
             "bixel_mm": self.influence.bixel_mm, "influence_cached": self.from_cache,
+            "objective_form": self.settings.objective.form,
             **{f"{k}_s": round(v, 2) for k, v in self.timings.items()},
             "iterations": self.optimisation.iterations, "objective": self.optimisation.objective,
             "mae_to_input_gy": mae(self.fluence_dose, input_dose),
@@ -82,10 +83,14 @@ class PlanResult:
 def make_plan(patient, input_dose: np.ndarray, settings: PlanSettings, origin=None, cache_dir: Path | None = None,
               report: Callable[[str, str], None] | None = None,
               beam_progress: Callable[[int, int], None] | None = None,
-              iteration_progress: Callable[[int, float], None] | None = None) -> PlanResult:
+              iteration_progress: Callable[[int, float], None] | None = None,
+              goals: dict[str, dict[str, float]] | None = None) -> PlanResult:
     """Plan `patient` to mimic `input_dose` (Gy, the whole course, on the patient's grid). `origin`: patient
-    mm of voxel [0, 0, 0] (default: the grid centred on 0). `report(stage, message)` hears each stage end."""
+    mm of voxel [0, 0, 0] (default: the grid centred on 0). `report(stage, message)` hears each stage end.
+    `goals`: the OAR goals of the ``bands`` objective (`rtgen.planning.optimise.band_goals`)."""
     check_plannable(patient)
+    if settings.objective.form == "bands" and goals is None:
+        raise ConfigError("objective", "the bands form needs the OAR goals of a DVH estimate")
     input_dose = np.asarray(input_dose, np.float32)
     if input_dose.shape != tuple(patient.grid):
         raise DataError(patient.id, f"the input dose is on a grid of {input_dose.shape}, the patient's CT on "
@@ -108,7 +113,7 @@ def make_plan(patient, input_dose: np.ndarray, settings: PlanSettings, origin=No
     # weights for the whole course: D w is the course's dose, w / fractions a fraction's weights (MU)
     t = time.perf_counter()
     opt = optimise(inf.matrix, input_dose.ravel()[inf.body_index], rows, settings.objective,
-                   patient.voxel_volume_mm3, iteration_progress)
+                   patient.voxel_volume_mm3, iteration_progress, goals=goals)
     timings["optimisation"] = time.perf_counter() - t
     fluence_dose = inf.dose(opt.weights)
     say("optimisation", f"{opt.iterations} iterations in {timings['optimisation']:.1f} s")
