@@ -197,10 +197,9 @@ class Prediction:
         path = write_dose(out_dir, self.patient_id, self.volume, self.spacing, format, self.std, source=self.source,
                           body=getattr(self.patient, "possible_dose_mask", None))
         if self.dvh_estimate is not None:
-            from rtgen.core.atomic import atomic_write_text
-            from rtgen.dosimetry.bands import to_csv
+            from rtgen.dosimetry.bands import write_dvh_estimate
 
-            atomic_write_text(Path(out_dir) / f"{self.patient_id}_dvh.csv", to_csv(self.dvh_estimate))
+            write_dvh_estimate(out_dir, self.patient_id, self.dvh_estimate)
         return path
 
     def report(self, out_html: PathLike, title: str = "rtgen dose report") -> Path:

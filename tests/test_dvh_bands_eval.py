@@ -23,8 +23,8 @@ from rtgen.cli import app
 from rtgen.core.errors import DataError
 from rtgen.core.structures import OARS, TARGETS
 from rtgen.data import read_patient
-from rtgen.dosimetry.bands import metric_value, to_csv
-from rtgen.evaluation.dose import error_by_decile, rank_correlation, read_dvh_estimate
+from rtgen.dosimetry.bands import metric_value, read_dvh_estimate, to_csv
+from rtgen.evaluation.dose import error_by_decile, rank_correlation
 from rtgen.inference.writers import write_dose
 
 runner = CliRunner()

@@ -36,7 +36,7 @@ def _floats(text: str, what: str, count: int | None = None) -> tuple[float, ...]
 def band_goals_for(dose_dir: Path, patient_id: str) -> dict:
     """The OAR goals of `--objective bands` from `<id>_dvh.csv` beside the patient's dose; a missing,
     malformed or OAR-less estimate is one line naming the file."""
-    from rtgen.evaluation.dose import dvh_estimate_path, read_dvh_estimate
+    from rtgen.dosimetry.bands import dvh_estimate_path, read_dvh_estimate
     from rtgen.planning.optimise import band_goals
 
     path = dvh_estimate_path(dose_dir, patient_id)

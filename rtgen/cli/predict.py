@@ -126,10 +126,9 @@ def _write_dvh_estimate(out_dir: Path, task, patient, dose, estimates: dict) -> 
     estimate = task.dvh_estimate(patient, dose) if hasattr(task, "dvh_estimate") else None
     if estimate is None:
         return None
-    from rtgen.core.atomic import atomic_write_text
-    from rtgen.dosimetry.bands import to_csv
+    from rtgen.dosimetry.bands import write_dvh_estimate
 
-    atomic_write_text(out_dir / f"{patient.id}_dvh.csv", to_csv(estimate))
+    write_dvh_estimate(out_dir, patient.id, estimate)
     estimates[patient.id] = estimate
     wide = sorted({r["structure"] for r in estimate if r["wide"]})
     if wide:

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from rtgen.core.errors import RtgenError
-from rtgen.core.structures import OARS, TARGETS
+from rtgen.core.errors import DataError, RtgenError
+from rtgen.core.structures import OARS, STRUCTURES, TARGETS
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 
 LEVELS = (0.80, 0.95)
@@ -161,7 +162,9 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def from_csv(text: str, source: str) -> list[dict]:
-    """The rows of a `<id>_dvh.csv` (as `to_csv` writes them); a malformed file is named."""
+    """The rows of a `<id>_dvh.csv` (as `to_csv` writes them), each checked: a structure rtgen knows, a
+    metric it bands in its unit, and paired lower_<level>/upper_<level> columns. A malformed file is
+    one error naming it (and the line)."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise RtgenError(f"{source}: empty DVH estimate (expected a header {','.join(COLUMNS)},...)")
@@ -171,6 +174,13 @@ def from_csv(text: str, source: str) -> list[dict]:
     if tuple(header[:4]) != COLUMNS or not any(h.startswith("lower_") for h in header):
         raise RtgenError(f"{source}: not a DVH estimate (the header must start {','.join(COLUMNS)} and give "
                          "lower_<level>/upper_<level> columns)")
+    for k in header[4:]:
+        level = k.removeprefix("lower_").removeprefix("upper_")
+        ok = k == "wide" or (k != level and level.replace(".", "", 1).isdigit() and 0 < float(level) < 100
+                             and {f"lower_{level}", f"upper_{level}"} <= set(header))
+        if not ok:
+            raise DataError(source, f"column {k!r}: a DVH estimate gives lower_<level>, upper_<level> (level in %, "
+                                    "both) and wide", line=1)
     rows = []
     for n, line in enumerate(lines[1:], start=2):
         cells = line.split(",")
@@ -182,8 +192,47 @@ def from_csv(text: str, source: str) -> list[dict]:
                 row[k] = bool(int(row[k])) if k == "wide" else float(row[k])
         except ValueError:
             raise RtgenError(f"{source}: line {n} holds a value that is not a number") from None
+        if row["structure"] not in STRUCTURES:
+            raise DataError(source, f"names the structure {row['structure']!r}, which rtgen does not know "
+                                    f"({', '.join(STRUCTURES)})", line=n)
+        try:  # a metric rtgen computes (100 voxels of 10 mm3: 0.1 cc is 10 of them)
+            metric_value(np.zeros(100), row["metric"], 10.0)
+        except RtgenError as e:
+            raise DataError(source, str(e), line=n) from None
+        except ValueError:  # D_<x> with x outside 0-100
+            raise DataError(source, f"{row['metric']!r} is not a DVH metric", line=n) from None
+        if row["unit"] != metric_unit(row["metric"]):
+            raise DataError(source, f"gives {row['metric']} in {row['unit']!r}, not {metric_unit(row['metric'])!r}",
+                            line=n)
         rows.append(row)
     return rows
+
+
+def dvh_estimate_path(folder: str | Path, patient_id: str) -> Path:
+    """Where a patient's DVH estimate lies: `<id>_dvh.csv` beside its predicted dose."""
+    return Path(folder) / f"{patient_id}_dvh.csv"
+
+
+def write_dvh_estimate(folder: str | Path, patient_id: str, rows: list[dict]) -> Path:
+    """Write `<id>_dvh.csv` into `folder` (atomically), as `rtgen predict` does."""
+    from rtgen.core.atomic import atomic_write_text
+
+    path = dvh_estimate_path(folder, patient_id)
+    atomic_write_text(path, to_csv(rows))
+    return path
+
+
+def read_dvh_estimate(folder: str | Path, patient_id: str) -> list[dict] | None:
+    """The rows of `<id>_dvh.csv` in `folder`, None when there is none; a malformed file raises one
+    error that names it."""
+    path = dvh_estimate_path(folder, patient_id)
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot be read as a DVH estimate ({e})") from None
+    return from_csv(text, str(path))
 
 
 def _key(case: Case) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from rtgen.data.sources import PatientSplit
 from rtgen.data.sources.nifti import read_nifti
 from rtgen.data.sources.openkbp import find_csv, read_dose_csv
 from rtgen.dosimetry import OpenKBPScores, gamma_pass_rate, homogeneity_index
+from rtgen.dosimetry.bands import read_dvh_estimate
 from rtgen.dosimetry.gdp_hmm import GDP_HMM_THRESHOLD_GY, gdp_hmm_mae
 from rtgen.evaluation.plots import plot_dvh
 
@@ -300,49 +301,6 @@ def _evaluate_one(refs: PatientSplit, i: int, pid: str, path: Path, pred_dir: Pa
     std = read_prediction(std_path, ref.grid) if std_path.is_file() else None
     estimate = read_dvh_estimate(pred_dir, ref.id)
     score_patient(result, ref, pred, gamma, scorecard, std, figure_dir, dvh_estimate=estimate, criteria=criteria)
-
-
-def dvh_estimate_path(pred_dir: Path, patient_id: str) -> Path:
-    """Where `rtgen predict` writes a patient's DVH estimate: `<id>_dvh.csv` beside the prediction."""
-    return Path(pred_dir) / f"{patient_id}_dvh.csv"
-
-
-def read_dvh_estimate(pred_dir: Path, patient_id: str) -> list[dict] | None:
-    """The rows of `<id>_dvh.csv` beside a prediction (None when there is none); a malformed file
-    raises one `RtgenError` that names it."""
-    from rtgen.dosimetry.bands import COLUMNS, from_csv, metric_unit, metric_value
-
-    path = dvh_estimate_path(pred_dir, patient_id)
-    if not path.is_file():
-        return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot be read as a DVH estimate ({e})") from None
-    if [line for line in text.splitlines() if line.strip()] == [",".join(COLUMNS)]:
-        return []  # what `to_csv` writes when no metric of the patient has a band
-    rows = from_csv(text, str(path))
-    header = text.splitlines()[0].split(",")
-    for k in header[4:]:
-        level = k.removeprefix("lower_").removeprefix("upper_")
-        ok = k == "wide" or (k != level and level.replace(".", "", 1).isdigit() and 0 < float(level) < 100
-                             and {f"lower_{level}", f"upper_{level}"} <= set(header))
-        if not ok:
-            raise DataError(path, f"column {k!r}: a DVH estimate gives lower_<level>, upper_<level> (level in %, "
-                                  "both) and wide", line=1)
-    for n, row in enumerate(rows, start=2):
-        if row["structure"] not in STRUCTURES:
-            raise DataError(path, f"names the structure {row['structure']!r}, which rtgen does not know "
-                                  f"({', '.join(STRUCTURES)})", line=n)
-        try:  # a metric rtgen computes (100 voxels of 10 mm3: 0.1 cc is 10 of them)
-            metric_value(np.zeros(100), row["metric"], 10.0)
-        except RtgenError as e:
-            raise DataError(path, str(e), line=n) from None
-        except ValueError:  # D_<x> with x outside 0-100
-            raise DataError(path, f"{row['metric']!r} is not a DVH metric", line=n) from None
-        if row["unit"] != metric_unit(row["metric"]):
-            raise DataError(path, f"gives {row['metric']} in {row['unit']!r}, not {metric_unit(row['metric'])!r}", line=n)
-    return rows
 
 
 def band_levels(rows) -> tuple[float, ...]:

@@ -35,7 +35,8 @@ from rtgen.core.structures import STRUCTURES
 from rtgen.data.records import Patient
 from rtgen.data.sources import load_patient, patients_in
 from rtgen.dosimetry import OpenKBPScores
-from rtgen.evaluation.dose import band_pairs, find_prediction, read_dvh_estimate, read_prediction
+from rtgen.dosimetry.bands import read_dvh_estimate
+from rtgen.evaluation.dose import band_pairs, find_prediction, read_prediction
 from rtgen.evaluation.report_figures import (  # noqa: F401 (slice_centre: tests)
     dvh_estimate_figure,
     dvh_figure,
