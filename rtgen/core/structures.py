@@ -27,6 +27,16 @@ STRUCTURES = TARGETS + OARS
 PRESCRIPTION_GY = {"PTV56": 56.0, "PTV63": 63.0, "PTV70": 70.0}
 
 
+def targets_union(structures: dict) -> np.ndarray | None:
+    """The union of the patient's non-empty target masks, or None when it has none."""
+    union = None
+    for t in TARGETS:
+        m = structures.get(t)
+        if m is not None and m.any():
+            union = m.copy() if union is None else union | m
+    return union
+
+
 def is_target(name: str) -> bool:
     return name in PRESCRIPTION_GY
 

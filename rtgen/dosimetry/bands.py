@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rtgen.core.errors import DataError, RtgenError
-from rtgen.core.structures import OARS, STRUCTURES, TARGETS
+from rtgen.core.structures import OARS, STRUCTURES, TARGETS, targets_union
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 
 LEVELS = (0.80, 0.95)
@@ -89,11 +89,7 @@ def structure_cases(dose: np.ndarray, structures: dict[str, np.ndarray], voxel_v
                     curve_gy: tuple[float, ...] = CURVE_GY, reference: np.ndarray | None = None) -> list[Case]:
     """Every banded metric of a predicted `dose`, with the difficulty inputs; with a `reference` dose,
     each case also holds the reference value."""
-    union = None
-    for t in TARGETS:
-        m = structures.get(t)
-        if m is not None and m.any():
-            union = m.copy() if union is None else union | m
+    union = targets_union(structures)
     n_targets = sum(1 for t in TARGETS if t in structures and structures[t].any())
     levels = np.asarray(curve_gy, float)
     half = 2.5
@@ -300,7 +296,7 @@ class DVHBands:
         for key, group in groups.items():
             name = "/".join(key)
             if name in bands.quantiles:
-                widths = [hi - lo for c in group for lo, hi in [bands.interval(c)[0]]]
+                widths = [hi - lo for lo, hi in (bands.interval(c)[0] for c in group)]
                 bands.typical_width[name] = float(np.median(widths))
         return bands
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rtgen.core.errors import RtgenError
-from rtgen.core.structures import OARS, TARGETS
+from rtgen.core.structures import OARS, TARGETS, targets_union
 from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 
 TARGET_METRICS = ("D_99", "D_95", "D_1")
@@ -37,20 +37,11 @@ MIN_CASES = 8  # fewer training cases of a structure: leave it as predicted
 MAX_OAR_SLOPE = 2.0
 
 
-def _targets_union(structures: dict[str, np.ndarray]) -> np.ndarray | None:
-    union = None
-    for t in TARGETS:
-        m = structures.get(t)
-        if m is not None and m.any():
-            union = m.copy() if union is None else union | m
-    return union
-
-
 def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], voxel_volume_mm3: float) -> dict:
     """{structure: {name: value}}: what calibration reads of a predicted dose, per present structure."""
     stats = {}
     n_targets = sum(1 for t in TARGETS if t in structures and structures[t].any())
-    union = _targets_union(structures)
+    union = targets_union(structures)
     for t in TARGETS:
         m = structures.get(t)
         if m is None or not m.any():
