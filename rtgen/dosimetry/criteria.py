@@ -33,7 +33,6 @@ Pure NumPy; a 128^3 patient is judged in a few tens of milliseconds.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtgen.core.datafile import read_json_or_yaml
 from rtgen.core.errors import DataError, RtgenError
 from rtgen.core.structures import PRESCRIPTION_GY, STRUCTURES
 from rtgen.dosimetry.checks import require_dose
@@ -210,28 +210,7 @@ class CriteriaSet:
     @classmethod
     def from_file(cls, path: str | Path) -> CriteriaSet:
         """A JSON criteria file, or YAML where the suffix is .yaml or .yml; any problem is one DataError naming it."""
-        path = Path(path)
-        yaml_file = path.suffix.lower() in (".yaml", ".yml")
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise DataError(path, "criteria file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(path, f"cannot read the criteria file: {e}") from None
-        if yaml_file:
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                raise DataError(path, f"not valid YAML ({getattr(e, 'problem', None) or e})",
-                                line=mark.line + 1 if mark is not None else None) from None
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
+        data = read_json_or_yaml(path, "criteria file")
         try:
             return cls.from_dict(data)
         except CriteriaError as e:

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtgen.core.datafile import read_json_or_yaml
 from rtgen.core.errors import DataError, RtgenError
 from rtgen.core.limits import DOSE_CEILING_GY
 from rtgen.core.structures import TARGETS
@@ -370,15 +371,7 @@ class Scorecard:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Scorecard:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(path, "scorecard file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(path, f"cannot read the scorecard: {e}") from None
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"not valid JSON ({e.msg})", line=e.lineno) from None
+        data = read_json_or_yaml(path, "scorecard file", yaml_allowed=False)
         try:
             return cls.from_dict(data)
         except ScorecardError as e:
