@@ -197,6 +197,8 @@ class BoostedDoseTask(Task):
         self.dvh_calibration = DVHCalibration.fit(rows, ridge, min_cases)
         crossed = {f: DVHCalibration.fit([r for r, g in zip(rows, fold) if g != f], ridge, min_cases) for f in range(k)}
         scores, band_cases = OpenKBPScores(), []
+        # each patient is read again (about 0.2 s from a split): the cross-fitted calibrations need every
+        # fold's rows first, and keeping 200 whole patients from the first pass would take gigabytes
         for i, path in enumerate(tqdm(paths, desc="cross-validated scores", unit="patient", disable=not progress)):
             patient = load_patient(path)
             dose = self._calibrate(patient, self._assemble(patient, oof[i]), crossed[fold[i]])
