@@ -281,3 +281,33 @@ def test_cli_bands_plan_counts_the_goals_it_meets(tmp_path, case, own_dose):
 
     [row] = list(csv.DictReader((out / "plans.csv").open()))
     assert row["objective_form"] == "bands" and row["band_goals"] == "1" and row["band_goals_met_plan"] == "1"
+
+
+@needs_engine
+def test_cli_plans_from_the_models_own_prediction(tmp_path, case):
+    """--model predicts first (the shipped default, with its DVH estimate) and plans to its bands."""
+    from rtgen.data.sources.npz import write_npz
+
+    p, _, cache = case
+    write_npz(p, tmp_path / "pats" / f"{p.id}.npz")
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["plan", "--patients", str(tmp_path / "pats"), "--model", "default", "--out", str(out),
+                                 "--objective", "bands", "--format", "nifti", "--bixel", "8", "--iterations", "10",
+                                 "--levels", "3", "--cache", str(cache)])
+    assert r.exit_code == 0, r.output
+    assert "model: lightgbm_dose_openkbp_all" in r.output and "OAR band goals met" in r.output
+    assert (out / "prediction" / f"{p.id}.nii.gz").is_file() and (out / "prediction" / f"{p.id}_dvh.csv").is_file()
+    assert (out / f"{p.id}.nii.gz").is_file()
+    import csv
+
+    [row] = list(csv.DictReader((out / "plans.csv").open()))
+    assert row["objective_form"] == "bands" and int(row["band_goals"]) > 0
+
+
+def test_dose_or_model_is_one_line(tmp_path):
+    base = ["plan", "--patients", str(tmp_path), "--out", str(tmp_path / "o")]
+    for extra in ([], ["--dose", str(tmp_path), "--model", "default"]):
+        r = CliRunner().invoke(app, [*base, *extra])
+        assert r.exit_code == 1 and "give either --dose" in r.output and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--model", "hub:no_such_model"])
+    assert r.exit_code == 1 and "no_such_model" in r.output and "Traceback" not in r.output, r.output

@@ -37,13 +37,18 @@ def band_goals_for(dose_dir: Path, patient_id: str) -> dict:
     """The OAR goals of `--objective bands` from `<id>_dvh.csv` beside the patient's dose; a missing,
     malformed or OAR-less estimate is one line naming the file."""
     from rtgen.dosimetry.bands import dvh_estimate_path, read_dvh_estimate
-    from rtgen.planning.optimise import band_goals
 
     path = dvh_estimate_path(dose_dir, patient_id)
     rows = read_dvh_estimate(dose_dir, patient_id)
     if rows is None:
         raise RtgenError(f"{path}: no DVH estimate for patient {patient_id}: --objective bands reads <id>_dvh.csv "
                          "beside the dose, as rtgen predict writes it for a model with bands")
+    return _goals_of(rows, path)
+
+
+def _goals_of(rows: list[dict], path: Path) -> dict:
+    from rtgen.planning.optimise import band_goals
+
     goals = band_goals(rows, source=str(path))
     if not goals:
         raise RtgenError(f"{path}: the DVH estimate bands no OAR mean or D_0.1_cc: --objective bands has no OAR "
@@ -55,7 +60,8 @@ def band_goals_for(dose_dir: Path, patient_id: str) -> dict:
 @user_errors
 def plan(
     patients: Path = typer.Option(..., "--patients", help="A split folder of patients, or one patient (OpenKBP CSV or NIfTI folder, .npz, or a DICOM export): each needs a CT and at least one PTV."),
-    dose: Path = typer.Option(..., "--dose", help="The doses to mimic: a folder of pt_N.csv, pt_N.nii.gz or <id>_RTDOSE.dcm as rtgen predict writes them, on each patient's grid."),
+    dose: Path | None = typer.Option(None, "--dose", help="The doses to mimic: a folder of pt_N.csv, pt_N.nii.gz or <id>_RTDOSE.dcm as rtgen predict writes them, on each patient's grid (or a split folder: each patient's own dose). Or --model."),
+    model: str | None = typer.Option(None, "--model", help="Predict each patient's dose first with this model and plan from it: hub:NAME, a run folder, or default (the shipped default dose model). The predictions (and DVH estimates) are written to OUT/prediction/. Instead of --dose."),
     out_dir: Path = typer.Option(..., "--out", help="Where the delivered doses, RTPLANs, fluence maps, plans.csv and summary.json go."),
     fmt: PlanFormat = typer.Option(PlanFormat.csv, "--format", help="The delivered dose as csv, nifti, or dicom (an RTDOSE and an RTPLAN on the patient's CT; DICOM patients only)."),
     beams: int = typer.Option(9, "--beams", help="Number of equispaced coplanar beams (gantry 0, 360/N, ...)."),
@@ -75,8 +81,15 @@ def plan(
 ):
     """Plan each patient: influence matrix, fluence optimisation mimicking its dose, leaf sequencing, and the
     delivered dose. A patient that cannot be planned is reported and skipped; exit 1 if any."""
+    if (dose is None) == (model is None):
+        raise RtgenError("rtgen plan mimics a dose: give either --dose (a folder of doses) or --model (predict them "
+                         "first)" + (", not both" if dose is not None else ""))
     preflight(outputs=[out_dir], inputs=[patients, dose, aliases])
     names = dicom_options(aliases)
+    if model is not None and model.startswith("hub:"):  # an unknown name lists the shipped ones, at once
+        from rtgen.hub import shipped_model_dir
+
+        shipped_model_dir(model[len("hub:"):])
     from rtgen.planning.engine import BeamSet
     from rtgen.planning.optimise import Objective
     from rtgen.planning.plan import PlanSettings
@@ -99,6 +112,7 @@ def plan(
     from rtgen.core.atomic import output_dir
     from rtgen.core.structures import GRID_SHAPE
     from rtgen.data.sources import load_patient, patients_in
+    from rtgen.dosimetry.bands import dvh_estimate_path
     from rtgen.evaluation.dose import find_prediction, read_prediction
     from rtgen.planning.engine import blas_threads_note, patient_origin, require_pyradplan
     from rtgen.planning.outputs import write_plan, write_tables
@@ -112,10 +126,11 @@ def plan(
         if others:
             raise RtgenError(f"{others[0]}: --format dicom writes an RTPLAN and an RTDOSE onto the patient's own CT "
                              "series, and this patient is not a DICOM export; use --format nifti or csv")
-    if objective is ObjectiveForm.bands and dose.is_dir() and not any(dose.glob("*_dvh.csv")):
+    if objective is ObjectiveForm.bands and dose is not None and dose.is_dir() and not any(dose.glob("*_dvh.csv")):
         raise RtgenError(f"{dose}: no DVH estimate (<id>_dvh.csv): --objective bands reads each patient's beside "
                          "its dose, as rtgen predict writes them for a model with bands (the default dose model)")
     require_pyradplan()  # a missing or broken install fails now, before any patient
+    predictor = _dose_predictor(model, objective is ObjectiveForm.bands) if model is not None else None
     note = blas_threads_note()
     if note:
         out.print(f"[cyan]note:[/] {note}")
@@ -128,14 +143,19 @@ def plan(
             if fmt is PlanFormat.csv and tuple(patient.grid) != GRID_SHAPE:  # before minutes of planning
                 raise RtgenError(f"{path}: grid {tuple(patient.grid)}; CSV doses are on the OpenKBP grid "
                                  f"{GRID_SHAPE}: use --format nifti")
-            found = find_prediction(dose, patient.id)
-            if found is None:
-                raise RtgenError(f"{dose}: no dose for patient {patient.id} (expected {patient.id}.csv, "
-                                 f"{patient.id}.nii.gz or {patient.id}_RTDOSE.dcm)")
             goals = None
-            if objective is ObjectiveForm.bands:  # before minutes of influence matrix
-                goals = band_goals_for(dose, patient.id)
-            input_dose = read_prediction(found, patient.grid, path, patient.possible_dose_mask)
+            if predictor is not None:
+                input_dose, estimate = _predicted(predictor, patient, path, out_dir / "prediction", fmt.value)
+                if objective is ObjectiveForm.bands:
+                    goals = _goals_of(estimate, dvh_estimate_path(out_dir / "prediction", patient.id))
+            else:
+                found = find_prediction(dose, patient.id)
+                if found is None:
+                    raise RtgenError(f"{dose}: no dose for patient {patient.id} (expected {patient.id}.csv, "
+                                     f"{patient.id}.nii.gz or {patient.id}_RTDOSE.dcm)")
+                if objective is ObjectiveForm.bands:  # before minutes of influence matrix
+                    goals = band_goals_for(dose, patient.id)
+                input_dose = read_prediction(found, patient.grid, path, patient.possible_dose_mask)
             ref = None
             if fmt is PlanFormat.dicom:
                 from rtgen.data.sources.dicom import read_ct_reference
@@ -188,3 +208,37 @@ def plan(
             out.print(f"clinical criteria met ({summary['criteria_set']}): {shares}")
             out.print(f"plans.csv and summary.json written to [bold]{out_dir}[/]")
     batch.finish(f"planned -> {out_dir}")
+
+
+def _dose_predictor(model: str, bands: bool):
+    """`--model`: the dose model, loaded once and checked before any patient (a CT -> MR model, or a model
+    without DVH estimate bands under --objective bands, is one line)."""
+    from rtgen.hub import default_model, shipped_model_dir
+    from rtgen.inference import load_predictor, resolve_model
+
+    path = shipped_model_dir(default_model("dose")) if model == "default" else resolve_model(model)
+    predictor = load_predictor(path, "cpu")
+    if predictor.output_kind != "dose":
+        raise RtgenError(f"{model}: a {predictor.task.model_name} model predicts images, not doses: plan from a "
+                         "dose model")
+    if bands and getattr(predictor.task, "dvh_bands", None) is None:
+        raise RtgenError(f"{model}: this model gives no DVH estimate bands, which --objective bands needs (the "
+                         "shipped default dose model gives them)")
+    out.print(f"model: {path.name}")
+    return predictor
+
+
+def _predicted(predictor, patient, path: Path, folder: Path, fmt: str):
+    """Predict `patient`'s dose and write it to `folder` (with its DVH estimate where the model gives one),
+    as rtgen predict would: (dose, estimate rows or None)."""
+    from rtgen.dosimetry.bands import write_dvh_estimate
+    from rtgen.inference.writers import write_dose
+
+    dose, std = predictor.predict_with_uncertainty(patient)
+    write_dose(folder, patient.id, dose, patient.spacing, "nifti" if fmt == "dicom" else fmt, std,
+               source=path, body=patient.possible_dose_mask)
+    task = predictor.task
+    estimate = task.dvh_estimate(patient, dose) if hasattr(task, "dvh_estimate") else None
+    if estimate is not None:
+        write_dvh_estimate(folder, patient.id, estimate)
+    return dose, estimate

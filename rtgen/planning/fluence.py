@@ -49,6 +49,21 @@ def fluence_maps(inf, weights: np.ndarray) -> list[BeamFluence]:
     return out
 
 
+def neighbour_pairs(inf) -> np.ndarray:
+    """(n, 2) influence-matrix columns of beamlets side by side in a beam's fluence map (along the leaf
+    travel or across the leaves): the pairs that the smoothing term of the optimisation compares."""
+    pairs = []
+    for bf in fluence_maps(inf, np.zeros(inf.n_beamlets)):
+        if bf.columns.size == 0:
+            continue
+        index = np.full(bf.map.shape, -1, np.int64)
+        index[bf.rows, bf.cols] = bf.columns
+        for a, b in ((index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :])):
+            keep = (a >= 0) & (b >= 0)
+            pairs.append(np.stack([a[keep], b[keep]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
 @dataclass
 class SequencedPlan:
     beams: list[tuple[BeamFluence, SequencedMap | None]]

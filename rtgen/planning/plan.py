@@ -11,7 +11,7 @@ import numpy as np
 
 from rtgen.core.errors import ConfigError, DataError
 from rtgen.planning.engine import BeamSet, Influence, check_plannable, influence_matrix, patient_origin
-from rtgen.planning.fluence import SequencedPlan, sequence_plan
+from rtgen.planning.fluence import SequencedPlan, neighbour_pairs, sequence_plan
 from rtgen.planning.optimise import Objective, OptimisationResult, optimise
 
 
@@ -113,7 +113,7 @@ def make_plan(patient, input_dose: np.ndarray, settings: PlanSettings, origin=No
     # weights for the whole course: D w is the course's dose, w / fractions a fraction's weights (MU)
     t = time.perf_counter()
     opt = optimise(inf.matrix, input_dose.ravel()[inf.body_index], rows, settings.objective,
-                   patient.voxel_volume_mm3, iteration_progress, goals=goals)
+                   patient.voxel_volume_mm3, iteration_progress, goals=goals, pairs=neighbour_pairs(inf))
     timings["optimisation"] = time.perf_counter() - t
     fluence_dose = inf.dose(opt.weights)
     say("optimisation", f"{opt.iterations} iterations in {timings['optimisation']:.1f} s")
