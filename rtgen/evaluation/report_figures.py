@@ -16,6 +16,9 @@ raster data (CT, dose grids), where PNG is both smaller and exact.
   right on the viewer's left, anterior up, superior up) with the true voxel aspect from `spacing`.
 - DVH: the cumulative DVH of every structure, reference solid, prediction dashed.
 
+With a plan's dose (`rtgen report --plan`), the slices show reference, prediction and plan side by
+side with the same colourwash and isodoses, and the DVHs add the plan dotted.
+
 A patient without a reference dose gets one "Predicted" column of slices and the prediction's
 DVHs (solid).
 """
@@ -103,9 +106,11 @@ def _extents(shape: tuple[int, int, int], spacing) -> list[tuple[float, float, f
 VIEW_NAMES = ("Axial", "Coronal", "Sagittal")
 
 
-def slice_figure(patient: Patient, prediction: np.ndarray) -> str:
+def slice_figure(patient: Patient, prediction: np.ndarray, plan: np.ndarray | None = None) -> str:
     """A PNG data URI: rows axial, coronal, sagittal; columns reference, predicted, difference
-    (only "Predicted" when the patient has no reference dose).
+    (only "Predicted" when the patient has no reference dose). With `plan` (a plan's dose on the
+    patient's grid) the columns are reference, predicted and plan instead, all three with the same
+    colourwash and isodoses (predicted and plan when the patient has no reference dose).
 
     Columns share one view per row, so panels in a row have the same size and compare side by side."""
     rx = prescription_gy(patient)
@@ -121,12 +126,25 @@ def slice_figure(patient: Patient, prediction: np.ndarray) -> str:
     heights = [e[2] for e in extents]
     width = max(e[1] for e in extents)
 
-    # three columns across the page, the legend below; or one column with the legend on its right
-    if has_ref:
-        ncols, fig_w, left, right, below = 3, 12.0, 0.07, 0.98, 1.2
-        panel_w = fig_w * 0.86 / 3
+    # columns: (title, volume, a dose (True) or the difference (False))
+    if plan is not None:
+        columns = ([("Reference", ref, True)] if has_ref else []) + [
+            ("Predicted", pred, True), ("Plan", np.asarray(plan, np.float32)[box], True)]
+    elif has_ref:
+        columns = [("Reference", ref, True), ("Predicted", pred, True), ("Predicted \u2212 reference", pred - ref, False)]
     else:
-        ncols, fig_w, left, right, below = 1, 8.0, 0.105, 0.60, 0.7
+        columns = [("Predicted", pred, True)]
+    ncols = len(columns)
+    n_dose = sum(is_dose for _, _, is_dose in columns)
+    # the columns across the page, the legend below; or one column with the legend on its right
+    legend_ncol = min(7 if ncols > 2 else 4, len(structures) + len(ISODOSE_LEVELS))
+    if ncols > 1:
+        fig_w = 4.0 * ncols
+        legend_rows = -(-(len(structures) + len(ISODOSE_LEVELS)) // legend_ncol)
+        left, right, below = 0.84 / fig_w, 1 - 0.24 / fig_w, max(1.2, 0.7 + 0.25 * legend_rows)
+        panel_w = fig_w * 0.86 / ncols
+    else:
+        fig_w, left, right, below = 8.0, 0.105, 0.60, 0.7
         panel_w = fig_w * (right - left)
     fig_h = panel_w * sum(heights) / width + below + 1.0
     fig = plt.figure(figsize=(fig_w, fig_h), facecolor="white")
@@ -135,19 +153,16 @@ def slice_figure(patient: Patient, prediction: np.ndarray) -> str:
     wash_cmap = plt.get_cmap("turbo")
     diff_cmap = plt.get_cmap("RdBu_r")
     if has_ref:
-        columns = (("Reference", ref), ("Predicted", pred), ("Predicted \u2212 reference", pred - ref))
         ref_views, pred_views = _views(ref, centre), _views(pred, centre)
-    else:
-        columns = (("Predicted", pred),)
     ct_views = _views(ct, centre)
     mask_views = {n: _views(m, centre) for n, m in structures.items()}
     dose_im = diff_im = None
-    for c, (label, vol) in enumerate(columns):
+    for c, (label, vol, is_dose) in enumerate(columns):
         for v, (img, ext) in enumerate(zip(_views(vol, centre), extents)):
             ax = fig.add_subplot(gs[v, c])
             ax.imshow(ct_views[v], cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], extent=ext,
                       interpolation="bilinear")
-            if c < 2:  # the dose columns (the difference is the third)
+            if is_dose:
                 washed = np.ma.masked_less(img, WASH_THRESHOLD * rx)
                 dose_im = ax.imshow(washed, cmap=wash_cmap, vmin=0, vmax=1.1 * rx, alpha=0.45, extent=ext,
                                     interpolation="nearest")
@@ -176,11 +191,11 @@ def slice_figure(patient: Patient, prediction: np.ndarray) -> str:
             if c == 0:
                 idx = (centre_full[2], centre_full[0], centre_full[1])[v]
                 ax.set_ylabel(f"{VIEW_NAMES[v]}\n(slice {idx})", fontsize=11)
-    cax = fig.add_subplot(gs[3, 0:2] if has_ref else gs[3, 0])
+    cax = fig.add_subplot(gs[3, 0:n_dose])
     cb = fig.colorbar(dose_im, cax=cax, orientation="horizontal")
     cb.solids.set_alpha(1)
     cb.set_label(f"Dose (Gy); no colour below {WASH_THRESHOLD:.0%} of {rx:g} Gy", fontsize=10)
-    if has_ref:
+    if diff_im is not None:
         cax = fig.add_subplot(gs[3, 2])
         cb = fig.colorbar(diff_im, cax=cax, orientation="horizontal")
         cb.solids.set_alpha(1)
@@ -189,8 +204,8 @@ def slice_figure(patient: Patient, prediction: np.ndarray) -> str:
     labels = list(structures)
     handles += [Line2D([], [], color="white", ls=ls, lw=lw, path_effects=ISODOSE_OUTLINE) for _, ls, lw in ISODOSE_LEVELS]
     labels += [f"{frac:.0%} isodose ({frac * rx:.1f} Gy)" for frac, _, _ in ISODOSE_LEVELS]
-    if has_ref:
-        fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), fontsize=9.5, frameon=False,
+    if ncols > 1:
+        fig.legend(handles, labels, loc="lower center", ncol=legend_ncol, fontsize=9.5, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
     else:
         fig.legend(handles, labels, loc="center left", ncol=1, fontsize=9.5, frameon=False,
@@ -198,36 +213,41 @@ def slice_figure(patient: Patient, prediction: np.ndarray) -> str:
     return _png_data_uri(fig, dpi=90)
 
 
-def dvh_figure(patient: Patient, prediction: np.ndarray) -> str:
+def dvh_figure(patient: Patient, prediction: np.ndarray, plan: np.ndarray | None = None) -> str:
     """Cumulative DVHs, reference solid and prediction dashed (the prediction solid when the patient
-    has no reference dose), as an SVG data URI."""
+    has no reference dose), as an SVG data URI. With `plan` (a plan's dose): reference solid,
+    prediction dashed, plan dotted, whether or not the patient has a reference dose."""
     pred = np.asarray(prediction, np.float64)
-    if patient.dose is None:
-        curves, top = ((pred, "-", True),), float(pred.max()) + 1.0
+    ref = None if patient.dose is None else np.asarray(patient.dose, np.float64)
+    if plan is not None:
+        curves = ([(ref, "-", "reference")] if ref is not None else []) + [
+            (pred, "--", "predicted"), (np.asarray(plan, np.float64), ":", "plan")]
+    elif ref is None:
+        curves = [(pred, "-", "predicted")]
     else:
-        ref = np.asarray(patient.dose, np.float64)
-        curves, top = ((ref, "-", True), (pred, "--", False)), float(max(ref.max(), pred.max())) + 1.0
+        curves = [(ref, "-", "reference"), (pred, "--", "predicted")]
+    top = float(max(d.max() for d, _, _ in curves)) + 1.0
     fig, ax = plt.subplots(figsize=(9.5, 5.0))
     for name in STRUCTURES:
         mask = patient.structures.get(name)
         if mask is None or not mask.any():
             continue
-        for dose, ls, labelled in curves:
+        for i, (dose, ls, _) in enumerate(curves):
             x, y = cumulative_dvh(dose[mask], bin_width=DVH_BIN_GY, max_dose=top)
-            ax.plot(x, y, color=COLOURS[name], lw=1.6, ls=ls, label=name if labelled else None)
+            ax.plot(x, y, color=COLOURS[name], lw=1.8 if ls == ":" else 1.6, ls=ls, label=name if i == 0 else None)
     ax.set(xlabel="Dose (Gy)", ylabel="Volume (%)", xlim=(0, top), ylim=(0, 101))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    if patient.dose is None:
+    if len(curves) == 1:
         ax.set_title(f"{patient.id}: DVH of the prediction (no reference dose)", fontsize=11)
     else:
-        ax.set_title(f"{patient.id}: DVH, reference solid, predicted dashed", fontsize=11)
-        handles += [Line2D([], [], color="k", lw=1.6), Line2D([], [], color="k", lw=1.6, ls="--")]
-        labels += ["reference", "predicted"]
+        styles = {"-": "solid", "--": "dashed", ":": "dotted"}
+        ax.set_title(f"{patient.id}: DVH, " + ", ".join(f"{what} {styles[ls]}" for _, ls, what in curves), fontsize=11)
+        handles += [Line2D([], [], color="k", lw=1.6, ls=ls) for _, ls, _ in curves]
+        labels += [what for _, _, what in curves]
     ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
     fig.tight_layout()
     return _svg_data_uri(fig)
-
 
 
 # ---------------------------------------------------------------- the DVH estimate

@@ -44,6 +44,7 @@ a { color: #1f5fa8; }
 .note { font-size: 12px; color: #555; }
 .wide-flag { background: #fde2c4; color: #8a3b00; font-weight: 700; padding: 0 4px; border-radius: 3px; }
 td.outside { color: #9b1c1c; font-weight: 600; }
+td.na { color: #777; text-align: center; }
 """
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -65,8 +66,9 @@ def _delta(x: float, fmt: str = "+.2f") -> str:
 NO_REFERENCE = "\u2014"  # what the cohort table shows for the scores of a patient without a reference dose
 
 
-def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: bool) -> str:
-    """The batch summary: cohort scores (over the patients with a reference dose) and one linked row per patient."""
+def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: bool, extra: str = "") -> str:
+    """The batch summary: cohort scores (over the patients with a reference dose) and one linked row per
+    patient; `extra`, HTML added at its end (the plans' criteria)."""
     head = ["<tr><th class='name'>Patient</th><th>Dose score (Gy)</th><th>DVH score (Gy)</th>"]
     if gamma:
         head.append("<th>Gamma 3%/3 mm (%)</th>")
@@ -132,7 +134,7 @@ def cohort_section(reports: list[PatientReport], scores: OpenKBPScores, gamma: b
         "absolute error of the OpenKBP DVH metrics (OARs D0.1cc and Dmean, PTVs D99, D95, D1), pooled "
         f"as the OpenKBP challenge computes them.</p>{no_ref}"
         f"<table id='cohort-table' class='metrics'>{''.join(head)}{''.join(mean)}{''.join(rows)}</table>"
-        f"{highlighting}</section>"
+        f"{highlighting}{extra}</section>"
     )
 
 
@@ -261,7 +263,7 @@ def _metric_table(r: PatientReport) -> tuple[str, str]:
     return dvh, indices
 
 
-def patient_section(r: PatientReport, slices_uri: str, dvh_uri: str, estimate: str = "") -> str:
+def patient_section(r: PatientReport, slices_uri: str, dvh_uri: str, estimate: str = "", plan: str = "") -> str:
     pid = _e(r.patient_id)
     dvh_table, indices = _metric_table(r)
     fails = r.failures()
@@ -283,6 +285,6 @@ def patient_section(r: PatientReport, slices_uri: str, dvh_uri: str, estimate: s
         f"<h3>Dose-volume histograms</h3><img id='dvh-{pid}' class='dvh-plot' alt='{pid}: DVH' src='{dvh_uri}'>"
         f"{estimate}"
         f"<h3>Indices</h3>{indices}<h3>DVH metrics per structure</h3>{dvh_table}"
-        f"{footer}</section>"
+        f"{footer}{plan}</section>"
     )
 
