@@ -72,6 +72,7 @@ def plan(
     mimic_weight: float = typer.Option(1.0, "--mimic-weight", min=0, help="Weight of the voxel mimicking term."),
     target_weight: float = typer.Option(1.0, "--target-weight", min=0, help="Weight of the PTV coverage objective (dose below the prescription)."),
     hot_weight: float = typer.Option(0.5, "--hot-weight", min=0, help="Weight of the PTV hot-spot objective (dose above 107 % of the prescription)."),
+    smooth_weight: float = typer.Option(10.0, "--smooth-weight", min=0, help="Weight of the fluence smoothing term (neighbouring beamlets' weights alike): fewer monitor units for the same dose; 0 turns it off."),
     iterations: int = typer.Option(150, "--iterations", min=1, help="L-BFGS-B iterations."),
     levels: int = typer.Option(10, "--levels", min=1, max=100, help="Intensity levels of the leaf sequencing."),
     leaf_width: float | None = typer.Option(None, "--leaf-width", help="MLC leaf width in mm at the isocentre (default: the beamlet size)."),
@@ -104,7 +105,8 @@ def plan(
         gantry = tuple(round(360.0 * i / beams, 6) for i in range(beams))
     iso = _floats(isocentre, "--isocentre", 3) if isocentre is not None else None
     settings = PlanSettings(BeamSet(gantry, 6.0, bixel, iso),
-                            Objective(objective.value, mimic_weight, target_weight, hot_weight, iterations=iterations),
+                            Objective(objective.value, mimic_weight, target_weight, hot_weight, iterations=iterations,
+                                      smooth_weight=smooth_weight),
                             levels, leaf_width, fractions=fractions)
 
     from tqdm.auto import tqdm

@@ -54,7 +54,7 @@ class Objective:
     hot_weight: float = 0.5
     hot_factor: float = 1.07
     iterations: int = 150
-    smooth_weight: float = 0.0
+    smooth_weight: float = 10.0
 
     def __post_init__(self):
         if self.form not in FORMS:

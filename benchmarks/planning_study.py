@@ -1,0 +1,146 @@
+"""The planning study: plans from predicted and from reference doses, scored against the reference plans.
+
+For each patient and beamlet size, in a process of its own (so that its peak memory is its own):
+the influence matrix (read from `--cache` when there), then for each input dose, the reference
+plan's dose and a prediction folder's, one plan with `rtgen plan`'s settings (or those given),
+scored before and after leaf sequencing:
+
+- the OpenKBP dose score (mean |plan - reference| in the possible dose mask) and DVH score of the
+  plan against the reference plan, and the input's own scores;
+- the MAE of the plan to its input (how well the input was mimicked);
+- the share of OpenKBP-Opt's clinical criteria met by the reference, the input and the plan;
+- time per stage, segments, MU per fraction, and the process's peak resident memory.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/planning_study.py --patients data/openkbp/validation-pats \\
+        --pred pred --bixel 7 --out study7 --cache influence
+
+writes `study7/rows.csv` (one row per patient, beamlet size and input) and `study7/summary.md`
+(the tables of the planning docs). pyRadPlan must be installed (docs/planning.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str, objective: dict) -> list[dict]:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from rtgen.data.sources import load_patient
+    from rtgen.dosimetry import OpenKBPScores
+    from rtgen.dosimetry.criteria import default_criteria
+    from rtgen.evaluation.dose import find_prediction, read_prediction
+    from rtgen.planning.engine import BeamSet, patient_origin
+    from rtgen.planning.optimise import Objective
+    from rtgen.planning.plan import PlanSettings, make_plan
+
+    patient = load_patient(Path(path), require_target=True)
+    settings = PlanSettings(BeamSet(bixel_mm=bixel), Objective(**objective))
+    card = default_criteria()
+    mask, structures, vv = patient.possible_dose_mask, patient.structures, patient.voxel_volume_mm3
+
+    def scores(dose):
+        s = OpenKBPScores()
+        s.add(patient.id, patient.dose, dose, mask, structures, vv)
+        return s.dose_score, s.dvh_score
+
+    met = lambda dose: card.evaluate(dose, structures, vv)
+    rows, first = [], True
+    for kind, folder in inputs.items():
+        found = find_prediction(Path(folder), patient.id)
+        if found is None:
+            raise SystemExit(f"{folder}: no dose for {patient.id}")
+        x = read_prediction(found, patient.grid, Path(path), mask)
+        r = make_plan(patient, x, settings, patient_origin(patient), Path(cache))
+        ref_c, in_c, plan_c, seq_c = met(patient.dose), met(x), met(r.fluence_dose), met(r.delivered_dose)
+        mae = lambda a, b: float(np.abs(a - b)[mask].mean())
+        row = {"patient": patient.id, "bixel_mm": bixel, "input": kind, "beamlets": r.influence.n_beamlets,
+               "influence_s": round(r.timings["influence"], 1) if first else "",
+               "influence_cached": r.from_cache if first else "",
+               "optimisation_s": round(r.timings["optimisation"], 1), "sequencing_s": round(r.timings["sequencing"], 1),
+               "iterations": r.optimisation.iterations,
+               "mae_to_input": mae(r.fluence_dose, x), "mae_to_input_sequenced": mae(r.delivered_dose, x)}
+        (row["input_dose_score"], row["input_dvh_score"]) = scores(x)
+        (row["plan_dose_score"], row["plan_dvh_score"]) = scores(r.fluence_dose)
+        (row["sequenced_dose_score"], row["sequenced_dvh_score"]) = scores(r.delivered_dose)
+        row.update({"criteria_applicable": ref_c.n_applicable, "met_reference": ref_c.n_met, "met_input": in_c.n_met,
+                    "met_plan": plan_c.n_met, "met_sequenced": seq_c.n_met, "segments": r.sequenced.n_segments,
+                    "mu_per_fraction": round(sum(r.mu()), 1)})
+        rows.append(row)
+        first = False
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB (Linux)
+    for row in rows:
+        row["peak_memory_gb"] = round(peak, 2)
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown tables: per beamlet size and input, means over patients and pooled criteria shares."""
+    out = ["| beamlets | input | patients | MAE to input (Gy), before / after sequencing | dose score "
+           "(Gy): input / plan / sequenced | DVH score (Gy): input / plan / sequenced | criteria met: reference / "
+           "input / plan / sequenced | segments | MU per fraction | optimisation (s) | influence (s) | peak memory (GB) |",
+           "|" + " --- |" * 12]
+    for bixel in sorted({r["bixel_mm"] for r in rows}):
+        for kind in dict.fromkeys(r["input"] for r in rows):
+            rs = [r for r in rows if r["bixel_mm"] == bixel and r["input"] == kind]
+            if not rs:
+                continue
+            m = lambda k: float(np.mean([float(r[k]) for r in rs if r[k] != ""]))
+            n = sum(int(r["criteria_applicable"]) for r in rs)
+            share = lambda k: f"{100 * sum(int(r[k]) for r in rs) / n:.1f} %"
+            inf = [float(r["influence_s"]) for r in rows if r["bixel_mm"] == bixel and r["influence_s"] != ""
+                   and str(r["influence_cached"]) == "False"]
+            out.append(f"| {bixel:g} mm | {kind} | {len(rs)} | {m('mae_to_input'):.2f} / {m('mae_to_input_sequenced'):.2f} "
+                       f"| {m('input_dose_score'):.2f} / {m('plan_dose_score'):.2f} / {m('sequenced_dose_score'):.2f} "
+                       f"| {m('input_dvh_score'):.2f} / {m('plan_dvh_score'):.2f} / {m('sequenced_dvh_score'):.2f} "
+                       f"| {share('met_reference')} / {share('met_input')} / {share('met_plan')} / "
+                       f"{share('met_sequenced')} ({n}) | {m('segments'):.0f} | {m('mu_per_fraction'):.0f} "
+                       f"| {m('optimisation_s'):.0f} | {np.mean(inf) if inf else float('nan'):.0f} "
+                       f"| {max(float(r['peak_memory_gb']) for r in rs):.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--patients", required=True, type=Path, help="a split folder with reference doses")
+    ap.add_argument("--pred", type=Path, action="append", default=[], help="a folder of predictions (repeatable)")
+    ap.add_argument("--no-reference", action="store_true", help="do not plan from the reference doses")
+    ap.add_argument("--bixel", default="7", help="beamlet sizes in mm, comma-separated")
+    ap.add_argument("--limit", type=int, default=None, help="the first N patients")
+    ap.add_argument("--cache", type=Path, required=True, help="folder of cached influence matrices")
+    ap.add_argument("--objective", default="{}", help="JSON of Objective fields, e.g. '{\"smooth_weight\": 2}'")
+    ap.add_argument("--jobs", type=int, default=1, help="patients planned at once (each single-threaded)")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    paths = sorted(p for p in a.patients.iterdir() if p.is_dir())[: a.limit]
+    inputs = {} if a.no_reference else {"reference": str(a.patients)}  # a split folder holds pt_N/dose.csv
+    inputs.update({p.name: str(p) for p in a.pred})
+    a.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(p), float(b), inputs, str(a.cache), json.loads(a.objective)) for b in a.bixel.split(",") for p in paths]
+    rows, t = [], time.perf_counter()
+    with ProcessPoolExecutor(a.jobs, max_tasks_per_child=1) as pool:  # a fresh process per patient: its own peak
+        for job, result in zip(jobs, pool.map(plan_patient, *zip(*jobs))):
+            rows += result
+            print(f"{Path(job[0]).name} {job[1]:g} mm: " + "; ".join(
+                f"{r['input']} MAE {r['mae_to_input']:.2f}/{r['mae_to_input_sequenced']:.2f} Gy, criteria "
+                f"{r['met_sequenced']}/{r['criteria_applicable']} (reference {r['met_reference']})" for r in result),
+                flush=True)
+            with open(a.out / "rows.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+    (a.out / "summary.md").write_text(summary(rows))
+    print(summary(rows) + f"\n{len(jobs)} plans sets in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
