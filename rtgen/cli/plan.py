@@ -68,7 +68,7 @@ def plan(
     angles: str | None = typer.Option(None, "--angles", help="Gantry angles in degrees, comma-separated (IEC 61217), instead of --beams."),
     bixel: float = typer.Option(7.0, "--bixel", help="Beamlet size in mm at the isocentre (5, 7 or 10 mm: finer is closer and slower)."),
     isocentre: str | None = typer.Option(None, "--isocentre", help="x,y,z in patient mm (DICOM LPS); default: the targets' centroid."),
-    objective: ObjectiveForm = typer.Option(ObjectiveForm.voxel, "--objective", help="Mimic the dose voxel by voxel, or its DVH points (dvh: each OAR's D0.1cc and mean, each PTV's D99, D95 and D1), or put each OAR's mean and D0.1cc at the lower edge of its 80 % band (bands: the DVH estimate <id>_dvh.csv beside the dose, as rtgen predict writes it) beside the voxel term."),
+    objective: ObjectiveForm = typer.Option(ObjectiveForm.dvh, "--objective", help="Mimic the dose voxel by voxel, or its DVH points (dvh: each OAR's D0.1cc and mean, each PTV's D99, D95 and D1), or put each OAR's mean and D0.1cc at the lower edge of its 80 % band (bands: the DVH estimate <id>_dvh.csv beside the dose, as rtgen predict writes it) beside the voxel term."),
     mimic_weight: float = typer.Option(1.0, "--mimic-weight", min=0, help="Weight of the voxel mimicking term."),
     target_weight: float = typer.Option(1.0, "--target-weight", min=0, help="Weight of the PTV coverage objective (dose below the prescription)."),
     hot_weight: float = typer.Option(0.5, "--hot-weight", min=0, help="Weight of the PTV hot-spot objective (dose above 107 % of the prescription)."),

@@ -48,7 +48,7 @@ BAND_METRICS = ("mean", "D_0.1_cc")  # an OAR's banded DVH points that become ob
 
 @dataclass(frozen=True)
 class Objective:
-    form: str = "voxel"
+    form: str = "dvh"
     mimic_weight: float = 1.0
     target_weight: float = 1.0
     hot_weight: float = 0.5
