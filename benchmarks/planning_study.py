@@ -12,7 +12,7 @@ scored before and after leaf sequencing:
 - time per stage, segments, MU per fraction, and the process's peak resident memory.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/planning_study.py --patients data/openkbp/validation-pats \\
-        --pred pred --bixel 7 --out study7 --cache influence
+        --pred pred --bixel 7 --out study7 --cache influence --jobs 2
 
 writes `study7/rows.csv` (one row per patient, beamlet size and input) and `study7/summary.md`
 (the tables of the planning docs). pyRadPlan must be installed (docs/planning.md).
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 
-def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str, objective: dict) -> list[dict]:
+def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | None, objective: dict) -> list[dict]:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from rtgen.data.sources import load_patient
     from rtgen.dosimetry import OpenKBPScores
@@ -60,7 +60,7 @@ def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str, ob
         if found is None:
             raise SystemExit(f"{folder}: no dose for {patient.id}")
         x = read_prediction(found, patient.grid, Path(path), mask)
-        r = make_plan(patient, x, settings, patient_origin(patient), Path(cache))
+        r = make_plan(patient, x, settings, patient_origin(patient), Path(cache) if cache else None)
         ref_c, in_c, plan_c, seq_c = met(patient.dose), met(x), met(r.fluence_dose), met(r.delivered_dose)
         mae = lambda a, b: float(np.abs(a - b)[mask].mean())
         row = {"patient": patient.id, "bixel_mm": bixel, "input": kind, "beamlets": r.influence.n_beamlets,
@@ -89,15 +89,15 @@ def summary(rows: list[dict]) -> str:
            "(Gy): input / plan / sequenced | DVH score (Gy): input / plan / sequenced | criteria met: reference / "
            "input / plan / sequenced | segments | MU per fraction | optimisation (s) | influence (s) | peak memory (GB) |",
            "|" + " --- |" * 12]
-    for bixel in sorted({r["bixel_mm"] for r in rows}):
+    for bixel in sorted({float(r["bixel_mm"]) for r in rows}):
         for kind in dict.fromkeys(r["input"] for r in rows):
-            rs = [r for r in rows if r["bixel_mm"] == bixel and r["input"] == kind]
+            rs = [r for r in rows if float(r["bixel_mm"]) == bixel and r["input"] == kind]
             if not rs:
                 continue
             m = lambda k: float(np.mean([float(r[k]) for r in rs if r[k] != ""]))
             n = sum(int(r["criteria_applicable"]) for r in rs)
             share = lambda k: f"{100 * sum(int(r[k]) for r in rs) / n:.1f} %"
-            inf = [float(r["influence_s"]) for r in rows if r["bixel_mm"] == bixel and r["influence_s"] != ""
+            inf = [float(r["influence_s"]) for r in rows if float(r["bixel_mm"]) == bixel and r["influence_s"] != ""
                    and str(r["influence_cached"]) == "False"]
             out.append(f"| {bixel:g} mm | {kind} | {len(rs)} | {m('mae_to_input'):.2f} / {m('mae_to_input_sequenced'):.2f} "
                        f"| {m('input_dose_score'):.2f} / {m('plan_dose_score'):.2f} / {m('sequenced_dose_score'):.2f} "
@@ -116,7 +116,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-reference", action="store_true", help="do not plan from the reference doses")
     ap.add_argument("--bixel", default="7", help="beamlet sizes in mm, comma-separated")
     ap.add_argument("--limit", type=int, default=None, help="the first N patients")
-    ap.add_argument("--cache", type=Path, required=True, help="folder of cached influence matrices")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder of cached influence matrices (default: none; each is computed and dropped)")
     ap.add_argument("--objective", default="{}", help="JSON of Objective fields, e.g. '{\"smooth_weight\": 2}'")
     ap.add_argument("--jobs", type=int, default=1, help="patients planned at once (each single-threaded)")
     ap.add_argument("--out", type=Path, required=True)
@@ -125,7 +126,8 @@ def main(argv=None) -> None:
     inputs = {} if a.no_reference else {"reference": str(a.patients)}  # a split folder holds pt_N/dose.csv
     inputs.update({p.name: str(p) for p in a.pred})
     a.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(p), float(b), inputs, str(a.cache), json.loads(a.objective)) for b in a.bixel.split(",") for p in paths]
+    cache = str(a.cache) if a.cache is not None else None
+    jobs = [(str(p), float(b), inputs, cache, json.loads(a.objective)) for b in a.bixel.split(",") for p in paths]
     rows, t = [], time.perf_counter()
     with ProcessPoolExecutor(a.jobs, max_tasks_per_child=1) as pool:  # a fresh process per patient: its own peak
         for job, result in zip(jobs, pool.map(plan_patient, *zip(*jobs))):

@@ -140,7 +140,13 @@ class Influence:
                 meta = json.loads(str(z["meta"]))
                 if meta.get("format") != CACHE_FORMAT:
                     raise DataError(path, f"influence matrix cache format {meta.get('format')}, expected {CACHE_FORMAT}")
-                m = sp.csc_array((z["data"], z["indices"], z["indptr"]), shape=tuple(meta["shape"]))
+                indices = z["indices"]  # int32 (rows of the body); older caches kept int64
+                if indices.dtype != np.int32 and meta["shape"][0] < 2**31:
+                    indices = indices.astype(np.int32)
+                indptr = z["indptr"]
+                if indptr.dtype != np.int32 and indptr[-1] < 2**31:
+                    indptr = indptr.astype(np.int32)
+                m = sp.csc_array((z["data"], indices, indptr), shape=tuple(meta["shape"]))
                 return cls(m, z["body_index"], tuple(meta["grid"]), z["beam"], z["x_mm"], z["y_mm"],
                            tuple(meta["gantry_angles"]), tuple(meta["isocentre"]), float(meta["bixel_mm"]))
         except (OSError, ValueError, KeyError) as e:
@@ -203,7 +209,6 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
                       ) -> Influence:
     import time
 
-    import scipy.sparse as sp
 
     prp = require_pyradplan()
     import SimpleITK as sitk
@@ -247,8 +252,7 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
     body_index = np.flatnonzero(patient.possible_dose_mask.ravel())
     i, j, k = np.unravel_index(body_index, patient.grid)
     rows = ((nz - 1 - k) * ny + i) * nx + j
-    m = sp.csc_array(sp.csr_array(d)[rows, :], dtype=np.float32)
-    m.sort_indices()
+    m = _body_rows(d, rows)
     beam, x_mm, y_mm = [], [], []
     for b_i, b in enumerate(stf.beams):
         for ray in b.rays:
@@ -262,6 +266,28 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
     return Influence(m, body_index.astype(np.int64), tuple(patient.grid), np.asarray(beam, np.int32),
                      np.asarray(x_mm), np.asarray(y_mm), tuple(float(b.gantry_angle) for b in stf.beams), iso,
                      float(beams.bixel_mm), {"influence_s": seconds})
+
+
+def _body_rows(d, rows: np.ndarray):
+    """The rows `rows` of pyRadPlan's csc influence matrix `d`, in that order, as a csc float32 matrix with
+    int32 indices: each stored value's row is relabelled in place of a row selection, which would copy
+    the whole matrix twice (about 4 GB for a large head-and-neck plan at 7 mm)."""
+    import scipy.sparse as sp
+
+    d = d if d.format == "csc" else sp.csc_array(d)
+    label = np.full(d.shape[0], -1, np.int32)  # pyRadPlan row -> body row
+    label[rows] = np.arange(rows.size, dtype=np.int32)
+    new = label[d.indices]
+    keep = new >= 0
+    counts = np.fromiter((np.count_nonzero(keep[a:b]) for a, b in zip(d.indptr[:-1], d.indptr[1:])), np.int64,
+                         d.shape[1])
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    if indptr[-1] < 2**31:  # int32 indices: 8 bytes a value instead of 12, and faster products
+        indptr = indptr.astype(np.int32)
+    m = sp.csc_array((d.data[keep].astype(np.float32, copy=False), new[keep], indptr), shape=(rows.size, d.shape[1]))
+    del new, keep
+    m.sort_indices()
+    return m
 
 
 def _run_engine(get_engine, ct, cst, pln, pid: str, progress):
