@@ -118,7 +118,7 @@ class Influence:
     def dose(self, weights: np.ndarray) -> np.ndarray:
         """The dose on the patient grid (Gy, float32; 0 outside the body) of beamlet `weights`."""
         out = np.zeros(int(np.prod(self.grid)), np.float32)
-        out[self.body_index] = self.matrix @ np.asarray(weights, np.float64)
+        out[self.body_index] = self.matrix @ np.asarray(weights, np.float32)  # float32 products: no copy of D
         return out.reshape(self.grid)
 
     def save(self, path: Path) -> None:
@@ -233,38 +233,47 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
     vois += [voi(o, "OAR", patient.structures[o]) for o in OARS if o in patient.structures]
     vois.append(voi("BODY", "EXTERNAL", patient.possible_dose_mask))
     cst = StructureSet(vois=vois, ct_image=ct)
-    pln = prp.PhotonPlan(machine="Generic")
-    stf_props = {"gantry_angles": [float(a) for a in beams.gantry_angles],
-                 "couch_angles": [0.0] * len(beams.gantry_angles), "bixel_width": float(beams.bixel_mm)}
-    if beams.isocentre is not None:
-        stf_props["iso_center"] = [list(map(float, beams.isocentre))]
-    pln.prop_stf = stf_props
-    pln.prop_dose_calc = {"dose_grid": {"resolution": {"x": dx, "y": dy, "z": dz}}}  # the CT grid itself
-    t = time.perf_counter()
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")
-        dij, stf = _run_engine(get_engine, ct, cst, pln, patient.id, progress)
-    seconds = time.perf_counter() - t
-    d = dij.physical_dose.flat[0]
-    if tuple(dij.dose_grid.dimensions) != (nx, ny, nz):
-        raise PlanningError(f"{patient.id}: the dose grid {tuple(dij.dose_grid.dimensions)} is not the CT's")
     # rows: pyRadPlan flat index ((kk * ny + i) * nx + j) with kk = nz - 1 - k, for the body voxels in rtgen order
     body_index = np.flatnonzero(patient.possible_dose_mask.ravel())
     i, j, k = np.unravel_index(body_index, patient.grid)
     rows = ((nz - 1 - k) * ny + i) * nx + j
-    m = _body_rows(d, rows)
-    beam, x_mm, y_mm = [], [], []
-    for b_i, b in enumerate(stf.beams):
+    # one beam at a time: pyRadPlan's matrix over the whole grid (12 bytes a value, and its buffers while it
+    # is built) is then a ninth of the plan's, and only the body rows of each beam are kept
+    parts, beam, x_mm, y_mm, angles, iso = [], [], [], [], [], None
+    t = time.perf_counter()
+    for b_i, angle in enumerate(beams.gantry_angles):
+        pln = prp.PhotonPlan(machine="Generic")
+        stf_props = {"gantry_angles": [float(angle)], "couch_angles": [0.0], "bixel_width": float(beams.bixel_mm)}
+        if beams.isocentre is not None:
+            stf_props["iso_center"] = [list(map(float, beams.isocentre))]
+        pln.prop_stf = stf_props
+        pln.prop_dose_calc = {"dose_grid": {"resolution": {"x": dx, "y": dy, "z": dz}}}  # the CT grid itself
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore")
+            dij, stf = _run_engine(get_engine, ct, cst, pln, patient.id)
+        if tuple(dij.dose_grid.dimensions) != (nx, ny, nz):
+            raise PlanningError(f"{patient.id}: the dose grid {tuple(dij.dose_grid.dimensions)} is not the CT's")
+        parts.append(_body_rows(dij.physical_dose.flat[0], rows))
+        del dij
+        [b] = stf.beams
         for ray in b.rays:
             for _ in range(len(ray.beamlets)):
                 beam.append(b_i)
                 x_mm.append(float(ray.ray_pos_bev[0]))
                 y_mm.append(float(ray.ray_pos_bev[2]))
+        angles.append(float(b.gantry_angle))
+        iso = iso or tuple(float(v) for v in np.asarray(b.iso_center, float).ravel()[:3])
+        if progress is not None:
+            progress(b_i + 1, len(beams.gantry_angles))
+    seconds = time.perf_counter() - t
+    if sum(p.shape[1] for p in parts) == 0:
+        raise PlanningError(f"{patient.id}: no beamlet reaches the targets")
+    m = _hstack_csc(parts)
+    del parts
     if len(beam) != m.shape[1]:
         raise PlanningError(f"{patient.id}: {m.shape[1]} influence columns for {len(beam)} beamlets")
-    iso = tuple(float(v) for v in np.asarray(stf.beams[0].iso_center, float).ravel()[:3])
     return Influence(m, body_index.astype(np.int64), tuple(patient.grid), np.asarray(beam, np.int32),
-                     np.asarray(x_mm), np.asarray(y_mm), tuple(float(b.gantry_angle) for b in stf.beams), iso,
+                     np.asarray(x_mm), np.asarray(y_mm), tuple(angles), iso,
                      float(beams.bixel_mm), {"influence_s": seconds})
 
 
@@ -290,9 +299,21 @@ def _body_rows(d, rows: np.ndarray):
     return m
 
 
-def _run_engine(get_engine, ct, cst, pln, pid: str, progress):
-    """pyRadPlan's beamlet geometry and influence matrix, its own progress bars off (rtgen reports per beam
-    through `progress`)."""
+def _hstack_csc(parts: list):
+    """Side by side, as one csc matrix (each part's columns after the previous part's)."""
+    import scipy.sparse as sp
+
+    data = np.concatenate([p.data for p in parts])
+    indices = np.concatenate([p.indices for p in parts])
+    offsets = np.cumsum([0] + [p.nnz for p in parts[:-1]])
+    indptr = np.concatenate([[0]] + [p.indptr[1:].astype(np.int64) + o for p, o in zip(parts, offsets)])
+    if indptr[-1] < 2**31:
+        indptr = indptr.astype(np.int32)
+    return sp.csc_array((data, indices, indptr), shape=(parts[0].shape[0], sum(p.shape[1] for p in parts)))
+
+
+def _run_engine(get_engine, ct, cst, pln, pid: str, progress=None):
+    """pyRadPlan's beamlet geometry and influence matrix, its own progress bars off (rtgen reports per beam)."""
     from pyRadPlan.stf import get_generator, validate_stf
 
     generator = get_generator(pln)
