@@ -311,5 +311,7 @@ def test_dose_or_model_is_one_line(tmp_path):
     for extra in ([], ["--dose", str(tmp_path), "--model", "default"]):
         r = CliRunner().invoke(app, [*base, *extra])
         assert r.exit_code == 1 and "give either --dose" in r.output and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--dose", str(tmp_path), "--energy", "10"])
+    assert r.exit_code == 1 and "6 MV only" in r.output and "Traceback" not in r.output, r.output
     r = CliRunner().invoke(app, [*base, "--model", "hub:no_such_model"])
     assert r.exit_code == 1 and "no_such_model" in r.output and "Traceback" not in r.output, r.output

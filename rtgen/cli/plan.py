@@ -66,9 +66,10 @@ def plan(
     fmt: PlanFormat = typer.Option(PlanFormat.csv, "--format", help="The delivered dose as csv, nifti, or dicom (an RTDOSE and an RTPLAN on the patient's CT; DICOM patients only)."),
     beams: int = typer.Option(9, "--beams", help="Number of equispaced coplanar beams (gantry 0, 360/N, ...)."),
     angles: str | None = typer.Option(None, "--angles", help="Gantry angles in degrees, comma-separated (IEC 61217), instead of --beams."),
+    energy: float = typer.Option(6.0, "--energy", help="Photon energy in MV (pyRadPlan's generic machine has 6 MV only)."),
     bixel: float = typer.Option(7.0, "--bixel", help="Beamlet size in mm at the isocentre (5, 7 or 10 mm: finer is closer and slower)."),
     isocentre: str | None = typer.Option(None, "--isocentre", help="x,y,z in patient mm (DICOM LPS); default: the targets' centroid."),
-    objective: ObjectiveForm = typer.Option(ObjectiveForm.dvh, "--objective", help="Mimic the dose voxel by voxel, or its DVH points (dvh: each OAR's D0.1cc and mean, each PTV's D99, D95 and D1), or put each OAR's mean and D0.1cc at the lower edge of its 80 % band (bands: the DVH estimate <id>_dvh.csv beside the dose, as rtgen predict writes it) beside the voxel term."),
+    objective: ObjectiveForm = typer.Option(ObjectiveForm.dvh, "--objective", help="dvh (the default): mimic the dose's DVH points (each OAR's D0.1cc and mean no higher, each PTV's D99 and D95 no lower and D1 no higher) beside its voxels; voxel: its voxels alone; bands: each OAR's mean and D0.1cc at the lower edge of its 80 % band (the DVH estimate <id>_dvh.csv beside the dose, as rtgen predict writes it) beside the voxel term."),
     mimic_weight: float = typer.Option(1.0, "--mimic-weight", min=0, help="Weight of the voxel mimicking term."),
     target_weight: float = typer.Option(1.0, "--target-weight", min=0, help="Weight of the PTV coverage objective (dose below the prescription)."),
     hot_weight: float = typer.Option(0.5, "--hot-weight", min=0, help="Weight of the PTV hot-spot objective (dose above 107 % of the prescription)."),
@@ -104,7 +105,7 @@ def plan(
     else:
         gantry = tuple(round(360.0 * i / beams, 6) for i in range(beams))
     iso = _floats(isocentre, "--isocentre", 3) if isocentre is not None else None
-    settings = PlanSettings(BeamSet(gantry, 6.0, bixel, iso),
+    settings = PlanSettings(BeamSet(gantry, energy, bixel, iso),
                             Objective(objective.value, mimic_weight, target_weight, hot_weight, iterations=iterations,
                                       smooth_weight=smooth_weight),
                             levels, leaf_width, fractions=fractions)
