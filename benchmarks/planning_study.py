@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import resource
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 
-def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | None, objective: dict) -> list[dict]:
+def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | None, objective: dict,
+                 beams: int = 9) -> list[dict]:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from rtgen.data.sources import load_patient
     from rtgen.dosimetry import OpenKBPScores
@@ -44,7 +46,7 @@ def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | N
     from rtgen.planning.plan import PlanSettings, make_plan
 
     patient = load_patient(Path(path), require_target=True)
-    settings = PlanSettings(BeamSet(bixel_mm=bixel), Objective(**objective))
+    settings = PlanSettings(BeamSet.equispaced(beams, bixel_mm=bixel), Objective(**objective))
     card = default_criteria()
     mask, structures, vv = patient.possible_dose_mask, patient.structures, patient.voxel_volume_mm3
 
@@ -111,7 +113,7 @@ def summary(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--patients", required=True, type=Path, help="a split folder with reference doses")
+    ap.add_argument("--patients", type=Path, help="a split folder with reference doses")
     ap.add_argument("--pred", type=Path, action="append", default=[], help="a folder of predictions (repeatable)")
     ap.add_argument("--no-reference", action="store_true", help="do not plan from the reference doses")
     ap.add_argument("--bixel", default="7", help="beamlet sizes in mm, comma-separated")
@@ -120,26 +122,47 @@ def main(argv=None) -> None:
                     help="folder of cached influence matrices (default: none; each is computed and dropped)")
     ap.add_argument("--objective", default="{}", help="JSON of Objective fields, e.g. '{\"smooth_weight\": 2}'")
     ap.add_argument("--jobs", type=int, default=1, help="patients planned at once (each single-threaded)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--smoke", action="store_true", help="one bundled patient, 3 beams of 20 mm, 5 iterations (seconds)")
     a = ap.parse_args(argv)
+    if importlib.util.find_spec("pyRadPlan") is None:
+        print("pyRadPlan is not installed (see docs/planning.md): nothing measured")
+        return
+    beams = 9
+    if a.smoke:
+        import rtgen
+
+        a.patients, a.limit, a.bixel, a.out, beams = (Path(rtgen.__file__).parent / "examples" / "openkbp", 1, "20",
+                                                      Path("planning-study-smoke"), 3)
+        a.objective = json.dumps({"iterations": 5})
+    if a.patients is None or a.out is None:
+        ap.error("--patients and --out are required (or --smoke)")
     paths = sorted(p for p in a.patients.iterdir() if p.is_dir())[: a.limit]
     inputs = {} if a.no_reference else {"reference": str(a.patients)}  # a split folder holds pt_N/dose.csv
     inputs.update({p.name: str(p) for p in a.pred})
     a.out.mkdir(parents=True, exist_ok=True)
     cache = str(a.cache) if a.cache is not None else None
-    jobs = [(str(p), float(b), inputs, cache, json.loads(a.objective)) for b in a.bixel.split(",") for p in paths]
+    jobs = [(str(p), float(b), inputs, cache, json.loads(a.objective), beams) for b in a.bixel.split(",") for p in paths]
     rows, t = [], time.perf_counter()
-    with ProcessPoolExecutor(a.jobs, max_tasks_per_child=1) as pool:  # a fresh process per patient: its own peak
-        for job, result in zip(jobs, pool.map(plan_patient, *zip(*jobs))):
-            rows += result
-            print(f"{Path(job[0]).name} {job[1]:g} mm: " + "; ".join(
-                f"{r['input']} MAE {r['mae_to_input']:.2f}/{r['mae_to_input_sequenced']:.2f} Gy, criteria "
-                f"{r['met_sequenced']}/{r['criteria_applicable']} (reference {r['met_reference']})" for r in result),
-                flush=True)
-            with open(a.out / "rows.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+
+    def record(job, result):
+        rows.extend(result)
+        print(f"{Path(job[0]).name} {job[1]:g} mm: " + "; ".join(
+            f"{r['input']} MAE {r['mae_to_input']:.2f}/{r['mae_to_input_sequenced']:.2f} Gy, criteria "
+            f"{r['met_sequenced']}/{r['criteria_applicable']} (reference {r['met_reference']})" for r in result),
+            flush=True)
+        with open(a.out / "rows.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    if a.smoke:  # in this process (its peak memory is then the caller's too)
+        for job in jobs:
+            record(job, plan_patient(*job))
+    else:
+        with ProcessPoolExecutor(a.jobs, max_tasks_per_child=1) as pool:  # a fresh process per patient: its own peak
+            for job, result in zip(jobs, pool.map(plan_patient, *zip(*jobs))):
+                record(job, result)
     (a.out / "summary.md").write_text(summary(rows))
     print(summary(rows) + f"\n{len(jobs)} plans sets in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 

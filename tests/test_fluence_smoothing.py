@@ -56,5 +56,5 @@ def test_smoothing_flattens_the_maps_and_reports_what_it_minimised():
     w0 = 70.0 / d1[:60].mean()  # the flat start: the mean target dose at the prescription
     diff = w[pairs[:, 0]] - w[pairs[:, 1]]
     expected = np.mean((inf.matrix @ w - pred) ** 2) + 1000.0 * np.mean(diff**2) / w0**2
-    assert smooth.objective == pytest.approx(expected, rel=1e-9)
+    assert smooth.objective == pytest.approx(expected, rel=1e-6)  # products in float32
     assert smooth.history[-1] < smooth.history[0]
