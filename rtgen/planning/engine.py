@@ -209,6 +209,7 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
                       ) -> Influence:
     import time
 
+    import scipy.sparse as sp
 
     prp = require_pyradplan()
     import SimpleITK as sitk
@@ -250,10 +251,13 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
         pln.prop_dose_calc = {"dose_grid": {"resolution": {"x": dx, "y": dy, "z": dz}}}  # the CT grid itself
         with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             warnings.simplefilter("ignore")
-            dij, stf = _run_engine(get_engine, ct, cst, pln, patient.id)
-        if tuple(dij.dose_grid.dimensions) != (nx, ny, nz):
+            dij, stf = _run_engine(get_engine, ct, cst, pln)
+        if dij is None:
+            parts.append(sp.csc_array((rows.size, 0), dtype=np.float32))
+        elif tuple(dij.dose_grid.dimensions) != (nx, ny, nz):
             raise PlanningError(f"{patient.id}: the dose grid {tuple(dij.dose_grid.dimensions)} is not the CT's")
-        parts.append(_body_rows(dij.physical_dose.flat[0], rows))
+        else:
+            parts.append(_body_rows(dij.physical_dose.flat[0], rows))
         del dij
         [b] = stf.beams
         for ray in b.rays:
@@ -268,7 +272,7 @@ def compute_influence(patient, beams: BeamSet, origin, progress: Callable[[int, 
     seconds = time.perf_counter() - t
     if sum(p.shape[1] for p in parts) == 0:
         raise PlanningError(f"{patient.id}: no beamlet reaches the targets")
-    m = _hstack_csc(parts)
+    m = sp.hstack(parts, format="csc")  # keeps float32 values and int32 indices
     del parts
     if len(beam) != m.shape[1]:
         raise PlanningError(f"{patient.id}: {m.shape[1]} influence columns for {len(beam)} beamlets")
@@ -299,36 +303,17 @@ def _body_rows(d, rows: np.ndarray):
     return m
 
 
-def _hstack_csc(parts: list):
-    """Side by side, as one csc matrix (each part's columns after the previous part's)."""
-    import scipy.sparse as sp
-
-    data = np.concatenate([p.data for p in parts])
-    indices = np.concatenate([p.indices for p in parts])
-    offsets = np.cumsum([0] + [p.nnz for p in parts[:-1]])
-    indptr = np.concatenate([[0]] + [p.indptr[1:].astype(np.int64) + o for p, o in zip(parts, offsets)])
-    if indptr[-1] < 2**31:
-        indptr = indptr.astype(np.int32)
-    return sp.csc_array((data, indices, indptr), shape=(parts[0].shape[0], sum(p.shape[1] for p in parts)))
-
-
-def _run_engine(get_engine, ct, cst, pln, pid: str, progress=None):
+def _run_engine(get_engine, ct, cst, pln):
     """pyRadPlan's beamlet geometry and influence matrix, its own progress bars off (rtgen reports per beam)."""
     from pyRadPlan.stf import get_generator, validate_stf
 
     generator = get_generator(pln)
     generator.console_progress = False
     stf = validate_stf(generator.generate(ct, cst))
-    if sum(b.total_number_of_bixels for b in stf.beams) == 0:
-        raise PlanningError(f"{pid}: no beamlet reaches the targets")
+    if sum(b.total_number_of_bixels for b in stf.beams) == 0:  # a beam that misses the targets: no matrix
+        return None, stf
     engine = get_engine(pln)
     engine.console_progress = False
-    if progress is not None:
-        def observe(report):
-            for level in getattr(report, "levels", ()):
-                if level.name.lower().startswith("beam") and level.total:
-                    progress(level.current, level.total)
-        engine.add_report_observer(observe)
     return engine.calc_dose_influence(ct, cst, stf), stf
 
 
