@@ -233,15 +233,11 @@ def _dose_predictor(model: str, bands: bool):
 
 def _predicted(predictor, patient, path: Path, folder: Path, fmt: str):
     """Predict `patient`'s dose and write it to `folder` (with its DVH estimate where the model gives one),
-    as rtgen predict would: (dose, estimate rows or None)."""
-    from rtgen.dosimetry.bands import write_dvh_estimate
+    as rtgen predict does: (dose, estimate rows or None)."""
+    from rtgen.cli.predict import _write_dvh_estimate
     from rtgen.inference.writers import write_dose
 
     dose, std = predictor.predict_with_uncertainty(patient)
     write_dose(folder, patient.id, dose, patient.spacing, "nifti" if fmt == "dicom" else fmt, std,
                source=path, body=patient.possible_dose_mask)
-    task = predictor.task
-    estimate = task.dvh_estimate(patient, dose) if hasattr(task, "dvh_estimate") else None
-    if estimate is not None:
-        write_dvh_estimate(folder, patient.id, estimate)
-    return dose, estimate
+    return dose, _write_dvh_estimate(folder, predictor.task, patient, dose, {})
