@@ -2,8 +2,10 @@
 
 For each patient and beamlet size, in a process of its own (so that its peak memory is its own):
 the influence matrix (read from `--cache` when there), then for each input dose, the reference
-plan's dose and a prediction folder's, one plan with `rtgen plan`'s settings (or those given),
-scored before and after leaf sequencing:
+plan's dose and a prediction folder's, one plan per objective form (`--forms`, default `rtgen plan`'s
+`dvh`; `bands` reads the DVH estimate `<id>_dvh.csv` beside a prediction, as `rtgen predict` writes it)
+with `rtgen plan`'s settings (or those given), all forms from the one influence matrix, scored before
+and after leaf sequencing:
 
 - the OpenKBP dose score (mean |plan - reference| in the possible dose mask) and DVH score of the
   plan against the reference plan, and the input's own scores;
@@ -27,6 +29,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,8 +38,12 @@ import numpy as np
 
 
 def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | None, objective: dict,
-                 beams: int = 9) -> list[dict]:
+                 beams: int = 9, forms: tuple[str, ...] = ("dvh",)) -> list[dict]:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if cache is None and len(forms) > 1:  # the forms share one influence matrix, dropped after the patient
+        with tempfile.TemporaryDirectory(prefix="rtgen-study-") as tmp:
+            return plan_patient(path, bixel, inputs, tmp, objective, beams, forms)
+    from rtgen.cli.plan import band_goals_for
     from rtgen.data.sources import load_patient
     from rtgen.dosimetry import OpenKBPScores
     from rtgen.dosimetry.criteria import default_criteria
@@ -46,7 +53,7 @@ def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | N
     from rtgen.planning.plan import PlanSettings, make_plan
 
     patient = load_patient(Path(path), require_target=True)
-    settings = PlanSettings(BeamSet.equispaced(beams, bixel_mm=bixel), Objective(**objective))
+    beam_set = BeamSet.equispaced(beams, bixel_mm=bixel)
     card = default_criteria()
     mask, structures, vv = patient.possible_dose_mask, patient.structures, patient.voxel_volume_mm3
 
@@ -57,16 +64,20 @@ def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | N
 
     met = lambda dose: card.evaluate(dose, structures, vv)
     rows, first = [], True
-    for kind, folder in inputs.items():
+    for (kind, folder), form in ((item, form) for item in inputs.items() for form in forms):
         found = find_prediction(Path(folder), patient.id)
         if found is None:
             raise SystemExit(f"{folder}: no dose for {patient.id}")
+        if form == "bands" and kind == "reference":
+            continue  # a reference plan has no DVH estimate
         x = read_prediction(found, patient.grid, Path(path), mask)
-        r = make_plan(patient, x, settings, patient_origin(patient), Path(cache) if cache else None)
+        goals = band_goals_for(Path(folder), patient.id) if form == "bands" else None
+        settings = PlanSettings(beam_set, Objective(**{**objective, "form": form}))
+        r = make_plan(patient, x, settings, patient_origin(patient), Path(cache) if cache else None, goals=goals)
         ref_c, in_c, plan_c, seq_c = met(patient.dose), met(x), met(r.fluence_dose), met(r.delivered_dose)
         mae = lambda a, b: float(np.abs(a - b)[mask].mean())
-        row = {"patient": patient.id, "bixel_mm": bixel, "input": kind, "beamlets": r.influence.n_beamlets,
-               "influence_s": round(r.timings["influence"], 1) if first else "",
+        row = {"patient": patient.id, "bixel_mm": bixel, "input": kind, "form": form,
+               "beamlets": r.influence.n_beamlets, "influence_s": round(r.timings["influence"], 1) if first else "",
                "influence_cached": r.from_cache if first else "",
                "optimisation_s": round(r.timings["optimisation"], 1), "sequencing_s": round(r.timings["sequencing"], 1),
                "iterations": r.optimisation.iterations,
@@ -87,13 +98,14 @@ def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | N
 
 def summary(rows: list[dict]) -> str:
     """Markdown tables: per beamlet size and input, means over patients and pooled criteria shares."""
-    out = ["| beamlets | input | patients | MAE to input (Gy), before / after sequencing | dose score "
+    out = ["| beamlets | input | objective | patients | MAE to input (Gy), before / after sequencing | dose score "
            "(Gy): input / plan / sequenced | DVH score (Gy): input / plan / sequenced | criteria met: reference / "
            "input / plan / sequenced | segments | MU per fraction | optimisation (s) | influence (s) | peak memory (GB) |",
-           "|" + " --- |" * 12]
+           "|" + " --- |" * 13]
     for bixel in sorted({float(r["bixel_mm"]) for r in rows}):
-        for kind in dict.fromkeys(r["input"] for r in rows):
-            rs = [r for r in rows if float(r["bixel_mm"]) == bixel and r["input"] == kind]
+        for kind, form in dict.fromkeys((r["input"], r.get("form", "dvh")) for r in rows):
+            rs = [r for r in rows if float(r["bixel_mm"]) == bixel and r["input"] == kind
+                  and r.get("form", "dvh") == form]
             if not rs:
                 continue
             m = lambda k: float(np.mean([float(r[k]) for r in rs if r[k] != ""]))
@@ -101,7 +113,7 @@ def summary(rows: list[dict]) -> str:
             share = lambda k: f"{100 * sum(int(r[k]) for r in rs) / n:.1f} %"
             inf = [float(r["influence_s"]) for r in rows if float(r["bixel_mm"]) == bixel and r["influence_s"] != ""
                    and str(r["influence_cached"]) == "False"]
-            out.append(f"| {bixel:g} mm | {kind} | {len(rs)} | {m('mae_to_input'):.2f} / {m('mae_to_input_sequenced'):.2f} "
+            out.append(f"| {bixel:g} mm | {kind} | {form} | {len(rs)} | {m('mae_to_input'):.2f} / {m('mae_to_input_sequenced'):.2f} "
                        f"| {m('input_dose_score'):.2f} / {m('plan_dose_score'):.2f} / {m('sequenced_dose_score'):.2f} "
                        f"| {m('input_dvh_score'):.2f} / {m('plan_dvh_score'):.2f} / {m('sequenced_dvh_score'):.2f} "
                        f"| {share('met_reference')} / {share('met_input')} / {share('met_plan')} / "
@@ -121,6 +133,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder of cached influence matrices (default: none; each is computed and dropped)")
     ap.add_argument("--objective", default="{}", help="JSON of Objective fields, e.g. '{\"smooth_weight\": 2}'")
+    ap.add_argument("--forms", default="dvh", help="objective forms to plan each input with, comma-separated "
+                    "(dvh, voxel, bands): one influence matrix for all")
     ap.add_argument("--jobs", type=int, default=1, help="patients planned at once (each single-threaded)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--smoke", action="store_true", help="one bundled patient, 3 beams of 20 mm, 5 iterations (seconds)")
@@ -142,13 +156,14 @@ def main(argv=None) -> None:
     inputs.update({p.name: str(p) for p in a.pred})
     a.out.mkdir(parents=True, exist_ok=True)
     cache = str(a.cache) if a.cache is not None else None
-    jobs = [(str(p), float(b), inputs, cache, json.loads(a.objective), beams) for b in a.bixel.split(",") for p in paths]
+    jobs = [(str(p), float(b), inputs, cache, json.loads(a.objective), beams,
+             tuple(a.forms.split(","))) for b in a.bixel.split(",") for p in paths]
     rows, t = [], time.perf_counter()
 
     def record(job, result):
         rows.extend(result)
         print(f"{Path(job[0]).name} {job[1]:g} mm: " + "; ".join(
-            f"{r['input']} MAE {r['mae_to_input']:.2f}/{r['mae_to_input_sequenced']:.2f} Gy, criteria "
+            f"{r['input']} ({r['form']}) MAE {r['mae_to_input']:.2f}/{r['mae_to_input_sequenced']:.2f} Gy, criteria "
             f"{r['met_sequenced']}/{r['criteria_applicable']} (reference {r['met_reference']})" for r in result),
             flush=True)
         with open(a.out / "rows.csv", "w", newline="") as f:

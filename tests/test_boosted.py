@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from rtgen.cli import app
 from rtgen.core.errors import RtgenError
 from rtgen.core.registry import MODELS
+from rtgen.core.structures import OARS
 from rtgen.data.transforms.voxel_features import (
     VoxelFeatureConfig,
     feature_matrix,
@@ -57,6 +58,31 @@ def test_voxel_features_and_sampling(patient):
     idx = training_voxels(patient, NO_BEAMS, seed=0)
     assert len(idx) == 2000 and inside.ravel()[idx].all()
     np.testing.assert_array_equal(idx, training_voxels(patient, NO_BEAMS, seed=0))  # seeded
+
+
+def test_oar_distance_features(patient):
+    """`oar_distances` adds each OAR's signed distance after the masks (negative inside, NaN for an
+    organ the patient lacks); without it the features are those older models learned."""
+    config = VoxelFeatureConfig(beams=False, oar_distances=True)
+    names = feature_names(config)
+    base = feature_names(NO_BEAMS)
+    masks_end = base.index("Mandible_mask") + 1
+    assert names == base[:masks_end] + [f"{o}_distance_mm" for o in OARS] + base[masks_end:]
+    volumes = feature_volumes(patient, config)
+    for o in OARS:
+        d = volumes[f"{o}_distance_mm"]
+        if o not in patient.structures or not patient.structures[o].any():
+            assert np.isnan(d).all(), o
+            continue
+        mask = patient.structures[o]
+        assert (d[mask] <= 0).all() and (d[~mask] > 0).all(), o
+        # a voxel's distance is at most its distance to any one organ voxel
+        near = np.argwhere(mask)[0]
+        far = np.unravel_index(np.nanargmax(d), d.shape)
+        straight = float(np.linalg.norm((np.subtract(far, near)) * np.asarray(patient.spacing)))
+        assert d[far] <= straight + 1e-3 and d.max() <= 150.0, o
+    assert len([o for o in OARS if np.isfinite(volumes[f"{o}_distance_mm"]).any()]) >= 2
+    assert config.key() != VoxelFeatureConfig(beams=False).key()  # cached training voxels are kept apart
 
 
 @pytest.fixture(scope="module")

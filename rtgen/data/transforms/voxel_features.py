@@ -4,7 +4,7 @@ A tree model has no receptive field: everything it knows about where a voxel sit
 targets, the body and the beams must be a number in that voxel. These are the numbers a planner
 reasons with: the prescription nearby and how far it is (signed distances, prescription maps
 blurred at several scales), the tissue in between (CT, depth below the body surface), the organs
-that constrain the plan (OAR masks) and, from `rtgen.data.transforms.beam_features`, where the beams
+that constrain the plan (OAR masks and, with `oar_distances`, how far each is) and, from `rtgen.data.transforms.beam_features`, where the beams
 from the usual coplanar gantry angles carry dose (beam-shadow ray sums and their fall-off).
 
 A PTV the patient lacks gives NaN distances: LightGBM treats NaN as "missing", which is what it is.
@@ -40,6 +40,7 @@ class VoxelFeatureConfig:
     edge_mm: Annotated[float, Field(ge=0, le=100)] = 10.0  # voxels this close to a PTV surface are drawn more often
     edge_weight: Annotated[float, Field(ge=1, le=100)] = 4.0
     oar_weight: Annotated[float, Field(ge=1, le=100)] = 2.0
+    oar_distances: bool = False  # signed distance to each OAR (mm): where a plan bends its dose around them
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,7 +49,10 @@ class VoxelFeatureConfig:
 
     def key(self) -> str:
         """A short hash of everything that changes the features (for on-disk caches)."""
-        text = json.dumps({"version": FEATURES_VERSION, **self.to_dict()}, sort_keys=True)
+        d = self.to_dict()
+        if not d["oar_distances"]:  # added later: caches written before it stay valid
+            del d["oar_distances"]
+        text = json.dumps({"version": FEATURES_VERSION, **d}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -58,6 +62,8 @@ def feature_names(config: VoxelFeatureConfig) -> list[str]:
     names += [f"{t}_distance_mm" for t in TARGETS]
     names += [f"rx_blur_{s:g}mm" for s in config.blur_mm]
     names += [f"{o}_mask" for o in OARS]
+    if config.oar_distances:
+        names += [f"{o}_distance_mm" for o in OARS]
     if config.beams:
         from rtgen.data.transforms.beam_features import GeometryConfig
 
@@ -93,19 +99,26 @@ def feature_volumes(patient: Patient, config: VoxelFeatureConfig = VoxelFeatureC
         out["nearest_rx_gy"] = np.zeros(patient.grid, np.float32)
     out["axial_offset_mm"], out["inplane_ptv_distance_mm"] = _axial_and_inplane(any_ptv, spacing)
     for t in TARGETS:
-        mask = patient.structures.get(t)
-        out[f"{t}_distance_mm"] = (np.clip(signed_distance_mm(mask, spacing), -DISTANCE_CAP_MM, DISTANCE_CAP_MM)
-                                   if mask is not None and mask.any() else np.full(patient.grid, np.nan, np.float32))
+        out[f"{t}_distance_mm"] = _capped_distance(patient.structures.get(t), spacing, patient.grid)
     for s in config.blur_mm:
         out[f"rx_blur_{s:g}mm"] = ndimage.gaussian_filter(rx, [s / v for v in spacing], mode="constant")
     for o in OARS:
         mask = patient.structures.get(o)
         out[f"{o}_mask"] = (mask.astype(np.float32) if mask is not None else np.zeros(patient.grid, np.float32))
+        if config.oar_distances:
+            out[f"{o}_distance_mm"] = _capped_distance(mask, spacing, patient.grid)
     if config.beams:
         from rtgen.data.transforms.beam_features import GeometryConfig, geometry_features
 
         out.update(geometry_features(patient, GeometryConfig()))
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def _capped_distance(mask: np.ndarray | None, spacing, grid) -> np.ndarray:
+    """Signed distance to a structure's surface (mm, negative inside), capped; NaN if the patient lacks it."""
+    if mask is None or not mask.any():
+        return np.full(grid, np.nan, np.float32)
+    return np.clip(signed_distance_mm(mask, spacing), -DISTANCE_CAP_MM, DISTANCE_CAP_MM)
 
 
 def _axial_and_inplane(ptv: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
