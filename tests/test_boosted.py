@@ -69,6 +69,7 @@ def test_oar_distance_features(patient):
     masks_end = base.index("Mandible_mask") + 1
     assert names == base[:masks_end] + [f"{o}_distance_mm" for o in OARS] + base[masks_end:]
     volumes = feature_volumes(patient, config)
+    assert list(volumes) == names
     for o in OARS:
         d = volumes[f"{o}_distance_mm"]
         if o not in patient.structures or not patient.structures[o].any():

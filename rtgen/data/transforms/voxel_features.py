@@ -105,8 +105,9 @@ def feature_volumes(patient: Patient, config: VoxelFeatureConfig = VoxelFeatureC
     for o in OARS:
         mask = patient.structures.get(o)
         out[f"{o}_mask"] = (mask.astype(np.float32) if mask is not None else np.zeros(patient.grid, np.float32))
-        if config.oar_distances:
-            out[f"{o}_distance_mm"] = _capped_distance(mask, spacing, patient.grid)
+    if config.oar_distances:  # after all the masks: the order of `feature_names`
+        for o in OARS:
+            out[f"{o}_distance_mm"] = _capped_distance(patient.structures.get(o), spacing, patient.grid)
     if config.beams:
         from rtgen.data.transforms.beam_features import GeometryConfig, geometry_features
 
