@@ -40,7 +40,7 @@ import numpy as np
 def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | None, objective: dict,
                  beams: int = 9, forms: tuple[str, ...] = ("dvh",)) -> list[dict]:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if cache is None and len(forms) > 1:  # the forms share one influence matrix, dropped after the patient
+    if cache is None and len(inputs) * len(forms) > 1:  # the plans share one influence matrix, dropped after
         with tempfile.TemporaryDirectory(prefix="rtgen-study-") as tmp:
             return plan_patient(path, bixel, inputs, tmp, objective, beams, forms)
     from rtgen.cli.plan import band_goals_for
@@ -63,33 +63,37 @@ def plan_patient(path: str, bixel: float, inputs: dict[str, str], cache: str | N
         return s.dose_score, s.dvh_score
 
     met = lambda dose: card.evaluate(dose, structures, vv)
+    mae = lambda a, b: float(np.abs(a - b)[mask].mean())
+    ref_c = met(patient.dose)
     rows, first = [], True
-    for (kind, folder), form in ((item, form) for item in inputs.items() for form in forms):
+    for kind, folder in inputs.items():
         found = find_prediction(Path(folder), patient.id)
         if found is None:
             raise SystemExit(f"{folder}: no dose for {patient.id}")
-        if form == "bands" and kind == "reference":
-            continue  # a reference plan has no DVH estimate
-        x = read_prediction(found, patient.grid, Path(path), mask)
-        goals = band_goals_for(Path(folder), patient.id) if form == "bands" else None
-        settings = PlanSettings(beam_set, Objective(**{**objective, "form": form}))
-        r = make_plan(patient, x, settings, patient_origin(patient), Path(cache) if cache else None, goals=goals)
-        ref_c, in_c, plan_c, seq_c = met(patient.dose), met(x), met(r.fluence_dose), met(r.delivered_dose)
-        mae = lambda a, b: float(np.abs(a - b)[mask].mean())
-        row = {"patient": patient.id, "bixel_mm": bixel, "input": kind, "form": form,
-               "beamlets": r.influence.n_beamlets, "influence_s": round(r.timings["influence"], 1) if first else "",
-               "influence_cached": r.from_cache if first else "",
-               "optimisation_s": round(r.timings["optimisation"], 1), "sequencing_s": round(r.timings["sequencing"], 1),
-               "iterations": r.optimisation.iterations,
-               "mae_to_input": mae(r.fluence_dose, x), "mae_to_input_sequenced": mae(r.delivered_dose, x)}
-        (row["input_dose_score"], row["input_dvh_score"]) = scores(x)
-        (row["plan_dose_score"], row["plan_dvh_score"]) = scores(r.fluence_dose)
-        (row["sequenced_dose_score"], row["sequenced_dvh_score"]) = scores(r.delivered_dose)
-        row.update({"criteria_applicable": ref_c.n_applicable, "met_reference": ref_c.n_met, "met_input": in_c.n_met,
-                    "met_plan": plan_c.n_met, "met_sequenced": seq_c.n_met, "segments": r.sequenced.n_segments,
-                    "mu_per_fraction": round(sum(r.mu()), 1)})
-        rows.append(row)
-        first = False
+        x = read_prediction(found, patient.grid, Path(path), mask)  # once per input, planned with each form
+        in_c, in_scores = met(x), scores(x)
+        for form in forms:
+            if form == "bands" and kind == "reference":
+                continue  # a reference plan has no DVH estimate
+            goals = band_goals_for(Path(folder), patient.id) if form == "bands" else None
+            settings = PlanSettings(beam_set, Objective(**{**objective, "form": form}))
+            r = make_plan(patient, x, settings, patient_origin(patient), Path(cache) if cache else None, goals=goals)
+            plan_c, seq_c = met(r.fluence_dose), met(r.delivered_dose)
+            row = {"patient": patient.id, "bixel_mm": bixel, "input": kind, "form": form,
+                   "beamlets": r.influence.n_beamlets,
+                   "influence_s": round(r.timings["influence"], 1) if first else "",
+                   "influence_cached": r.from_cache if first else "",
+                   "optimisation_s": round(r.timings["optimisation"], 1),
+                   "sequencing_s": round(r.timings["sequencing"], 1), "iterations": r.optimisation.iterations,
+                   "mae_to_input": mae(r.fluence_dose, x), "mae_to_input_sequenced": mae(r.delivered_dose, x)}
+            (row["input_dose_score"], row["input_dvh_score"]) = in_scores
+            (row["plan_dose_score"], row["plan_dvh_score"]) = scores(r.fluence_dose)
+            (row["sequenced_dose_score"], row["sequenced_dvh_score"]) = scores(r.delivered_dose)
+            row.update({"criteria_applicable": ref_c.n_applicable, "met_reference": ref_c.n_met,
+                        "met_input": in_c.n_met, "met_plan": plan_c.n_met, "met_sequenced": seq_c.n_met,
+                        "segments": r.sequenced.n_segments, "mu_per_fraction": round(sum(r.mu()), 1)})
+            rows.append(row)
+            first = False
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB (Linux)
     for row in rows:
         row["peak_memory_gb"] = round(peak, 2)
@@ -103,9 +107,8 @@ def summary(rows: list[dict]) -> str:
            "input / plan / sequenced | segments | MU per fraction | optimisation (s) | influence (s) | peak memory (GB) |",
            "|" + " --- |" * 13]
     for bixel in sorted({float(r["bixel_mm"]) for r in rows}):
-        for kind, form in dict.fromkeys((r["input"], r.get("form", "dvh")) for r in rows):
-            rs = [r for r in rows if float(r["bixel_mm"]) == bixel and r["input"] == kind
-                  and r.get("form", "dvh") == form]
+        for kind, form in dict.fromkeys((r["input"], r["form"]) for r in rows):
+            rs = [r for r in rows if float(r["bixel_mm"]) == bixel and r["input"] == kind and r["form"] == form]
             if not rs:
                 continue
             m = lambda k: float(np.mean([float(r[k]) for r in rs if r[k] != ""]))
