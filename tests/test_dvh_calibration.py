@@ -96,3 +96,62 @@ def test_round_trip_and_malformed_configs_are_named():
         DVHCalibration.from_dict({"ridge": 1, "coefficients": {"Liver": {"mean": [0.0]}}})
     with pytest.raises(RtgenError, match="PTV70 D_1 has the wrong shape"):
         DVHCalibration.from_dict({"ridge": 1, "coefficients": {"PTV70": {"D_1": [0.0, 1.0]}}})
+
+
+def test_the_fit_does_not_depend_on_the_units_of_a_statistic():
+    """The ridge shrinks standardised statistics: a statistic in cm3 instead of mm3, or a share
+    instead of a percentage, gets the same fitted corrections."""
+    rng = np.random.default_rng(0)
+    stats, rows = [], []
+    for _ in range(40):
+        dose, structures = _phantom(int(rng.integers(1000)))
+        dose = dose * rng.uniform(0.9, 1.1)
+        row = structure_statistics(dose, structures, VOXEL_MM3)
+        reference = dvh_metrics(dose, structures, VOXEL_MM3)
+        reference[("mean", "SpinalCord")] += 3.0 * row["SpinalCord"]["D_50"] / 60.0
+        rows.append((row, reference))
+        stats.append(row)
+    scaled = [({s: {k: (v * 1000.0 if k == "log_cc" else v) for k, v in per.items()} for s, per in row.items()}, ref)
+              for row, ref in rows]
+    a, b = DVHCalibration.fit(rows, ridge=30.0), DVHCalibration.fit(scaled, ridge=30.0)
+    for (row, _), (row_b, _) in zip(rows[:5], scaled[:5]):
+        for structure in ("SpinalCord", "PTV70"):
+            ta, tb = a.targets_for(structure, row[structure]), b.targets_for(structure, row_b[structure])
+            for metric in ta:
+                assert ta[metric] == pytest.approx(tb[metric], abs=1e-6)
+
+
+def test_statistics_name_the_overlap_with_the_targets_as_a_share_of_the_organ():
+    dose, structures = _phantom()
+    structures["Larynx"] = structures["PTV56"] & (np.mgrid[:40, :40, :40][0] < 20)  # half of it inside the PTV56
+    structures["Larynx"] |= np.roll(structures["Larynx"], 12, axis=0) & ~structures["PTV56"] & ~structures["PTV70"]
+    row = structure_statistics(dose, structures, VOXEL_MM3)
+    larynx = structures["Larynx"]
+    inside = (larynx & (structures["PTV56"] | structures["PTV70"])).sum()
+    assert row["Larynx"]["in_targets"] == pytest.approx(inside / larynx.sum())
+    assert 0.0 < row["Larynx"]["in_targets"] < 1.0
+    assert row["PTV70"]["log_cc_PTV70"] == pytest.approx(np.log1p(structures["PTV70"].sum() * VOXEL_MM3 / 1000))
+    assert row["PTV70"]["log_cc_PTV63"] == 0.0 and row["PTV56"]["log_cc_PTV70"] == row["PTV70"]["log_cc_PTV70"]
+
+
+def test_a_calibration_saved_before_the_standardised_fit_keeps_its_statistics():
+    """A saved calibration without a feature list has the old statistics: six per structure, and the
+    organ's overlap with the targets as a share of the grid. It loads, applies, and saves as it was."""
+    dose, structures = _phantom()
+    old = {"ridge": 10.0, "coefficients": {"Brainstem": {"mean": [0.5, 0, 0, 0, 0, 0, 2000.0],
+                                                         "D_0.1_cc": [0.0] * 7},
+                                           "PTV70": {m: [0.0] * 7 for m in ("D_99", "D_95", "D_1")}}}
+    calibration = DVHCalibration.from_dict(old)
+    assert calibration.legacy
+    row = structure_statistics(dose, structures, VOXEL_MM3)["Brainstem"]
+    expected = row["mean"] + 0.5 + 2000.0 * (structures["Brainstem"] & (structures["PTV56"] | structures["PTV70"])).mean()
+    assert calibration.targets_for("Brainstem", row)["mean"] == pytest.approx(expected)
+    again = DVHCalibration.from_dict(calibration.to_dict())
+    assert again.legacy and again.coefficients == calibration.coefficients
+    new = DVHCalibration.fit([(structure_statistics(_phantom(s)[0], structures, VOXEL_MM3),
+                               dvh_metrics(dose, structures, VOXEL_MM3)) for s in range(8)])
+    assert not DVHCalibration.from_dict(new.to_dict()).legacy
+    wrong = {**new.to_dict(), "features": {"targets": ["D_99"], "oars": ["mean"]}}
+    with pytest.raises(RtgenError, match="statistics this version of rtgen does not compute"):
+        DVHCalibration.from_dict(wrong, "run/config.json")
+

@@ -7,7 +7,8 @@ carry errors that its own predicted dose statistics predict. On out-of-fold pred
 training patients, `lightgbm_dose`'s PTV D95/D99/D1 were no better than the training median.
 So per structure and metric, a ridge regression (fitted on out-of-fold predictions, never on the
 patients it is judged on) maps the predicted dose statistics to the correction of the metric, and
-`apply` moves the dose there:
+`apply` moves the dose there. The ridge is fitted on standardised statistics, so that a fraction
+(0-1) and a dose (Gy) are shrunk alike, and saved as plain coefficients of the raw statistics:
 
 - targets: a monotone piecewise-linear map of the structure's dose through its predicted D99, D95,
   D50 and D1. A monotone map moves every percentile by the map itself, so the new D99/D95/D1 are the
@@ -31,8 +32,13 @@ from rtgen.dosimetry.dvh import dose_at_volume_cc, dose_at_volume_percent
 TARGET_METRICS = ("D_99", "D_95", "D_1")
 OAR_METRICS = ("mean", "D_0.1_cc")
 TARGET_KNOTS = ("D_99", "D_95", "D_50", "D_1")  # the map's knots, in increasing dose
-TARGET_FEATURES = ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets")
+TARGET_FEATURES = ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets", "log_cc_PTV70", "log_cc_PTV63",
+                   "log_cc_PTV56")
 OAR_FEATURES = ("mean", "D_0.1_cc", "D_50", "D_10", "log_cc", "in_targets")
+# calibrations saved before the standardised fit read these; their `in_targets_grid` (the organ's overlap
+# with the targets as a share of the whole grid, not of the organ) is kept so that they predict as before
+LEGACY_FEATURES = {"targets": ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets"),
+                   "oars": ("mean", "D_0.1_cc", "D_50", "D_10", "log_cc", "in_targets_grid")}
 MIN_CASES = 8  # fewer training cases of a structure: leave it as predicted
 MAX_OAR_SLOPE = 2.0
 
@@ -42,6 +48,9 @@ def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], vo
     stats = {}
     n_targets = sum(1 for t in TARGETS if t in structures and structures[t].any())
     union = targets_union(structures)
+    # every target's volume, the same for each target of the patient (log(1 + cc): 0 when absent)
+    volumes = {f"log_cc_{t}": float(np.log1p(structures[t].sum() * voxel_volume_mm3 / 1000.0))
+               if t in structures else 0.0 for t in TARGETS}
     for t in TARGETS:
         m = structures.get(t)
         if m is None or not m.any():
@@ -50,25 +59,41 @@ def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], vo
         row = {metric: dose_at_volume_percent(values, float(metric[2:])) for metric in TARGET_KNOTS}
         row["log_cc"] = float(np.log(m.sum() * voxel_volume_mm3 / 1000.0))
         row["n_targets"] = float(n_targets)
-        stats[t] = row
+        stats[t] = {**row, **volumes}
     for o in OARS:
         m = structures.get(o)
         if m is None or not m.any():
             continue
         values = dose[m]
+        overlap = int((m & union).sum()) if union is not None else 0
         stats[o] = {"mean": float(values.mean()), "D_0.1_cc": dose_at_volume_cc(values, 0.1, voxel_volume_mm3),
                     "D_50": dose_at_volume_percent(values, 50.0), "D_10": dose_at_volume_percent(values, 10.0),
                     "log_cc": float(np.log(m.sum() * voxel_volume_mm3 / 1000.0)),
-                    "in_targets": float((m & union).mean()) if union is not None else 0.0}
+                    "in_targets": overlap / len(values), "in_targets_grid": overlap / m.size}
     return stats
 
 
-def _features(structure: str) -> tuple[str, ...]:
+def _features(structure: str, legacy: bool = False) -> tuple[str, ...]:
+    if legacy:
+        return LEGACY_FEATURES["targets" if structure in TARGETS else "oars"]
     return TARGET_FEATURES if structure in TARGETS else OAR_FEATURES
 
 
-def _design(structure: str, row: dict) -> np.ndarray:
-    return np.array([1.0] + [row[k] for k in _features(structure)])
+def _design(structure: str, row: dict, legacy: bool = False) -> np.ndarray:
+    return np.array([1.0] + [row[k] for k in _features(structure, legacy)])
+
+
+def _ridge(A: np.ndarray, b: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge regression of b on A (first column: the intercept, not shrunk) on standardised columns,
+    returned as coefficients of the raw columns."""
+    mu, sd = A[:, 1:].mean(axis=0), A[:, 1:].std(axis=0)
+    sd = np.where(sd > 1e-9, sd, np.inf)  # a constant column gets no weight
+    Z = np.column_stack([np.ones(len(A)), (A[:, 1:] - mu) / sd])
+    penalty = ridge * np.eye(Z.shape[1])
+    penalty[0, 0] = 0.0
+    w = np.linalg.solve(Z.T @ Z + penalty, Z.T @ b)
+    weights = w[1:] / sd
+    return np.concatenate([[w[0] - float(weights @ mu)], weights])
 
 
 def _metrics(structure: str) -> tuple[str, ...]:
@@ -77,16 +102,19 @@ def _metrics(structure: str) -> tuple[str, ...]:
 
 @dataclass
 class DVHCalibration:
-    """Ridge coefficients {structure: {metric: [intercept, weights...]}} and the ridge used."""
+    """Ridge coefficients {structure: {metric: [intercept, weights...]}} of the raw statistics and the
+    ridge used. `legacy`: a calibration saved before the standardised fit (its own statistics)."""
 
-    ridge: float = 10.0
+    ridge: float = 100.0
     coefficients: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     cases: dict[str, int] = field(default_factory=dict)
+    legacy: bool = False
 
     @classmethod
-    def fit(cls, rows: list[tuple[dict, dict]], ridge: float = 10.0, min_cases: int = MIN_CASES) -> DVHCalibration:
+    def fit(cls, rows: list[tuple[dict, dict]], ridge: float = 100.0, min_cases: int = MIN_CASES) -> DVHCalibration:
         """`rows`: (structure_statistics of a prediction, reference DVH metrics {(metric, structure): Gy})
-        per training patient, from a model that did not see that patient."""
+        per training patient, from a model that did not see that patient. `ridge` shrinks the weights of
+        the standardised statistics: a lone weight fitted on n patients by n / (n + ridge)."""
         calibration = cls(ridge=float(ridge))
         for structure in TARGETS + OARS:
             for metric in _metrics(structure):
@@ -97,10 +125,7 @@ class DVHCalibration:
                         b.append(reference[(metric, structure)] - stats[structure][metric])
                 if len(b) < min_cases:
                     continue
-                A, b = np.array(A), np.array(b)
-                penalty = ridge * np.eye(A.shape[1])
-                penalty[0, 0] = 0.0  # the intercept (a plain bias) is not shrunk
-                coef = np.linalg.solve(A.T @ A + penalty, A.T @ b)
+                coef = _ridge(np.array(A), np.array(b), ridge)
                 calibration.coefficients.setdefault(structure, {})[metric] = [float(c) for c in coef]
                 calibration.cases[structure] = len(b)
         return calibration
@@ -108,7 +133,7 @@ class DVHCalibration:
     def targets_for(self, structure: str, row: dict) -> dict[str, float]:
         """The calibrated metrics of one structure, from its predicted statistics."""
         coefs = self.coefficients.get(structure, {})
-        x = _design(structure, row)
+        x = _design(structure, row, self.legacy)
         return {metric: row[metric] + float(x @ np.asarray(c)) for metric, c in coefs.items()}
 
     def apply(self, dose: np.ndarray, structures: dict[str, np.ndarray], voxel_volume_mm3: float) -> np.ndarray:
@@ -144,7 +169,9 @@ class DVHCalibration:
         return np.clip(mapped, 0.0, None)
 
     def to_dict(self) -> dict:
-        return {"ridge": self.ridge, "coefficients": self.coefficients, "cases": self.cases}
+        return {"ridge": self.ridge, "coefficients": self.coefficients, "cases": self.cases,
+                "features": {"targets": list(LEGACY_FEATURES["targets"] if self.legacy else TARGET_FEATURES),
+                             "oars": list(LEGACY_FEATURES["oars"] if self.legacy else OAR_FEATURES)}}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config.json") -> DVHCalibration:
@@ -155,11 +182,16 @@ class DVHCalibration:
                               cases={s: int(n) for s, n in data.get("cases", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise RtgenError(f"{source}: dvh_calibration is malformed ({e})") from None
+        features = data.get("features")
+        calibration.legacy = features is None or features == {k: list(v) for k, v in LEGACY_FEATURES.items()}
+        if not calibration.legacy and features != {"targets": list(TARGET_FEATURES), "oars": list(OAR_FEATURES)}:
+            raise RtgenError(f"{source}: dvh_calibration reads statistics this version of rtgen does not compute "
+                             "in the same order; retrain the model with `rtgen train`")
         for structure, per in calibration.coefficients.items():
             if structure not in TARGETS + OARS:
                 raise RtgenError(f"{source}: dvh_calibration names an unknown structure {structure!r}")
             for metric, coef in per.items():
-                if metric not in _metrics(structure) or len(coef) != 1 + len(_features(structure)):
+                if metric not in _metrics(structure) or len(coef) != 1 + len(_features(structure, calibration.legacy)):
                     raise RtgenError(f"{source}: dvh_calibration of {structure} {metric} has the wrong shape")
         return calibration
 

@@ -60,7 +60,7 @@ class BoostedDataConfig:
 @dataclass
 class CalibrationConfig:
     folds: Annotated[int, Field(ge=0, le=20)] = 3  # out-of-fold boosters that fit the DVH calibration; 0 or 1: none
-    ridge: Annotated[float, Field(ge=0, le=1e6)] = 10.0
+    ridge: Annotated[float, Field(ge=0, le=1e6)] = 100.0  # on standardised statistics
     min_cases: Annotated[int, Field(ge=1, le=100_000)] = 8  # structures seen in fewer training patients stay as predicted
     ensemble: bool = True  # the fold boosters also predict: the dose is the mean of the k + 1 boosters
     bands: bool = True  # DVH estimate bands calibrated on the out-of-fold predictions (split-conformal)
@@ -370,7 +370,9 @@ class BoostedDoseTask(Task):
             f"- Time: {t['seconds'] / 60:.1f} min ({t['feature_seconds']:.0f} s features, {t['fit_seconds']:.0f} s fitting"
             f", {t.get('calibration_seconds', 0):.0f} s out-of-fold predictions, DVH calibration and bands).",
             *([f"- DVH calibration: {self.calibration.folds}-fold out-of-fold predictions of the training patients fit a"
-               f" ridge regression (ridge {self.calibration.ridge:g}) per structure and DVH metric; predictions are"
+               f" ridge regression (ridge {self.calibration.ridge:g}"
+               + ("" if self.dvh_calibration.legacy else " on standardised statistics")
+               + ") per structure and DVH metric; predictions are"
                " reshaped inside the PTVs and OARs it covers ("
                + ", ".join(sorted(self.dvh_calibration.coefficients)) + ")."]
               if self.dvh_calibration is not None else []),
