@@ -99,10 +99,10 @@ def test_round_trip_and_malformed_configs_are_named():
 
 
 def test_the_fit_does_not_depend_on_the_units_of_a_statistic():
-    """The ridge shrinks standardised statistics: a statistic in cm3 instead of mm3, or a share
-    instead of a percentage, gets the same fitted corrections."""
+    """The ridge shrinks standardised statistics: a statistic on another scale (a share given as a
+    percentage, a volume statistic times 1000) gets the same fitted corrections."""
     rng = np.random.default_rng(0)
-    stats, rows = [], []
+    rows = []
     for _ in range(40):
         dose, structures = _phantom(int(rng.integers(1000)))
         dose = dose * rng.uniform(0.9, 1.1)
@@ -110,8 +110,8 @@ def test_the_fit_does_not_depend_on_the_units_of_a_statistic():
         reference = dvh_metrics(dose, structures, VOXEL_MM3)
         reference[("mean", "SpinalCord")] += 3.0 * row["SpinalCord"]["D_50"] / 60.0
         rows.append((row, reference))
-        stats.append(row)
-    scaled = [({s: {k: (v * 1000.0 if k == "log_cc" else v) for k, v in per.items()} for s, per in row.items()}, ref)
+    scale = {"log_cc": 1000.0, "in_targets": 100.0}
+    scaled = [({s: {k: v * scale.get(k, 1.0) for k, v in per.items()} for s, per in row.items()}, ref)
               for row, ref in rows]
     a, b = DVHCalibration.fit(rows, ridge=30.0), DVHCalibration.fit(scaled, ridge=30.0)
     for (row, _), (row_b, _) in zip(rows[:5], scaled[:5]):

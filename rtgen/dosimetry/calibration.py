@@ -35,9 +35,10 @@ TARGET_KNOTS = ("D_99", "D_95", "D_50", "D_1")  # the map's knots, in increasing
 TARGET_FEATURES = ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets", "log_cc_PTV70", "log_cc_PTV63",
                    "log_cc_PTV56")
 OAR_FEATURES = ("mean", "D_0.1_cc", "D_50", "D_10", "log_cc", "in_targets")
+FEATURES = {"targets": TARGET_FEATURES, "oars": OAR_FEATURES}  # the statistics a calibration fitted now reads
 # calibrations saved before the standardised fit read these; their `in_targets_grid` (the organ's overlap
 # with the targets as a share of the whole grid, not of the organ) is kept so that they predict as before
-LEGACY_FEATURES = {"targets": ("D_99", "D_95", "D_50", "D_1", "log_cc", "n_targets"),
+LEGACY_FEATURES = {"targets": TARGET_FEATURES[:6],
                    "oars": ("mean", "D_0.1_cc", "D_50", "D_10", "log_cc", "in_targets_grid")}
 MIN_CASES = 8  # fewer training cases of a structure: leave it as predicted
 MAX_OAR_SLOPE = 2.0
@@ -73,16 +74,6 @@ def structure_statistics(dose: np.ndarray, structures: dict[str, np.ndarray], vo
     return stats
 
 
-def _features(structure: str, legacy: bool = False) -> tuple[str, ...]:
-    if legacy:
-        return LEGACY_FEATURES["targets" if structure in TARGETS else "oars"]
-    return TARGET_FEATURES if structure in TARGETS else OAR_FEATURES
-
-
-def _design(structure: str, row: dict, legacy: bool = False) -> np.ndarray:
-    return np.array([1.0] + [row[k] for k in _features(structure, legacy)])
-
-
 def _ridge(A: np.ndarray, b: np.ndarray, ridge: float) -> np.ndarray:
     """Ridge regression of b on A (first column: the intercept, not shrunk) on standardised columns,
     returned as coefficients of the raw columns."""
@@ -103,12 +94,23 @@ def _metrics(structure: str) -> tuple[str, ...]:
 @dataclass
 class DVHCalibration:
     """Ridge coefficients {structure: {metric: [intercept, weights...]}} of the raw statistics and the
-    ridge used. `legacy`: a calibration saved before the standardised fit (its own statistics)."""
+    ridge used; `features`: the statistics they weigh, for targets and for OARs."""
 
     ridge: float = 100.0
     coefficients: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     cases: dict[str, int] = field(default_factory=dict)
-    legacy: bool = False
+    features: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(FEATURES))
+
+    @property
+    def legacy(self) -> bool:
+        """Saved before the standardised fit: its own statistics, weighed by a ridge on raw ones."""
+        return self.features == LEGACY_FEATURES
+
+    def _names(self, structure: str) -> tuple[str, ...]:
+        return self.features["targets" if structure in TARGETS else "oars"]
+
+    def _design(self, structure: str, row: dict) -> np.ndarray:
+        return np.array([1.0] + [row[k] for k in self._names(structure)])
 
     @classmethod
     def fit(cls, rows: list[tuple[dict, dict]], ridge: float = 100.0, min_cases: int = MIN_CASES) -> DVHCalibration:
@@ -121,7 +123,7 @@ class DVHCalibration:
                 A, b = [], []
                 for stats, reference in rows:
                     if structure in stats and (metric, structure) in reference:
-                        A.append(_design(structure, stats[structure]))
+                        A.append(calibration._design(structure, stats[structure]))
                         b.append(reference[(metric, structure)] - stats[structure][metric])
                 if len(b) < min_cases:
                     continue
@@ -133,7 +135,7 @@ class DVHCalibration:
     def targets_for(self, structure: str, row: dict) -> dict[str, float]:
         """The calibrated metrics of one structure, from its predicted statistics."""
         coefs = self.coefficients.get(structure, {})
-        x = _design(structure, row, self.legacy)
+        x = self._design(structure, row)
         return {metric: row[metric] + float(x @ np.asarray(c)) for metric, c in coefs.items()}
 
     def apply(self, dose: np.ndarray, structures: dict[str, np.ndarray], voxel_volume_mm3: float) -> np.ndarray:
@@ -170,8 +172,7 @@ class DVHCalibration:
 
     def to_dict(self) -> dict:
         return {"ridge": self.ridge, "coefficients": self.coefficients, "cases": self.cases,
-                "features": {"targets": list(LEGACY_FEATURES["targets"] if self.legacy else TARGET_FEATURES),
-                             "oars": list(LEGACY_FEATURES["oars"] if self.legacy else OAR_FEATURES)}}
+                "features": {kind: list(names) for kind, names in self.features.items()}}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config.json") -> DVHCalibration:
@@ -183,15 +184,16 @@ class DVHCalibration:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise RtgenError(f"{source}: dvh_calibration is malformed ({e})") from None
         features = data.get("features")
-        calibration.legacy = features is None or features == {k: list(v) for k, v in LEGACY_FEATURES.items()}
-        if not calibration.legacy and features != {"targets": list(TARGET_FEATURES), "oars": list(OAR_FEATURES)}:
+        calibration.features = LEGACY_FEATURES if features is None else next(
+            (known for known in (FEATURES, LEGACY_FEATURES) if features == {k: list(v) for k, v in known.items()}), None)
+        if calibration.features is None:
             raise RtgenError(f"{source}: dvh_calibration reads statistics this version of rtgen does not compute "
                              "in the same order; retrain the model with `rtgen train`")
         for structure, per in calibration.coefficients.items():
             if structure not in TARGETS + OARS:
                 raise RtgenError(f"{source}: dvh_calibration names an unknown structure {structure!r}")
             for metric, coef in per.items():
-                if metric not in _metrics(structure) or len(coef) != 1 + len(_features(structure, calibration.legacy)):
+                if metric not in _metrics(structure) or len(coef) != 1 + len(calibration._names(structure)):
                     raise RtgenError(f"{source}: dvh_calibration of {structure} {metric} has the wrong shape")
         return calibration
 
